@@ -1,0 +1,120 @@
+"""The ``attune`` command line: one thin entry point per process.
+
+Every command loads the configuration once and hands it to a library function; heavy modules
+(Spark, TensorFlow) are imported only by the commands that need them, so ``attune --help`` and
+``attune stack status`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from attune.config import ConfigError, load_config
+
+
+def _handler(target: str) -> Callable[[Any, argparse.Namespace], int | None]:
+    """``"module:function"`` -> a handler that imports the module only when it runs."""
+    module_name, func_name = target.split(":")
+
+    def run(cfg: Any, args: argparse.Namespace) -> int | None:
+        func = getattr(importlib.import_module(module_name), func_name)
+        return func(cfg, args)  # type: ignore[no-any-return]
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attune",
+        description="attune: real-time personalization on Kafka, Spark + Delta, Redis and TFRS.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config file (default: $ATTUNE_CONFIG, else the embedded defaults)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # attune stack up|down|status
+    stack = sub.add_parser("stack", help="start, stop or inspect the local stack (Kafka, Redis)")
+    stack_sub = stack.add_subparsers(dest="action", required=True, metavar="ACTION")
+    up = stack_sub.add_parser("up", help="start Kafka (KRaft) and Redis, create the topics")
+    up.set_defaults(handler=_handler("attune.stack:cmd_up"))
+    down = stack_sub.add_parser("down", help="stop what `stack up` started")
+    down.set_defaults(handler=_handler("attune.stack:cmd_down"))
+    status = stack_sub.add_parser("status", help="health and address of every component")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_handler("attune.stack:cmd_status"))
+
+    # attune serve collector
+    serve = sub.add_parser("serve", help="run a server process")
+    serve_sub = serve.add_subparsers(dest="server", required=True, metavar="SERVER")
+    coll = serve_sub.add_parser("collector", help="the HTTP event collector (POST /v1/events)")
+    coll.add_argument("--host", help="listen address (default: collector.host)")
+    coll.add_argument("--port", type=int, help="listen port (default: collector.port)")
+    coll.set_defaults(handler=_handler("attune.collector.app:cmd_serve"))
+
+    # attune keys create SOURCE
+    keys = sub.add_parser("keys", help="manage collector write keys")
+    keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    kc = keys_sub.add_parser("create", help="create (or rotate) the write key of a source")
+    kc.add_argument("source", help="source name, e.g. web, ios, demo")
+    kc.set_defaults(handler=_handler("attune.secrets:cmd_create_key"))
+
+    # attune events schema
+    events = sub.add_parser("events", help="the event schema and what landed in Kafka")
+    events_sub = events.add_subparsers(dest="action", required=True, metavar="ACTION")
+    schema = events_sub.add_parser("schema", help="print the event schema")
+    schema.add_argument("--format", choices=["json", "spark-ddl"], default="json")
+    schema.set_defaults(handler=_handler("attune.events_cli:cmd_schema"))
+    summary = events_sub.add_parser("summary", help="count what the events topic holds")
+    summary.add_argument("--json", action="store_true", help="machine-readable output")
+    summary.set_defaults(handler=_handler("attune.events_cli:cmd_summary"))
+
+    # attune replay
+    replay = sub.add_parser("replay", help="replay a real dataset as events through the collector")
+    replay.add_argument(
+        "--dataset",
+        required=True,
+        help="movietweetings, otto, or a PATH to a ratings file (MovieTweetings format)",
+    )
+    pace = replay.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, metavar="N", help="events per second")
+    pace.add_argument("--as-fast-as-possible", action="store_true", help="no pacing (default)")
+    replay.add_argument("--limit", type=int, help="replay only the first N source rows")
+    replay.add_argument("--collector-url", help="default: http://collector.host:collector.port")
+    replay.add_argument(
+        "--write-key", help="write key (default: $ATTUNE_WRITE_KEY, else the demo source's key)"
+    )
+    replay.add_argument("--batch-size", type=int, default=500, help="events per request")
+    replay.set_defaults(handler=_handler("attune.replay:cmd_replay"))
+
+    # attune demo
+    demo = sub.add_parser("demo", help="end to end on the embedded defaults")
+    demo.add_argument("--limit", type=int, help="replay only the first N ratings")
+    demo.set_defaults(handler=_handler("attune.demo:cmd_demo"))
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        result = args.handler(cfg, args)
+    except ConfigError as exc:
+        print(f"attune: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("attune: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""The event envelope and every event type attune understands, defined once.
+
+Apps send events in the *envelope* below (JSON). The collector validates an incoming envelope
+(:class:`Event`), pseudonymizes its user ids, stamps the receive time and the effective consent,
+and writes the result, a :class:`StoredEvent`, to Kafka as canonical JSON
+(:func:`StoredEvent.to_json`). Everything downstream is derived from these models and never
+restated by hand:
+
+* :func:`json_schema` -> the JSON Schema published at ``GET /v1/schema`` for app developers;
+* :func:`spark_schema` -> the Spark ``StructType`` the speed and batch layers parse with
+  (and its DDL, for Delta tables);
+* :data:`EVENT_TYPES` -> which fields each type needs, used by validation and the docs.
+
+Event types fall into four categories:
+
+behavioural
+    page_view, item_view, click, search, dwell
+transactional
+    add_to_cart, remove_from_cart, checkout, purchase
+profile
+    identify, profile_update, consent_update
+feedback
+    impression, rec_click, dismiss, not_interested, rating
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+if TYPE_CHECKING:  # pyspark is heavy; only the Spark jobs pay for importing it
+    from pyspark.sql.types import DataType, StructType
+
+SCHEMA_VERSION = 1
+
+
+class Category(StrEnum):
+    BEHAVIOURAL = "behavioural"
+    TRANSACTIONAL = "transactional"
+    PROFILE = "profile"
+    FEEDBACK = "feedback"
+
+
+@dataclass(frozen=True)
+class EventType:
+    """One kind of event: its category, what it means and which envelope fields it needs."""
+
+    name: str
+    category: Category
+    description: str
+    requires: tuple[str, ...] = ()
+
+    @property
+    def personalizes(self) -> bool:
+        """Whether this type is a signal of interest that may feed personalization features."""
+        return self.category in (Category.BEHAVIOURAL, Category.TRANSACTIONAL, Category.FEEDBACK)
+
+
+_B, _T, _P, _F = Category.BEHAVIOURAL, Category.TRANSACTIONAL, Category.PROFILE, Category.FEEDBACK
+
+EVENT_TYPES: dict[str, EventType] = {
+    t.name: t
+    for t in (
+        EventType("page_view", _B, "A page or screen was shown.", ("context",)),
+        EventType("item_view", _B, "An item's detail page was viewed.", ("items",)),
+        EventType("click", _B, "An item link was clicked (outside recommendations).", ("items",)),
+        EventType("search", _B, "A search was run; `query` holds the text.", ("query",)),
+        EventType("dwell", _B, "Time spent on an item, in `dwell_ms`.", ("items", "dwell_ms")),
+        EventType("add_to_cart", _T, "Items were added to the cart.", ("items",)),
+        EventType("remove_from_cart", _T, "Items were removed from the cart.", ("items",)),
+        EventType("checkout", _T, "Checkout started for the listed items.", ("items",)),
+        EventType("purchase", _T, "An order was placed.", ("items", "order_id")),
+        EventType("identify", _P, "An anonymous visitor logged in as `user_id`.", ("user_id",)),
+        EventType("profile_update", _P, "Profile attributes changed, in `traits`.", ("traits",)),
+        EventType("consent_update", _P, "The user's consent choices changed.", ("consent",)),
+        EventType(
+            "impression",
+            _F,
+            "Items were shown; `items[].position` gives their slots.",
+            ("items",),
+        ),
+        EventType(
+            "rec_click",
+            _F,
+            "A recommended item was clicked.",
+            ("items", "recommendation_id"),
+        ),
+        EventType("dismiss", _F, "The user dismissed shown items.", ("items",)),
+        EventType("not_interested", _F, "The user said they do not want these items.", ("items",)),
+        EventType("rating", _F, "An explicit rating of an item, in `rating`.", ("items", "rating")),
+    )
+}
+
+EventTypeName = Literal[
+    "page_view",
+    "item_view",
+    "click",
+    "search",
+    "dwell",
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout",
+    "purchase",
+    "identify",
+    "profile_update",
+    "consent_update",
+    "impression",
+    "rec_click",
+    "dismiss",
+    "not_interested",
+    "rating",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class Item(_Model):
+    """An item the event is about (a product, a movie, an article)."""
+
+    item_id: str = Field(min_length=1, max_length=256)
+    quantity: int | None = Field(None, ge=1, le=10_000)
+    price: float | None = Field(None, ge=0)
+    position: int | None = Field(None, ge=0, le=10_000, description="Slot where it was shown.")
+    category: str | None = Field(None, max_length=256)
+
+
+class Context(_Model):
+    """Where and on what the event happened."""
+
+    placement: str | None = Field(None, max_length=128, description="e.g. home_carousel")
+    page: str | None = Field(None, max_length=2048)
+    device: str | None = Field(None, max_length=64, description="e.g. mobile, desktop, tv")
+    locale: str | None = Field(None, max_length=35, description="BCP 47, e.g. en-GB")
+    referrer: str | None = Field(None, max_length=2048)
+
+
+class ConsentFlags(_Model):
+    """What the user allows. Omitted flags fall back to the user's last consent_update."""
+
+    analytics: bool | None = None
+    personalization: bool | None = None
+    marketing: bool | None = None
+
+
+class ResolvedConsent(_Model):
+    analytics: bool
+    personalization: bool
+    marketing: bool
+
+
+class _EnvelopeFields(_Model):
+    event_id: str = Field(
+        min_length=1, max_length=64, description="Client-made unique id; duplicates are dropped."
+    )
+    type: EventTypeName
+    session_id: str | None = Field(None, max_length=128)
+    timestamp: AwareDatetime = Field(
+        description="Client time, ISO 8601 with a zone (or epoch milliseconds)."
+    )
+    items: list[Item] = Field(default_factory=list, max_length=500)
+    context: Context | None = None
+    recommendation_id: str | None = Field(
+        None, max_length=64, description="Set on events caused by a recommendation."
+    )
+    query: str | None = Field(None, max_length=1024)
+    rating: float | None = Field(None, ge=0, le=10)
+    dwell_ms: int | None = Field(None, ge=0, le=24 * 3600 * 1000)
+    order_id: str | None = Field(None, max_length=128)
+    revenue: float | None = Field(None, ge=0)
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
+    reason: str | None = Field(None, max_length=256)
+    traits: dict[str, str] | None = Field(None, max_length=100)
+    schema_version: int = Field(SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION)
+
+    @model_validator(mode="after")
+    def _check_type_requirements(self) -> Any:
+        etype = EVENT_TYPES[self.type]
+        missing = [f for f in etype.requires if getattr(self, f) in (None, [], {})]
+        if missing:
+            raise PydanticCustomError(
+                "missing_for_type",
+                "a {type} event needs {fields}: {description} (see GET /v1/schema)",
+                {"type": self.type, "fields": ", ".join(missing), "description": etype.description},
+            )
+        return self
+
+
+class Event(_EnvelopeFields):
+    """An event as an app sends it to ``POST /v1/events``."""
+
+    user_id: str | None = Field(None, min_length=1, max_length=256)
+    anonymous_id: str | None = Field(None, min_length=1, max_length=256)
+    consent: ConsentFlags | None = None
+
+    @model_validator(mode="after")
+    def _check_identity(self) -> Any:
+        if self.user_id is None and self.anonymous_id is None:
+            raise PydanticCustomError(
+                "missing_for_type",
+                "an event needs {fields} (or both)",
+                {"fields": "user_id or anonymous_id"},
+            )
+        return self
+
+
+class StoredEvent(_EnvelopeFields):
+    """An accepted event as written to Kafka: ids pseudonymized, receive time and consent set."""
+
+    user_id: str | None = Field(None, description="HMAC pseudonym of the app's user id.")
+    anonymous_id: str | None = Field(None, description="HMAC pseudonym of the anonymous id.")
+    consent: ResolvedConsent
+    received_at: AwareDatetime = Field(description="Server receive time.")
+    source: str = Field(description="Name of the write key's source.")
+
+    @property
+    def key(self) -> str:
+        """The Kafka record key: the pseudonymized user, else the pseudonymized anonymous id."""
+        return self.user_id or self.anonymous_id or ""
+
+    def to_json(self) -> bytes:
+        """Canonical JSON: sorted keys, no nulls, times as ISO 8601 UTC with milliseconds."""
+        return orjson.dumps(to_jsonable(self), option=orjson.OPT_SORT_KEYS)
+
+
+def format_time(ts: datetime) -> str:
+    """``2013-02-28T14:38:27.000Z``: the one time format attune writes."""
+    ts = ts.astimezone(UTC)
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def to_jsonable(model: BaseModel) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if value is None:
+            continue
+        out[name] = _jsonable_value(value)
+    return out
+
+
+def _jsonable_value(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return to_jsonable(value)
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, list):
+        return [_jsonable_value(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------------------
+# Derived schemas
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of what apps send (one event), with the per-type requirements attached."""
+    schema = Event.model_json_schema()
+    schema["title"] = "attune event"
+    schema["description"] = (
+        'One event; POST /v1/events takes one event, a JSON array of events, or {"batch": [...]}.'
+    )
+    schema["x-event-types"] = {
+        name: {
+            "category": t.category.value,
+            "description": t.description,
+            "requires": list(t.requires),
+        }
+        for name, t in EVENT_TYPES.items()
+    }
+    return schema
+
+
+def spark_schema() -> StructType:
+    """The Spark ``StructType`` of a :class:`StoredEvent` (what the events topic holds)."""
+    return _spark_struct(StoredEvent)
+
+
+def spark_ddl() -> str:
+    """The same schema as a Spark DDL column list, for ``CREATE TABLE`` and docs."""
+    return ", ".join(
+        f"`{f.name}` {_ddl_type(f.dataType)}{'' if f.nullable else ' NOT NULL'}"
+        for f in spark_schema().fields
+    )
+
+
+def _ddl_type(dtype: DataType) -> str:
+    from pyspark.sql import types as T
+
+    if isinstance(dtype, T.StructType):
+        inner = ", ".join(f"`{f.name}`: {_ddl_type(f.dataType)}" for f in dtype.fields)
+        return f"STRUCT<{inner}>"
+    if isinstance(dtype, T.ArrayType):
+        return f"ARRAY<{_ddl_type(dtype.elementType)}>"
+    if isinstance(dtype, T.MapType):
+        return f"MAP<{_ddl_type(dtype.keyType)}, {_ddl_type(dtype.valueType)}>"
+    return dtype.simpleString().upper()
+
+
+def _spark_struct(model: type[BaseModel]) -> StructType:
+    from pyspark.sql.types import StructField, StructType
+
+    fields = []
+    for name, info in model.model_fields.items():
+        nullable = not info.is_required() or _is_optional(info.annotation)
+        fields.append(StructField(name, _spark_type(info.annotation), nullable=nullable))
+    return StructType(fields)
+
+
+def _is_optional(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, UnionType) and type(None) in get_args(annotation)
+
+
+def _spark_type(annotation: Any) -> DataType:
+    from pyspark.sql import types as T
+
+    origin = get_origin(annotation)
+    if origin in (Union, UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"cannot map union {annotation} to a Spark type")
+        return _spark_type(args[0])
+    if origin is list:
+        (inner,) = get_args(annotation)
+        return T.ArrayType(_spark_type(inner), containsNull=False)
+    if origin is dict:
+        key, value = get_args(annotation)
+        return T.MapType(_spark_type(key), _spark_type(value), valueContainsNull=False)
+    if origin is Literal:
+        return T.StringType()
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _spark_struct(annotation)
+    simple: dict[Any, DataType] = {
+        str: T.StringType(),
+        int: T.LongType(),
+        float: T.DoubleType(),
+        bool: T.BooleanType(),
+        datetime: T.TimestampType(),
+        AwareDatetime: T.TimestampType(),
+    }
+    for py_type, spark_type in simple.items():
+        if annotation is py_type:
+            return spark_type
+    raise TypeError(f"no Spark type for {annotation!r}; extend attune.events._spark_type")
+
+
+if set(get_args(EventTypeName)) != set(EVENT_TYPES):  # pragma: no cover - a coding error
+    raise RuntimeError("EventTypeName and EVENT_TYPES disagree; keep them in step")

@@ -1,0 +1,71 @@
+"""The one place Spark sessions are built.
+
+Every Spark job (speed layer, nightly batch, ALS baseline, notebooks) gets its session from
+:func:`build_spark_session`, which puts the Delta Lake and Kafka-connector jars that
+``make jars`` copied from Maven Central on the classpath. Nothing is downloaded when a session
+starts (``spark.jars.packages`` is never set), so sessions start the same way offline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from attune.config import AttuneConfig, ConfigError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+# Jars the session cannot work without, by file-name prefix (versions come from jvm/spark/pom.xml).
+REQUIRED_JAR_PREFIXES = (
+    "delta-spark_",
+    "delta-storage-",
+    "spark-sql-kafka-0-10_",
+    "spark-token-provider-kafka-0-10_",
+    "kafka-clients-",
+    "commons-pool2-",
+)
+
+
+def spark_jars(cfg: AttuneConfig) -> list[Path]:
+    """The local jars for Spark sessions, or a :class:`ConfigError` saying how to fetch them."""
+    jars_dir = cfg.paths.resolve(cfg.spark.jars_dir)
+    jars = sorted(jars_dir.glob("*.jar")) if jars_dir.is_dir() else []
+    missing = [p for p in REQUIRED_JAR_PREFIXES if not any(j.name.startswith(p) for j in jars)]
+    if missing:
+        raise ConfigError(
+            f"Spark jars missing from {jars_dir}: {', '.join(p + '*.jar' for p in missing)}. "
+            "Fetch them from Maven Central with `make jars` (jvm/spark/pom.xml)."
+        )
+    return jars
+
+
+def build_spark_session(
+    cfg: AttuneConfig, app_name: str | None = None, extra_conf: dict[str, str] | None = None
+) -> SparkSession:
+    """A Spark session with Delta Lake and the Kafka connector, configured from ``cfg.spark``."""
+    from pyspark.sql import SparkSession
+
+    jars = spark_jars(cfg)
+    warehouse = cfg.paths.resolve("spark-warehouse")
+    builder = (
+        SparkSession.builder.master(cfg.spark.master)
+        .appName(app_name or cfg.spark.app_name)
+        .config("spark.jars", ",".join(str(j) for j in jars))
+        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        .config(
+            "spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+        )
+        .config("spark.driver.memory", cfg.spark.driver_memory)
+        .config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.warehouse.dir", str(warehouse))
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.ui.enabled", "false")
+        .config("spark.databricks.delta.snapshotPartitions", "2")
+    )
+    for key, value in {**cfg.spark.conf, **(extra_conf or {})}.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    return session
