@@ -22,7 +22,7 @@ def _handler(target: str) -> Callable[[Any, argparse.Namespace], int | None]:
 
     def run(cfg: Any, args: argparse.Namespace) -> int | None:
         func = getattr(importlib.import_module(module_name), func_name)
-        return func(cfg, args)  # type: ignore[no-any-return]
+        return func(cfg, args)
 
     return run
 
@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = stack_sub.add_parser("status", help="health and address of every component")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_handler("attune.stack:cmd_status"))
+    topics = stack_sub.add_parser(
+        "topics", help="create the declared topics on kafka.bootstrap_servers (any broker)"
+    )
+    topics.set_defaults(handler=_handler("attune.stack:cmd_topics"))
 
     # attune serve collector
     serve = sub.add_parser("serve", help="run a server process")
@@ -57,6 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
     coll.add_argument("--host", help="listen address (default: collector.host)")
     coll.add_argument("--port", type=int, help="listen port (default: collector.port)")
     coll.set_defaults(handler=_handler("attune.collector.app:cmd_serve"))
+
+    # attune speed start|stop|status
+    speed = sub.add_parser("speed", help="the speed layer: Kafka -> Redis features + Delta bronze")
+    speed_sub = speed.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sp_start = speed_sub.add_parser("start", help="start the streaming queries (detached)")
+    sp_start.add_argument(
+        "--foreground", action="store_true", help="run in this process until Ctrl-C or SIGTERM"
+    )
+    sp_start.add_argument(
+        "--queries",
+        default="bronze,online",
+        help="comma-separated queries to run: bronze, online (default: both)",
+    )
+    sp_start.set_defaults(handler=_handler("speed_layer.control:cmd_start"))
+    sp_stop = speed_sub.add_parser("stop", help="stop the detached speed layer")
+    sp_stop.add_argument("--timeout", type=float, default=60.0, help="seconds before SIGKILL")
+    sp_stop.set_defaults(handler=_handler("speed_layer.control:cmd_stop"))
+    sp_status = speed_sub.add_parser("status", help="queries, last progress, consumer lag")
+    sp_status.add_argument("--json", action="store_true", help="machine-readable output")
+    sp_status.set_defaults(handler=_handler("speed_layer.control:cmd_status"))
 
     # attune keys create SOURCE
     keys = sub.add_parser("keys", help="manage collector write keys")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -171,6 +172,9 @@ class CollectorConfig(_Section):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     ack_timeout_s: float = Field(10.0, gt=0, description="How long to wait for Kafka's ack.")
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with a 503.")
+    workers: int = Field(
+        1, ge=1, le=64, description="Collector processes (uvicorn workers), each with a producer."
+    )
     write_keys_file: Path = Field(
         Path("secrets/write_keys.yaml"), description="source -> sha256 of its write key."
     )
@@ -194,6 +198,131 @@ class PrivacyConfig(_Section):
     )
 
 
+def _default_affinity_weights() -> dict[str, float]:
+    return {
+        "item_view": 1.0,
+        "click": 1.0,
+        "rec_click": 2.0,
+        "dwell": 1.0,
+        "add_to_cart": 3.0,
+        "remove_from_cart": -1.0,
+        "checkout": 3.0,
+        "purchase": 5.0,
+        "rating": 2.0,
+        "dismiss": -2.0,
+        "not_interested": -3.0,
+    }
+
+
+class FeaturesConfig(_Section):
+    """Parameters of the online features; the speed layer and the nightly batch share them.
+
+    Durations take seconds or ISO 8601 (``PT30M``, ``P7D``).
+    """
+
+    recent_items: int = Field(50, ge=1, le=1000, description="N of a user's last N items.")
+    affinity_half_life: timedelta = Field(
+        timedelta(days=7), description="Half-life of the genre/category affinities."
+    )
+    affinity_weights: dict[str, float] = Field(
+        default_factory=_default_affinity_weights,
+        description="Weight of one interaction per event type (types absent weigh 0). A "
+        "rating weighs weight * (rating - rating_neutral) / rating_neutral.",
+    )
+    rating_neutral: float = Field(5.0, gt=0, description="Rating that neither helps nor hurts.")
+    session_gap: timedelta = Field(
+        timedelta(minutes=30),
+        description="Inactivity that starts a new session when events carry no session_id.",
+    )
+    trending_windows: list[timedelta] = Field(
+        default_factory=lambda: [timedelta(hours=1), timedelta(hours=24)],
+        description="Sliding windows of the per-item trending counts.",
+    )
+    trending_slices: int = Field(
+        12, ge=1, le=240, description="Each trending window slides by window / slices."
+    )
+    dismissed_items: int = Field(100, ge=1, description="How many dismissed items to keep.")
+    ignore_min_impressions: int = Field(
+        5, ge=1, description="Impressions of a genre without a click that mark it as ignored."
+    )
+
+
+class OnlineStoreConfig(_Section):
+    """The Redis online store's key scheme and retention (see docs/online_store.md)."""
+
+    key_prefix: str = Field("att", pattern=r"^[A-Za-z0-9_.-]+$")
+    user_ttl: timedelta = Field(
+        timedelta(days=90), description="A user's features expire after this much inactivity."
+    )
+    dedup_per_user: int = Field(
+        2000, ge=10, description="Event ids remembered per user to make replays change nothing."
+    )
+
+
+class SpeedConfig(_Section):
+    """The speed layer: Structured Streaming from the events topic to Redis and Delta bronze."""
+
+    trigger: Literal["microbatch", "realtime"] = Field(
+        "microbatch",
+        description="Trigger of the online (Redis) query: micro-batches, or Spark 4.1's "
+        "real-time mode (see docs/speed_layer.md for the measured comparison).",
+    )
+    online_interval: timedelta = Field(
+        timedelta(0), description="Micro-batch interval of the online query (0 = back to back)."
+    )
+    realtime_batch: timedelta = Field(
+        timedelta(seconds=5),
+        description="Real-time mode's batch (checkpoint) duration; Spark's minimum is 5 s.",
+    )
+    bronze_interval: timedelta = Field(
+        timedelta(seconds=5), description="Micro-batch interval of the bronze query."
+    )
+    online_max_offsets: int = Field(
+        20_000, ge=1, description="At most this many records per online micro-batch."
+    )
+    bronze_max_offsets: int = Field(
+        200_000, ge=1, description="At most this many records per bronze micro-batch."
+    )
+    starting_offsets: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a query with a fresh checkpoint starts reading."
+    )
+    checkpoint_dir: Path = Field(
+        Path("checkpoints/speed"), description="One subfolder per query (under var_dir)."
+    )
+    bronze_table: str = Field("bronze/events", description="Under the lake root.")
+    quarantine_table: str = Field("bronze/quarantine", description="Under the lake root.")
+    dedup_watermark: timedelta = Field(
+        timedelta(hours=1),
+        description="Events repeating an event_id within this long (by Kafka time) are dropped.",
+    )
+    max_future_skew: timedelta = Field(
+        timedelta(hours=1),
+        description="Events stamped further than this after their receive time are quarantined.",
+    )
+    no_personalization_consent: Literal["store", "store_unlinked", "drop"] = Field(
+        "store",
+        description="Bronze policy for events without personalization consent: store as is, "
+        "store without user/anonymous/session ids, or drop. They never reach Redis.",
+    )
+    catalog_source: Literal["topic", "delta"] = Field(
+        "topic", description="Item metadata from the catalog topic or a Delta table."
+    )
+    catalog_table: str = Field(
+        "silver/items", description="Delta catalog (item_id, title, year, genres) under the lake."
+    )
+    catalog_refresh: timedelta = Field(
+        timedelta(seconds=10), description="How often to look for catalog changes."
+    )
+    shuffle_partitions: int = Field(
+        4, ge=1, description="State partitions of the bronze query (fixed by its checkpoint)."
+    )
+    spark_conf: dict[str, str] = Field(
+        default_factory=dict, description="Extra spark.* settings for the speed layer's session."
+    )
+    features: FeaturesConfig = FeaturesConfig()
+    online_store: OnlineStoreConfig = OnlineStoreConfig()
+
+
 class AttuneConfig(_Section):
     """The whole configuration. Every field has a default, so an empty file is valid."""
 
@@ -204,6 +333,7 @@ class AttuneConfig(_Section):
     lake: LakeConfig = LakeConfig()
     collector: CollectorConfig = CollectorConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    speed: SpeedConfig = SpeedConfig()
 
     # Convenience resolved paths -------------------------------------------------------
     @property
@@ -305,7 +435,13 @@ def load_config(
             raise ConfigError(_format_errors(exc, origin)) from None
     overrides = _env_overrides(env)
     if overrides:
-        data = _deep_merge(data, overrides)
+        # Merge into the complete tree (defaults + file), so that overriding one field of one
+        # entry of a mapping (e.g. ATTUNE__KAFKA__TOPICS__EVENTS__PARTITIONS) keeps the rest.
+        try:
+            full = AttuneConfig.model_validate(data).model_dump()
+        except ValidationError as exc:
+            raise ConfigError(_format_errors(exc, origin)) from None
+        data = _deep_merge(full, overrides)
         origin = f"{origin} with ATTUNE__* environment overrides"
     try:
         return AttuneConfig.model_validate(data)

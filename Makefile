@@ -1,0 +1,112 @@
+# attune: one-command set-up.
+#
+#   make demo    set up everything, then run the end-to-end demo (`attune demo`)
+#   make test    set up everything, start the local stack, run the whole test suite, stop the stack
+#
+# Needs: Python 3.11 as `python3` (override with PYTHON=...), Java 17, Maven 3.8, and network
+# access to PyPI, Maven Central and (for redis-server, installed by `attune stack up`) Debian.
+# Every step is idempotent: a stamp file under var/stamps/ is named after the hash of what the
+# step depends on (requirements.lock + pyproject.toml, the poms), so a second run does nothing
+# and a changed lock or pom re-runs exactly the step it affects.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3
+MVN ?= mvn
+UV_VERSION := 0.13.9
+VENV := .venv
+VAR := var
+STAMPS := $(VAR)/stamps
+SPARK_JARS := $(CURDIR)/$(VAR)/jars/spark
+KAFKA_JARS := $(CURDIR)/$(VAR)/jars/kafka
+PYTEST_ARGS ?=
+# Maven 3.8 prints colour resets even with -B -q; strip them from the log (pipefail keeps errors).
+NO_ANSI := 2>&1 | sed -e 's/\x1b\[[0-9;]*m//g'
+
+# TensorFlow Recommenders needs Keras 2 (tf-keras) under TensorFlow 2.21.
+export TF_USE_LEGACY_KERAS := 1
+
+SETUP_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+JARS_HASH := $(shell cat jvm/spark/pom.xml jvm/kafka/pom.xml | sha256sum | cut -c1-16)
+SETUP_STAMP := $(STAMPS)/setup-$(SETUP_HASH)
+JARS_STAMP := $(STAMPS)/jars-$(JARS_HASH)
+
+# A stamp is only trusted while what it stands for is still there (someone may have deleted
+# var/jars or uninstalled the package); otherwise this phony prerequisite forces the step.
+SETUP_CHECK := $(if $(wildcard $(VENV)/bin/attune),,FORCE)
+JARS_CHECK := $(if $(and $(wildcard $(SPARK_JARS)/delta-spark_*.jar),$(wildcard $(KAFKA_JARS)/kafka_2.13-*.jar)),,FORCE)
+
+.PHONY: help setup jars test lint demo stack-up stack-down stack-status FORCE
+
+help:
+	@echo "make demo          set up, then run the end-to-end demo (attune demo)"
+	@echo "make test          set up, start the stack, run unit + integration tests, stop the stack"
+	@echo "make setup         .venv with the pinned requirements.lock and attune (editable)"
+	@echo "make jars          Spark and Kafka jars from Maven Central into var/jars/"
+	@echo "make lint          ruff check, ruff format --check, mypy attune"
+	@echo "make stack-up | stack-down | stack-status"
+	@echo "variables: PYTHON=$(PYTHON) PYTEST_ARGS='$(PYTEST_ARGS)'"
+
+setup: $(SETUP_STAMP)
+
+jars: $(JARS_STAMP)
+
+$(VENV)/pyvenv.cfg:
+	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v[:2] == (3, 11) else \
+	  f"attune needs Python 3.11, but $(PYTHON) is {v.major}.{v.minor} ({sys.executable}); " \
+	  "run make with PYTHON=/path/to/python3.11")'
+	@echo "setup: creating $(VENV) with $$($(PYTHON) --version)"
+	$(PYTHON) -m venv $(VENV)
+
+$(SETUP_STAMP): $(VENV)/pyvenv.cfg $(SETUP_CHECK)
+	@$(VENV)/bin/python -c 'import sys; v = sys.version_info; sys.exit(0 if v[:2] == (3, 11) else \
+	  f"$(VENV) runs Python {v.major}.{v.minor}, attune needs 3.11: remove $(VENV) and run make again")'
+	@if [ "$$($(VENV)/bin/uv --version 2>/dev/null | cut -d' ' -f2)" != "$(UV_VERSION)" ]; then \
+	  echo "setup: installing uv==$(UV_VERSION) into $(VENV)"; \
+	  $(VENV)/bin/python -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"; \
+	fi
+	@echo "setup: syncing $(VENV) with requirements.lock"
+	$(VENV)/bin/uv pip sync --python $(VENV)/bin/python requirements.lock
+	$(VENV)/bin/uv pip install --python $(VENV)/bin/python --no-deps -e .
+	@rm -f $(STAMPS)/setup-*
+	@mkdir -p $(STAMPS) && touch $@
+	@echo "setup: done ($(VENV), stamp $@)"
+
+$(JARS_STAMP): jvm/spark/pom.xml jvm/kafka/pom.xml $(JARS_CHECK)
+	@command -v java >/dev/null || { echo "jars: java not found; install a JDK 17" >&2; exit 1; }
+	@command -v $(MVN) >/dev/null || { echo "jars: $(MVN) not found; install Maven 3.8+" >&2; exit 1; }
+	@echo "jars: Spark jars (Delta Lake, Kafka connector) -> $(SPARK_JARS)"
+	rm -rf $(SPARK_JARS)
+	$(MVN) -q -B -f jvm/spark/pom.xml dependency:copy-dependencies -DoutputDirectory=$(SPARK_JARS) $(NO_ANSI)
+	@echo "jars: Kafka broker jars -> $(KAFKA_JARS)"
+	rm -rf $(KAFKA_JARS)
+	$(MVN) -q -B -f jvm/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$(KAFKA_JARS) $(NO_ANSI)
+	@rm -f $(STAMPS)/jars-*
+	@mkdir -p $(STAMPS) && touch $@
+	@echo "jars: done ($$(ls $(SPARK_JARS) | wc -l) Spark jars, $$(ls $(KAFKA_JARS) | wc -l) Kafka jars)"
+
+test: setup jars
+	scripts/test.sh $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy attune
+
+demo: setup jars
+	$(VENV)/bin/attune demo
+
+stack-up: setup jars
+	$(VENV)/bin/attune stack up
+
+stack-down:
+	$(VENV)/bin/attune stack down
+
+stack-status:
+	$(VENV)/bin/attune stack status
+
+FORCE:
