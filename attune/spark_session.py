@@ -8,6 +8,7 @@ starts (``spark.jars.packages`` is never set), so sessions start the same way of
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,10 @@ def build_spark_session(
             "spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog"
         )
         .config("spark.driver.memory", cfg.spark.driver_memory)
+        # Python workers must run this interpreter (the venv), not whatever `python3` is first
+        # on PATH: UDFs need the same packages as the driver.
+        .config("spark.pyspark.python", sys.executable)
+        .config("spark.pyspark.driver.python", sys.executable)
         .config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.warehouse.dir", str(warehouse))
