@@ -54,13 +54,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     topics.set_defaults(handler=_handler("attune.stack:cmd_topics"))
 
-    # attune serve collector
+    # attune serve collector | models
     serve = sub.add_parser("serve", help="run a server process")
     serve_sub = serve.add_subparsers(dest="server", required=True, metavar="SERVER")
     coll = serve_sub.add_parser("collector", help="the HTTP event collector (POST /v1/events)")
     coll.add_argument("--host", help="listen address (default: collector.host)")
     coll.add_argument("--port", type=int, help="listen port (default: collector.port)")
     coll.set_defaults(handler=_handler("attune.collector.app:cmd_serve"))
+    srv = serve_sub.add_parser(
+        "models", help="the model server: TF Serving's REST (:8501) and gRPC (:8500) APIs"
+    )
+    srv.add_argument(
+        "--model-config-file",
+        metavar="FILE",
+        help="TF Serving model config (model_config_list); default: serving.model_config_file, "
+        "else every model of the repository at its promoted or latest version",
+    )
+    srv.add_argument("--repository", metavar="DIR", help="default: models.repository_dir")
+    srv.add_argument("--host", help="listen address (default: serving.host)")
+    srv.add_argument("--rest-port", type=int, help="REST port (default: serving.rest_port)")
+    srv.add_argument("--grpc-port", type=int, help="gRPC port (default: serving.grpc_port)")
+    srv.add_argument(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        help="merge concurrent requests into batches (default: serving.batching.enabled)",
+    )
+    srv.set_defaults(handler=_handler("attune.serving.server:cmd_serve"))
+    papi = serve_sub.add_parser(
+        "api", help="the personalization API (recommendations, content, messages, feedback)"
+    )
+    papi.add_argument("--host", help="listen address (default: api.host)")
+    papi.add_argument("--port", type=int, help="listen port (default: api.port)")
+    papi.add_argument(
+        "--protocol",
+        choices=["grpc", "rest"],
+        help="TF Serving protocol to the model server (default: api.model_server.protocol)",
+    )
+    papi.set_defaults(handler=_handler("attune.api.app:cmd_serve"))
 
     # attune speed start|stop|status
     speed = sub.add_parser("speed", help="the speed layer: Kafka -> Redis features + Delta bronze")
@@ -88,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     kc = keys_sub.add_parser("create", help="create (or rotate) the write key of a source")
     kc.add_argument("source", help="source name, e.g. web, ios, demo")
     kc.set_defaults(handler=_handler("attune.secrets:cmd_create_key"))
+    kr = keys_sub.add_parser(
+        "create-read", help="create (or rotate) a read key of the personalization API"
+    )
+    kr.add_argument("name", help="key name, e.g. web, ios (rate limits are per name)")
+    kr.set_defaults(handler=_handler("attune.api.keys:cmd_create_read_key"))
 
     # attune events schema
     events = sub.add_parser("events", help="the event schema and what landed in Kafka")
@@ -117,10 +152,47 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--batch-size", type=int, default=500, help="events per request")
     replay.set_defaults(handler=_handler("attune.replay:cmd_replay"))
 
+    # attune models train|evaluate|list (options in models/cli.py, handlers imported lazily)
+    from models.cli import add_models_parser
+
+    add_models_parser(sub, _handler)
+
     # attune demo
     demo = sub.add_parser("demo", help="end to end on the embedded defaults")
     demo.add_argument("--limit", type=int, help="replay only the first N ratings")
     demo.set_defaults(handler=_handler("attune.demo:cmd_demo"))
+
+    # attune batch run --date YYYY-MM-DD [--stage ...]
+    batch = sub.add_parser("batch", help="the nightly batch layer: bronze -> silver -> gold")
+    batch_sub = batch.add_subparsers(dest="action", required=True, metavar="ACTION")
+    b_run = batch_sub.add_parser("run", help="process one logical date (idempotent)")
+    b_run.add_argument("--date", required=True, help="logical date, YYYY-MM-DD (UTC)")
+    b_run.add_argument(
+        "--stage",
+        action="append",
+        choices=["silver", "gold", "views", "maintenance"],
+        help="run only this stage (repeatable; default: all, in order)",
+    )
+    b_run.add_argument(
+        "--from",
+        dest="since",
+        metavar="YYYY-MM-DD",
+        help="re-derive silver from this event date (default: --date minus batch.late_days)",
+    )
+    b_run.add_argument("--json", action="store_true", help="print the run report as JSON")
+    b_run.set_defaults(handler=_handler("spark.job:cmd_run"))
+
+    # attune privacy erase --user ID
+    privacy = sub.add_parser("privacy", help="data-subject requests (right to erasure)")
+    privacy_sub = privacy.add_subparsers(dest="action", required=True, metavar="ACTION")
+    erase = privacy_sub.add_parser(
+        "erase", help="erase a user: Redis now, every Delta table at the next batch run"
+    )
+    erase.add_argument("--user", action="append", metavar="ID", help="the app's user id")
+    erase.add_argument(
+        "--anonymous-id", action="append", metavar="ID", help="an anonymous (visitor) id"
+    )
+    erase.set_defaults(handler=_handler("spark.erasure:cmd_erase"))
 
     return parser
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "ATTUNE__"
 CONFIG_ENV = "ATTUNE_CONFIG"
@@ -191,6 +191,11 @@ class PrivacyConfig(_Section):
         Path("secrets/pseudonym.key"),
         description="HMAC key for user ids; created (mode 0600) on first use if missing.",
     )
+    profile_key_file: Path = Field(
+        Path("secrets/profile.key"),
+        description="AES-256 key encrypting personal profile fields (traits) in the lake; "
+        "created (mode 0600) on first use if missing.",
+    )
     default_consent: Consent = Consent()
     drop_without_analytics_consent: bool = Field(
         True,
@@ -245,6 +250,20 @@ class FeaturesConfig(_Section):
     ignore_min_impressions: int = Field(
         5, ge=1, description="Impressions of a genre without a click that mark it as ignored."
     )
+
+    @field_validator("affinity_half_life", "session_gap")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("must be a positive duration, e.g. P7D or 3600")
+        return v
+
+    @field_validator("trending_windows")
+    @classmethod
+    def _windows(cls, v: list[timedelta]) -> list[timedelta]:
+        if any(w < timedelta(minutes=1) for w in v):
+            raise ValueError("every trending window must be at least a minute, e.g. PT1H")
+        return v
 
 
 class OnlineStoreConfig(_Section):
@@ -323,6 +342,505 @@ class SpeedConfig(_Section):
     online_store: OnlineStoreConfig = OnlineStoreConfig()
 
 
+class BotFilterConfig(_Section):
+    """Users whose event rate is not humanly possible are bots on that day (silver drops them)."""
+
+    max_events_per_day: int = Field(5000, ge=1, description="More events on one day: a bot.")
+    max_events_per_minute: int = Field(
+        120, ge=1, description="More events in any one clock minute: a bot (for that day)."
+    )
+
+
+def _default_max_null_rates() -> dict[str, float]:
+    return {
+        "event_id": 0.0,
+        "type": 0.0,
+        "timestamp": 0.0,
+        "received_at": 0.0,
+        "consent": 0.0,
+        "source": 0.0,
+    }
+
+
+class QualityConfig(_Section):
+    """Data-quality checks run on every batch run; a failed check stops the run."""
+
+    max_null_rates: dict[str, float] = Field(
+        default_factory=_default_max_null_rates,
+        description="Bronze column -> largest share of nulls allowed on the logical date.",
+    )
+    max_duplicate_rate: float = Field(
+        0.05, ge=0, le=1, description="Largest share of bronze rows repeating an event_id."
+    )
+    volume_history_days: int = Field(
+        7, ge=1, description="Days before the logical date whose average volume is compared."
+    )
+    volume_min_history_days: int = Field(
+        3, ge=1, description="Skip the volume check until this many earlier days have events."
+    )
+    volume_min_ratio: float = Field(
+        0.2, ge=0, description="Fail below this share of the trailing average daily volume."
+    )
+    volume_max_ratio: float = Field(
+        5.0, ge=0, description="Fail above this multiple of the trailing average daily volume."
+    )
+    max_bot_rate: float = Field(
+        0.5, ge=0, le=1, description="Largest share of a day's events filtered out as bots."
+    )
+    max_malformed_catalog_rate: float = Field(
+        0.01, ge=0, le=1, description="Largest share of catalog records that do not parse."
+    )
+
+
+class CooccurrenceConfig(_Section):
+    """Item co-occurrence: "seen in the same session" and "bought by the same user"."""
+
+    max_session_items: int = Field(
+        20, ge=2, description="Distinct items of a session taken into pairs (its latest ones)."
+    )
+    max_user_purchases: int = Field(
+        50, ge=2, description="Distinct purchased items of a user taken into pairs (latest)."
+    )
+    min_count: int = Field(
+        2, ge=1, description="Pairs seen in fewer sessions (or users) are dropped as noise."
+    )
+    top_k: int = Field(20, ge=1, description="Neighbours kept per item.")
+
+
+class SegmentsConfig(_Section):
+    """The RFM rules that put each user in one segment (see docs/batch.md)."""
+
+    new_days: int = Field(7, ge=1, description="First seen this recently: segment new.")
+    active_days: int = Field(30, ge=1, description="Seen this recently: active.")
+    loyal_purchases: int = Field(2, ge=1, description="Purchases (all time) that make loyal.")
+    champion_purchases: int = Field(
+        3, ge=1, description="Purchases within active_days that make a champion."
+    )
+
+
+class ViewsConfig(_Section):
+    """Batch views written to Redis: the fallback when the model server cannot answer."""
+
+    write_redis: bool = Field(True, description="Write the views (and corrections) to Redis.")
+    recs_per_user: int = Field(20, ge=1, description="Precomputed recommendations per user.")
+    seed_items: int = Field(
+        10, ge=1, description="A user's latest items whose neighbours are recommended."
+    )
+    popular_per_segment: int = Field(100, ge=1, description="Items per segment's popular list.")
+    ttl: timedelta = Field(
+        timedelta(days=14), description="Views expire when the nightly run stops renewing them."
+    )
+    correct_online_features: bool = Field(
+        True,
+        description="Re-apply the window's interactions through the online store's idempotent "
+        "write script, so events the stream missed reach Redis.",
+    )
+    drift_sample_users: int = Field(
+        500, ge=0, description="Users whose Redis features are compared with the batch's."
+    )
+
+
+class MaintenanceConfig(_Section):
+    """Compaction, VACUUM and the retention policy of the lake."""
+
+    optimize: bool = Field(True, description="Compact the small files of the late window.")
+    vacuum_retention: timedelta = Field(
+        timedelta(days=7), description="VACUUM removes unreferenced files older than this."
+    )
+    event_retention: timedelta = Field(
+        timedelta(days=730), description="Events older than this (by event date) are deleted."
+    )
+
+
+class BatchConfig(_Section):
+    """The nightly batch layer: bronze -> silver -> gold -> views, over one logical date."""
+
+    late_days: int = Field(
+        3, ge=0, description="Event dates before the logical date re-derived for late data."
+    )
+    erasure_recheck: timedelta = Field(
+        timedelta(days=7),
+        description="How long after an erasure request bronze is re-checked for the user's "
+        "late-arriving events (keep >= the events topic's retention).",
+    )
+    recommendation_id_pattern: str = Field(
+        r"^([^:]+):([^:]+):",
+        description="Regex on recommendation_id: group 1 = experiment, group 2 = variant.",
+    )
+    spark_conf: dict[str, str] = Field(
+        default_factory=dict, description="Extra spark.* settings for the batch's session."
+    )
+    bots: BotFilterConfig = BotFilterConfig()
+    quality: QualityConfig = QualityConfig()
+    cooccurrence: CooccurrenceConfig = CooccurrenceConfig()
+    segments: SegmentsConfig = SegmentsConfig()
+    views: ViewsConfig = ViewsConfig()
+    maintenance: MaintenanceConfig = MaintenanceConfig()
+
+
+ModelFeature = Literal["user", "sequence", "context", "content", "prior"]
+FEATURE_GROUP_NAMES: tuple[ModelFeature, ...] = ("user", "sequence", "context", "content", "prior")
+
+
+class RetrievalConfig(_Section):
+    """The two-tower retrieval model (models/retrieval.py); defaults tuned on a validation split
+    of MovieTweetings carved from the training period (never on the test set)."""
+
+    features: list[ModelFeature] = Field(
+        default_factory=lambda: list(FEATURE_GROUP_NAMES),
+        description="Feature groups: user id, recent-item sequence, request context, item "
+        "content (genres, title, year, price), popularity prior.",
+    )
+    embedding_dim: int = Field(64, ge=4)
+    query_hidden: int = Field(128, ge=0, description="Hidden ReLU layer of the query tower.")
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(1024, ge=8, description="Also the number of in-batch negatives.")
+    learning_rate: float = Field(0.01, gt=0)
+    temperature: float = Field(0.2, gt=0, description="Softmax temperature on cosine scores.")
+    logq_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Strength of the in-loss popularity sampling-bias (log-Q) correction; 0 "
+        "leaves the correction to serving time (see prior_weight).",
+    )
+    prior_weight: float | None = Field(
+        3.0,
+        ge=0,
+        description="Fixed weight of the popularity prior added at serving (prior left out of "
+        "training); None learns a per-query weight in training instead.",
+    )
+    batching: Literal["time", "shuffle"] = Field(
+        "time", description="Batches of time-adjacent examples, or shuffled examples."
+    )
+    train_on: Literal["positives", "interactions"] = "positives"
+    example_half_life_days: float | None = Field(
+        30.0, gt=0, description="Recency weight of training examples (None = all equal)."
+    )
+    id_dropout: float = Field(
+        0.1, ge=0, lt=1, description="Share of item ids hidden in training (content fallback)."
+    )
+    min_item_interactions: int = Field(1, ge=1, description="Rarer items share the OOV id.")
+    user_oov_buckets: int = Field(16, ge=1, description="Hash buckets for unknown users.")
+    sequence_length: int = Field(
+        20, ge=1, description="Recent items the query tower reads (the first N it is given)."
+    )
+    top_k: int = Field(100, ge=1, description="Items the exported serving signature returns.")
+
+
+class RankingConfig(_Section):
+    """The deep & cross ranking model (models/ranking.py)."""
+
+    features: list[ModelFeature] = Field(default_factory=lambda: list(FEATURE_GROUP_NAMES))
+    embedding_dim: int = Field(32, ge=4)
+    query_hidden: int = Field(64, ge=0)
+    cross_layers: int = Field(1, ge=0)
+    deep_layers: list[int] = Field(default_factory=lambda: [128, 64])
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(2048, ge=8)
+    learning_rate: float = Field(0.003, gt=0)
+    negatives: int = Field(4, ge=1, description="Sampled negatives per positive.")
+    negative_window: int = Field(
+        2000, ge=2, description="Negatives come from positive events this close in time."
+    )
+    rating_weight: float = Field(0.1, ge=0, description="Weight of the rating task (0 = off).")
+    prior_correction: float = Field(
+        3.0, ge=0, description="Weight of the log prior added back to the served score."
+    )
+    blend: float = Field(0.0, ge=0, description="Weight of the retrieval score in re-ranking.")
+    candidates: int = Field(100, ge=1, description="Retrieval candidates re-ranked in evaluation.")
+    id_dropout: float = Field(0.1, ge=0, lt=1)
+    user_oov_buckets: int = Field(16, ge=1)
+    sequence_length: int = Field(20, ge=1)
+
+
+class ALSConfig(_Section):
+    """Spark MLlib ALS baseline (implicit feedback); tuned on MovieTweetings validation splits."""
+
+    rank: int = Field(64, ge=1)
+    max_iter: int = Field(10, ge=1)
+    reg_param: float = Field(20.0, ge=0)
+    alpha: float = Field(40.0, ge=0)
+    blocks: int = Field(2, ge=1, description="User and item blocks (parallelism).")
+
+
+class ModelsConfig(_Section):
+    """Training, evaluation, the model repository and the promotion gate (models/)."""
+
+    repository_dir: Path = Field(
+        Path("models"), description="Model repository <name>/<version>/ (under var_dir)."
+    )
+    serving_base_path: str | None = Field(
+        None,
+        description="Repository path as the TF Serving process sees it (in models.config); "
+        "default: the repository's absolute path.",
+    )
+    training_examples_table: str = Field(
+        "gold/training_examples", description="Gold training examples (under the lake root)."
+    )
+    items_table: str = Field("gold/items", description="Gold items (under the lake root).")
+    promotion_metric: str = Field(
+        "ndcg@10",
+        pattern=r"^(recall|ndcg|map|hit_rate)@[1-9][0-9]*$",
+        description="Metric the promotion gate compares, e.g. ndcg@10, recall@20.",
+    )
+    promotion_margin: float = Field(
+        0.01, ge=0, description="Relative improvement needed: new >= served * (1 + margin)."
+    )
+    holdout_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Newest share of the data held out to gate a training run."
+    )
+    positive_threshold: float = Field(7.0, description="Ratings >= this are positives.")
+    k: int = Field(10, ge=1, description="Cut-off of the evaluation metrics.")
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    validation_fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Share of the training data used for validation; default: as many "
+        "interactions as the test set.",
+    )
+    seed: int = 42
+    prior_half_life_days: float | None = Field(
+        None,
+        gt=0,
+        description="Half-life of the popularity prior; None picks it on the validation split "
+        "from prior_half_life_grid.",
+    )
+    prior_half_life_grid: list[float] = Field(
+        default_factory=lambda: [1.0, 2.0, 3.0, 5.0, 7.0, 14.0, 30.0, float("inf")],
+        description="Half-lives tried, in days; .inf means no decay (all-time popularity).",
+    )
+    knn_neighbours_grid: list[int] = Field(
+        default_factory=lambda: [50, 200, 1000],
+        description="Item-kNN neighbourhood sizes tried on the validation split.",
+    )
+    retrieval: RetrievalConfig = RetrievalConfig()
+    ranking: RankingConfig = RankingConfig()
+    als: ALSConfig = ALSConfig()
+
+
+class ServingBatchingConfig(_Section):
+    """Request batching of the model server (TF Serving's ``--enable_batching``)."""
+
+    enabled: bool = Field(False, description="Merge concurrent predict requests into batches.")
+    max_batch_size: int = Field(64, ge=1, description="Rows (examples) per merged batch.")
+    batch_timeout_ms: float = Field(
+        2.0, ge=0, description="How long a batch's first request waits for others."
+    )
+    max_enqueued_requests: int = Field(
+        1000, ge=1, description="Waiting requests per model signature before 503s."
+    )
+    threads: int = Field(1, ge=1, description="Batches run in parallel per model signature.")
+
+
+class ServingConfig(_Section):
+    """``attune serve models``: the TF-Serving-protocol model server (REST + gRPC)."""
+
+    host: str = Field("127.0.0.1", description="Listen address of both APIs.")
+    rest_port: int = Field(8501, ge=1, le=65535)
+    grpc_port: int = Field(8500, ge=1, le=65535)
+    model_config_file: Path | None = Field(
+        None,
+        description="TF Serving model config (model_config_list), under var_dir if relative; "
+        "None serves every model of models.repository_dir at its promoted (else latest) version.",
+    )
+    poll_interval_s: float = Field(
+        1.0, gt=0, description="How often to look for new versions and model config changes."
+    )
+    request_threads: int = Field(8, ge=1, description="Worker threads of each API.")
+    grpc_max_message_mb: int = Field(64, ge=1, description="Largest gRPC message, MiB.")
+    batching: ServingBatchingConfig = ServingBatchingConfig()
+
+
+class RateLimitConfig(_Section):
+    """A token bucket: ``rate_per_s`` tokens a second, at most ``burst`` saved up."""
+
+    rate_per_s: float = Field(100.0, gt=0, description="Sustained requests per second.")
+    burst: int = Field(200, ge=1, description="Requests allowed at once after a quiet spell.")
+
+
+class CircuitBreakerConfig(_Section):
+    """Stops waiting on a dead dependency: closed -> open -> half-open -> closed."""
+
+    failure_threshold: int = Field(
+        5, ge=1, description="Consecutive failures (errors or timeouts) that open the breaker."
+    )
+    reset_timeout_s: float = Field(
+        5.0, gt=0, description="How long the breaker stays open before one trial call."
+    )
+
+
+class ModelClientConfig(_Section):
+    """How the API reaches the models: only through the TF Serving protocol."""
+
+    protocol: Literal["grpc", "rest"] = Field(
+        "grpc", description="gRPC (PredictionService) or REST (:predict) to the model server."
+    )
+    grpc_target: str | None = Field(
+        None, description="HOST:PORT of the gRPC API; default serving.host:serving.grpc_port."
+    )
+    rest_url: str | None = Field(
+        None, description="Base URL of the REST API; default http://serving.host:rest_port."
+    )
+    retrieval_model: str = "retrieval"
+    ranking_model: str = "ranking"
+    timeout_ms: float = Field(
+        100.0, gt=0, description="Time budget of one model call; over it the API falls back."
+    )
+    breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+
+
+class CandidatesConfig(_Section):
+    """Where the candidates that ranking re-orders come from."""
+
+    retrieval: int = Field(100, ge=1, description="Best retrieval results kept.")
+    seeds: int = Field(
+        3, ge=0, description="Latest items (and the seed item) whose co-occurrence neighbours join."
+    )
+    per_seed: int = Field(10, ge=1, description="Neighbours taken per seed item.")
+    trending: int = Field(20, ge=0, description="Trending items that join.")
+    trending_window_s: int = Field(
+        3600, ge=1, description="Trending window read (one of speed.features.trending_windows)."
+    )
+    max_ranked: int = Field(150, ge=1, description="At most this many candidates are ranked.")
+    popular: int = Field(100, ge=1, description="Popular items read to fill short lists.")
+
+
+class PinConfig(_Section):
+    item_id: str = Field(min_length=1)
+    position: int = Field(ge=0, description="0-based position in the list.")
+
+
+class RulesConfig(_Section):
+    """Business rules applied to every ranked list (docs/api.md)."""
+
+    drop_seen: bool = Field(True, description="Leave out items the user interacted with.")
+    drop_purchased: bool = Field(True, description="Leave out purchased items (even if shown).")
+    max_per_category: int = Field(
+        3, ge=0, description="At most this many items per primary category (0 = no cap)."
+    )
+    suppress_for: timedelta = Field(
+        timedelta(days=30),
+        description="How long 'not interested' hides the categories of the item it was about.",
+    )
+    ignored_category_penalty: float = Field(
+        1.0,
+        ge=0,
+        description="Score taken off items of categories the user keeps ignoring (shown "
+        "often, never engaged with).",
+    )
+    category_boosts: dict[str, float] = Field(
+        default_factory=dict, description="Category -> score added to its items."
+    )
+    item_boosts: dict[str, float] = Field(
+        default_factory=dict, description="Item id -> score added to it."
+    )
+    pins: dict[str, list[PinConfig]] = Field(
+        default_factory=dict,
+        description="Placement -> items pinned at fixed positions ('*' = every placement).",
+    )
+
+
+class VariantConfig(_Section):
+    """One arm of the recommendations experiment."""
+
+    weight: float = Field(1.0, ge=0, description="Share of users, relative to the other arms.")
+    ranking: bool = Field(True, description="Re-rank with the ranking model (else retrieval).")
+    model_label: str | None = Field(
+        None, description="TF Serving version label to call (e.g. canary); None = served."
+    )
+
+
+class ExperimentConfig(_Section):
+    """A/B assignment: a deterministic hash of (experiment, user) picks the variant."""
+
+    name: str = Field("recs", pattern=r"^[A-Za-z0-9_.-]+$")
+    variants: dict[str, VariantConfig] = Field(
+        default_factory=lambda: {"control": VariantConfig()}, min_length=1
+    )
+
+
+class ContentRule(_Section):
+    """One rule of a content slot; the first whose conditions all hold picks the variant."""
+
+    variant: str = Field(min_length=1)
+    segments: list[str] = Field(default_factory=list, description="Any of these (empty = any).")
+    genre: str | None = Field(None, description="Category whose affinity must reach min_affinity.")
+    min_affinity: float = 0.0
+    min_events: int = Field(0, ge=0, description="At least this many events of the user.")
+    max_events: int | None = Field(None, ge=0, description="At most this many (None = any).")
+
+
+class MessageConfig(_Section):
+    """A targeted message with a frequency cap per user."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    text: str
+    priority: int = Field(0, description="Higher first when several are eligible.")
+    segments: list[str] = Field(default_factory=list, description="Any of these (empty = any).")
+    genre: str | None = None
+    min_affinity: float = 0.0
+    min_events: int = Field(0, ge=0)
+    cap: int = Field(1, ge=1, description="At most this many showings per user per cap_window.")
+    cap_window: timedelta = timedelta(days=1)
+
+
+def _default_content_slots() -> dict[str, list[ContentRule]]:
+    return {
+        "home_banner": [
+            ContentRule(variant="welcome", max_events=0),
+            ContentRule(variant="drama_picks", genre="Drama", min_affinity=2.0),
+            ContentRule(variant="win_back", segments=["at_risk", "dormant"]),
+            ContentRule(variant="default"),
+        ]
+    }
+
+
+def _default_messages() -> list[MessageConfig]:
+    return [
+        MessageConfig(
+            id="rate_more", text="Rate a few more titles to sharpen your recommendations."
+        ),
+        MessageConfig(
+            id="come_back",
+            text="New titles arrived since your last visit.",
+            priority=1,
+            segments=["at_risk", "dormant"],
+            cap=1,
+            cap_window=timedelta(days=7),
+        ),
+    ]
+
+
+class ApiConfig(_Section):
+    """``attune serve api``: the personalization API (docs/api.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    read_keys_file: Path = Field(
+        Path("secrets/read_keys.yaml"), description="Key name -> read key (mode 0600)."
+    )
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    key_rate_limits: dict[str, RateLimitConfig] = Field(
+        default_factory=dict, description="Key name -> its own limit (else rate_limit)."
+    )
+    default_k: int = Field(10, ge=1)
+    max_k: int = Field(100, ge=1)
+    source: str = Field("api", description="Source name on the events the API sends to Kafka.")
+    impressions: bool = Field(True, description="Log each response as an impression event.")
+    catalog_refresh_s: float = Field(
+        30.0, gt=0, description="How often the catalog mirror (titles, categories) is re-read."
+    )
+    similar_max_age_s: int = Field(300, ge=0, description="Cache-Control max-age of similar.")
+    trending_max_age_s: int = Field(60, ge=0, description="Cache-Control max-age of trending.")
+    model_server: ModelClientConfig = ModelClientConfig()
+    candidates: CandidatesConfig = CandidatesConfig()
+    rules: RulesConfig = RulesConfig()
+    experiment: ExperimentConfig = ExperimentConfig()
+    content_slots: dict[str, list[ContentRule]] = Field(default_factory=_default_content_slots)
+    messages: list[MessageConfig] = Field(default_factory=_default_messages)
+
+
 class AttuneConfig(_Section):
     """The whole configuration. Every field has a default, so an empty file is valid."""
 
@@ -334,6 +852,10 @@ class AttuneConfig(_Section):
     collector: CollectorConfig = CollectorConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     speed: SpeedConfig = SpeedConfig()
+    batch: BatchConfig = BatchConfig()
+    models: ModelsConfig = ModelsConfig()
+    serving: ServingConfig = ServingConfig()
+    api: ApiConfig = ApiConfig()
 
     # Convenience resolved paths -------------------------------------------------------
     @property

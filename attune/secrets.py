@@ -45,6 +45,29 @@ def pseudonym_key(cfg: AttuneConfig) -> bytes:
     return key
 
 
+def profile_key(cfg: AttuneConfig) -> bytes:
+    """The AES-256 key (32 bytes) that encrypts personal profile fields in the lake.
+
+    Stored hex-encoded in ``privacy.profile_key_file`` and created on first use. Losing it makes
+    the encrypted traits unreadable: back it up with the lake (but never next to it).
+    """
+    path = cfg.paths.resolve(cfg.privacy.profile_key_file)
+    if not path.exists():
+        _write_private(path, secrets.token_hex(32).encode())
+    text = path.read_bytes().strip()
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise ConfigError(
+            f"profile key in {path} is not hex; it must hold 64 hex digits (32 bytes)"
+        ) from None
+    if len(key) != 32:
+        raise ConfigError(
+            f"profile key in {path} is {len(key)} bytes; AES-256 needs 32 (64 hex digits)"
+        )
+    return key
+
+
 class Pseudonymizer:
     """Keyed HMAC-SHA256 of user ids: stable per key, not reversible without it."""
 
