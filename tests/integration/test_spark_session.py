@@ -76,11 +76,15 @@ def test_reads_the_events_topic_with_the_kafka_connector(
     spark: SparkSession, cfg: AttuneConfig
 ) -> None:
     from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
     from pyspark.sql import Row
     from pyspark.sql import functions as F
 
-    topic = cfg.kafka.topic("events").name
+    # A topic of its own, so the test never writes into the events topic the demo reads.
     run = uuid.uuid4().hex[:12]
+    topic = f"{cfg.kafka.topic('events').name}.test-spark-{run}"
+    admin = KafkaAdminClient(bootstrap_servers=cfg.kafka.bootstrap_servers)
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
     events = [
         StoredEvent(
             event_id=f"test-spark-{run}-{i}",
@@ -142,3 +146,5 @@ def test_reads_the_events_topic_with_the_kafka_connector(
             ),
         ],
     )
+    admin.delete_topics([topic])
+    admin.close()
