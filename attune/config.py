@@ -829,7 +829,10 @@ class ApiConfig(_Section):
     source: str = Field("api", description="Source name on the events the API sends to Kafka.")
     impressions: bool = Field(True, description="Log each response as an impression event.")
     catalog_refresh_s: float = Field(
-        30.0, gt=0, description="How often the catalog mirror (titles, categories) is re-read."
+        300.0,
+        gt=0,
+        description="How often the catalog mirror (titles, categories) is re-read (a SCAN of "
+        "the Redis keyspace: not too often on a large store).",
     )
     similar_max_age_s: int = Field(300, ge=0, description="Cache-Control max-age of similar.")
     trending_max_age_s: int = Field(60, ge=0, description="Cache-Control max-age of trending.")

@@ -1,0 +1,678 @@
+"""The Redis online store: its key scheme, its idempotent writes and its one-round-trip reads.
+
+This module is the only place that knows Redis key names. The speed layer writes through
+:func:`apply_updates`, the personalization API and the models read through
+:func:`read_user_features`, and ``docs/online_store.md`` documents the same scheme for people.
+
+Keys (``P`` is ``speed.online_store.key_prefix``, ``att`` by default; ``{u}`` is the
+pseudonymized user id, or the pseudonymized anonymous id for visitors who are not logged in,
+wrapped in braces so that all of a user's keys share one Redis Cluster hash slot); the full
+table with types and meanings is in ``docs/online_store.md``:
+
+* per user: ``P:u:{u}:recent`` (zset item -> event time ms), ``recent_meta`` (hash item ->
+  ``{"type", "t", "i"}``), ``aff`` (hash ``<bucket>:<genre>`` -> integer units), ``counters``
+  (hash type -> count, ``events``, ``first_t``, ``last_t``), ``session`` (hash), ``dismissed``
+  (zset item -> time), ``neg`` (hash ``imp:<genre>`` / ``eng:<genre>`` -> count), and the
+  bookkeeping ``applied`` (zset interaction id -> time) and ``meta`` (hash);
+* per item: ``P:i:{item}:stats`` (hash type -> engagements), ``P:i:{item}:meta`` (catalog
+  mirror: title, year, genres);
+* global: ``P:popular`` (zset), ``P:trend:<window_s>:<slice>`` (zset per slice),
+  ``P:trending:<window_s>`` (zset, the window as of the latest event) and ``P:meta`` (hash).
+
+Idempotency. Every write is an *interaction* (one item of one event, or the event itself when
+it has no items) with an id ``<event_id>#<position>``. The write script adds that id to the
+user's ``applied`` set with ``ZADD NX`` and changes nothing else when it was already there, all
+inside one Lua script per user, so Redis applies the marker and the feature updates atomically:
+a replayed micro-batch, a client retry that slipped past Spark's deduplication, or a crash
+between two users' updates all leave the store exactly as one clean pass would. The set keeps a
+user's newest ``dedup_per_user`` ids; anything at or below the newest id it forgot (the
+``floor``) is treated as seen, so a replay can never count an old event twice (a brand-new
+event that old, later than ``dedup_per_user`` newer ones, is left to the nightly batch).
+
+Exactness. Decayed affinities are stored as integers so that they add up the same in any
+order: an interaction of weight ``w`` at time ``t`` adds
+``round(w * SCALE * 2 ** ((t - b * span) / half_life))`` to field ``<b>:<genre>``, where
+``span = BUCKET_HALF_LIVES * half_life`` and ``b = t // span``. The affinity as of time ``T`` is
+``sum(units * 2 ** ((b * span - T) / half_life)) / SCALE`` over a user's buckets, i.e. the sum of
+``w * 2 ** (-(T - t) / half_life)`` over their interactions. Buckets more than one behind the
+newest are deleted (their interactions are >= 16 half-lives old: < 0.002 % of their weight).
+Everything else (recency, dismissals) is a max over event times, and counters are integers,
+so the stored state depends only on *which* interactions were applied, never on the order.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from attune.config import AttuneConfig
+
+BUCKET_HALF_LIVES = 16
+"""Width of an affinity bucket, in half-lives."""
+SCALE = 2**20
+"""Fixed-point scale of affinity units (one interaction of weight 1 at a bucket start)."""
+
+USER_KEYS = (
+    "recent",
+    "recent_meta",
+    "aff",
+    "counters",
+    "session",
+    "dismissed",
+    "neg",
+    "applied",
+    "meta",
+)
+"""Suffixes of every per-user key, in the order the write script receives them."""
+FEATURE_KEYS = USER_KEYS[:7]
+"""The per-user keys that hold features (deleted when personalization consent is withdrawn)."""
+
+
+@dataclass(frozen=True)
+class OnlineStore:
+    """Everything needed to name, write and read the online store's keys."""
+
+    prefix: str = "att"
+    half_life_ms: int = 7 * 24 * 3600 * 1000
+    recent_items: int = 50
+    dismissed_items: int = 100
+    dedup_per_user: int = 2000
+    user_ttl_s: int = 90 * 24 * 3600
+    session_gap_ms: int = 30 * 60 * 1000
+    ignore_min_impressions: int = 5
+    trending_windows_s: tuple[int, ...] = (3600, 86400)
+    trending_slices: int = 12
+
+    @classmethod
+    def from_config(cls, cfg: AttuneConfig) -> OnlineStore:
+        f = cfg.speed.features
+        s = cfg.speed.online_store
+        return cls(
+            prefix=s.key_prefix,
+            half_life_ms=_ms(f.affinity_half_life),
+            recent_items=f.recent_items,
+            dismissed_items=f.dismissed_items,
+            dedup_per_user=s.dedup_per_user,
+            user_ttl_s=max(1, int(s.user_ttl.total_seconds())),
+            session_gap_ms=_ms(f.session_gap),
+            ignore_min_impressions=f.ignore_min_impressions,
+            trending_windows_s=tuple(int(w.total_seconds()) for w in f.trending_windows),
+            trending_slices=f.trending_slices,
+        )
+
+    # -- key builders -------------------------------------------------------------------
+    def user_key(self, user: str, suffix: str) -> str:
+        if suffix not in USER_KEYS:
+            raise ValueError(f"unknown user key {suffix!r}; expected one of {USER_KEYS}")
+        return f"{self.prefix}:u:{{{user}}}:{suffix}"
+
+    def user_keys(self, user: str) -> list[str]:
+        return [self.user_key(user, s) for s in USER_KEYS]
+
+    def item_stats_key(self, item_id: str) -> str:
+        return f"{self.prefix}:i:{{{item_id}}}:stats"
+
+    def item_meta_key(self, item_id: str) -> str:
+        return f"{self.prefix}:i:{{{item_id}}}:meta"
+
+    @property
+    def popular_key(self) -> str:
+        return f"{self.prefix}:popular"
+
+    @property
+    def meta_key(self) -> str:
+        return f"{self.prefix}:meta"
+
+    def trend_slice_key(self, window_s: int, slice_index: int) -> str:
+        return f"{self.prefix}:trend:{window_s}:{slice_index}"
+
+    def trending_key(self, window_s: int) -> str:
+        return f"{self.prefix}:trending:{window_s}"
+
+    @property
+    def bucket_span_ms(self) -> int:
+        return BUCKET_HALF_LIVES * self.half_life_ms
+
+    def slice_ms(self, window_s: int) -> int:
+        return window_s * 1000 // self.trending_slices
+
+    def script_params(self) -> bytes:
+        """The constant parameters of the write script, as its ``ARGV[1]``."""
+        return orjson.dumps(
+            {
+                "prefix": self.prefix,
+                "recent_n": self.recent_items,
+                "dismissed_n": self.dismissed_items,
+                "dedup_n": self.dedup_per_user,
+                "ttl": self.user_ttl_s,
+                "gap": self.session_gap_ms,
+                "trend_ttl": {str(w): 2 * w for w in self.trending_windows_s},
+            }
+        )
+
+
+def _ms(td: Any) -> int:
+    return round(td.total_seconds() * 1000)
+
+
+# ----------------------------------------------------------------------------------------
+# Writing
+
+# One call applies one user's interactions of one micro-batch, in (event time, id) order.
+# KEYS: the user's keys (USER_KEYS order). ARGV[1]: OnlineStore.script_params(). ARGV[2]: JSON
+# array of interactions, each {"i": interaction id, "t": event time ms, "y": type, "x": 1 when
+# the row carries the event-level updates, "s": session id?, "it": item id?, "ca": category?,
+# "b": affinity bucket, "a": affinity units (string), "r"/"n"/"m"/"d": recent / engagement /
+# impression / negative flags, "tr": trending slice suffixes "<window_s>:<slice>", "c": 1 when
+# the event withdraws personalization consent}. Returns {applied, duplicates, too_late, max_t}.
+APPLY_SCRIPT = r"""
+local P = cjson.decode(ARGV[1])
+local rows = cjson.decode(ARGV[2])
+local K_RECENT, K_RMETA, K_AFF, K_CNT, K_SES, K_DIS, K_NEG, K_APP, K_META =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local pre = P.prefix
+local function num(x) if x == false or x == nil then return nil end return tonumber(x) end
+local function fmt(x) return string.format('%d', x) end
+
+local m = redis.call('HMGET', K_META, 'floor_t', 'floor_i', 'revoked_t', 'aff_max_b')
+local floor_t, floor_i, revoked_t, maxb = num(m[1]), m[2], num(m[3]), num(m[4])
+local applied, dups, late, max_t = 0, 0, 0, nil
+
+local function bucket_of(field) return tonumber(string.match(field, '^(-?%d+):')) end
+
+local function drop_old_buckets()
+  local fields = redis.call('HKEYS', K_AFF)
+  for _, f in ipairs(fields) do
+    local b = bucket_of(f)
+    if b == nil or b < maxb - 1 then redis.call('HDEL', K_AFF, f) end
+  end
+end
+
+local function update_session(r)
+  local t = r.t
+  local s = redis.call('HMGET', K_SES, 'id', 'start_t', 'last_t', 'last_i')
+  local sid, start_t, last_t, last_i = s[1], num(s[2]), num(s[3]), s[4]
+  local new_id = nil
+  if not sid then
+    new_id = r.s or ('t' .. fmt(t))
+  elseif r.s then
+    if r.s == sid then new_id = false
+    elseif t >= last_t then new_id = r.s
+    else return end
+  else
+    if t > last_t + P.gap then new_id = 't' .. fmt(t)
+    elseif t >= start_t - P.gap then new_id = false
+    else return end
+  end
+  if new_id then
+    redis.call('DEL', K_SES)
+    redis.call('HSET', K_SES, 'id', new_id, 'start_t', fmt(t), 'last_t', fmt(t), 'last_i', r.i,
+      'events', 1, 'n:' .. r.y, 1, 'last_type', r.y)
+    if r.it then redis.call('HSET', K_SES, 'last_item', r.it) end
+    return
+  end
+  redis.call('HINCRBY', K_SES, 'events', 1)
+  redis.call('HINCRBY', K_SES, 'n:' .. r.y, 1)
+  if t < start_t then redis.call('HSET', K_SES, 'start_t', fmt(t)) end
+  -- the latest event (ties: the highest interaction id) names the last item and type
+  if t > last_t or (t == last_t and r.i > (last_i or '')) then
+    redis.call('HSET', K_SES, 'last_t', fmt(t), 'last_i', r.i, 'last_type', r.y)
+    if r.it then redis.call('HSET', K_SES, 'last_item', r.it)
+    else redis.call('HDEL', K_SES, 'last_item') end
+  end
+end
+
+local function forget_user(t)
+  redis.call('DEL', K_RECENT, K_RMETA, K_AFF, K_CNT, K_SES, K_DIS, K_NEG)
+  if revoked_t == nil or t > revoked_t then revoked_t = t end
+  redis.call('HSET', K_META, 'revoked_t', fmt(revoked_t))
+  redis.call('HDEL', K_META, 'aff_max_b')
+  maxb = nil
+end
+
+-- An item's genres: the catalog's (mirrored in P:i:{item}:meta), else the event's category;
+-- the same rule as speed_layer.features.with_genres.
+local catalog = {}
+local expiring = {}
+local function genres_of(r)
+  local g = catalog[r.it]
+  if g == nil then
+    local raw = redis.call('HGET', pre .. ':i:{' .. r.it .. '}:meta', 'genres')
+    g = raw and cjson.decode(raw) or {}
+    catalog[r.it] = g
+  end
+  if #g == 0 and r.ca then return {r.ca} end
+  return g
+end
+
+local function apply(r)
+  local t = r.t
+  if r.c == 1 then forget_user(t) return end
+  if r.x == 1 then
+    redis.call('HINCRBY', K_CNT, r.y, 1)
+    redis.call('HINCRBY', K_CNT, 'events', 1)
+    local c = redis.call('HMGET', K_CNT, 'first_t', 'last_t')
+    if not c[1] or t < tonumber(c[1]) then redis.call('HSET', K_CNT, 'first_t', fmt(t)) end
+    if not c[2] or t > tonumber(c[2]) then redis.call('HSET', K_CNT, 'last_t', fmt(t)) end
+    update_session(r)
+  end
+  local item = r.it
+  if not item then return end
+  local genres = genres_of(r)
+  if r.r == 1 then
+    local cur = num(redis.call('ZSCORE', K_RECENT, item))
+    local newer = (cur == nil) or (t > cur)
+    if (not newer) and t == cur then
+      local old = redis.call('HGET', K_RMETA, item)
+      newer = (not old) or (r.i > cjson.decode(old).i)
+    end
+    if newer then
+      redis.call('ZADD', K_RECENT, t, item)
+      redis.call('HSET', K_RMETA, item, cjson.encode({type = r.y, t = t, i = r.i}))
+    end
+  end
+  if r.a and r.a ~= '0' and #genres > 0 then
+    local b = r.b
+    if maxb == nil or b > maxb then maxb = b drop_old_buckets() end
+    if b >= maxb - 1 then
+      for _, g in ipairs(genres) do redis.call('HINCRBY', K_AFF, fmt(b) .. ':' .. g, r.a) end
+    end
+  end
+  if r.m == 1 then
+    for _, g in ipairs(genres) do redis.call('HINCRBY', K_NEG, 'imp:' .. g, 1) end
+  end
+  if r.n == 1 then
+    for _, g in ipairs(genres) do redis.call('HINCRBY', K_NEG, 'eng:' .. g, 1) end
+    redis.call('ZINCRBY', pre .. ':popular', 1, item)
+    redis.call('HINCRBY', pre .. ':i:{' .. item .. '}:stats', r.y, 1)
+    for _, s in ipairs(r.tr or {}) do
+      local key = pre .. ':trend:' .. s
+      redis.call('ZINCRBY', key, 1, item)
+      if not expiring[key] then
+        redis.call('EXPIRE', key, P.trend_ttl[string.match(s, '^(%d+):')])
+        expiring[key] = true
+      end
+    end
+  end
+  if r.d == 1 then
+    local cur = num(redis.call('ZSCORE', K_DIS, item))
+    if cur == nil or t > cur then redis.call('ZADD', K_DIS, t, item) end
+  end
+end
+
+for _, r in ipairs(rows) do
+  local t = r.t
+  if revoked_t ~= nil and t <= revoked_t then
+    late = late + 1
+  elseif floor_t ~= nil and (t < floor_t or (t == floor_t and r.i <= floor_i)) then
+    late = late + 1
+  elseif redis.call('ZADD', K_APP, 'NX', t, r.i) == 0 then
+    dups = dups + 1
+  else
+    applied = applied + 1
+    apply(r)
+    if max_t == nil or t > max_t then max_t = t end
+  end
+end
+
+if applied > 0 then
+  local n = redis.call('ZCARD', K_RECENT)
+  if n > P.recent_n then
+    local old = redis.call('ZRANGE', K_RECENT, 0, n - P.recent_n - 1)
+    redis.call('ZREMRANGEBYRANK', K_RECENT, 0, n - P.recent_n - 1)
+    for i = 1, #old, 500 do
+      redis.call('HDEL', K_RMETA, unpack(old, i, math.min(i + 499, #old)))
+    end
+  end
+  n = redis.call('ZCARD', K_DIS)
+  if n > P.dismissed_n then redis.call('ZREMRANGEBYRANK', K_DIS, 0, n - P.dismissed_n - 1) end
+  n = redis.call('ZCARD', K_APP)
+  if n > P.dedup_n then
+    local cut = redis.call('ZRANGE', K_APP, n - P.dedup_n - 1, n - P.dedup_n - 1, 'WITHSCORES')
+    redis.call('HSET', K_META, 'floor_t', cut[2], 'floor_i', cut[1])
+    redis.call('ZREMRANGEBYRANK', K_APP, 0, n - P.dedup_n - 1)
+  end
+  if maxb ~= nil then redis.call('HSET', K_META, 'aff_max_b', fmt(maxb)) end
+  for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], P.ttl) end
+  local gm = num(redis.call('HGET', pre .. ':meta', 'max_t'))
+  if gm == nil or max_t > gm then redis.call('HSET', pre .. ':meta', 'max_t', fmt(max_t)) end
+end
+if max_t == nil then return {applied, dups, late, false} end
+return {applied, dups, late, fmt(max_t)}
+"""
+
+# Recomputes every trending window as of the latest event time (P:meta max_t): the sum of the
+# window's slices. Deterministic given the slices, so running it again changes nothing.
+# ARGV[1]: prefix, ARGV[2]: slices per window, ARGV[3..]: window lengths in seconds.
+TRENDING_SCRIPT = r"""
+local pre, slices = ARGV[1], tonumber(ARGV[2])
+local max_t = tonumber(redis.call('HGET', pre .. ':meta', 'max_t'))
+if max_t == nil then return 0 end
+for i = 3, #ARGV do
+  local w = tonumber(ARGV[i])
+  local slice_ms = math.floor(w * 1000 / slices)
+  local last = math.floor(max_t / slice_ms)
+  local keys = {}
+  for s = last - slices + 1, last do
+    keys[#keys + 1] = pre .. ':trend:' .. ARGV[i] .. ':' .. string.format('%d', s)
+  end
+  local dest = pre .. ':trending:' .. ARGV[i]
+  redis.call('ZUNIONSTORE', dest, #keys, unpack(keys))
+  redis.call('EXPIRE', dest, 2 * w)
+  redis.call('HSET', pre .. ':meta', 'trending:' .. ARGV[i] .. ':as_of', string.format('%d', max_t))
+end
+return 1
+"""
+
+
+@dataclass
+class ApplyStats:
+    """What one :func:`apply_updates` call did."""
+
+    users: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    too_late: int = 0
+    max_event_ms: int | None = None
+
+    def add(self, other: ApplyStats) -> None:
+        self.users += other.users
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.too_late += other.too_late
+        if other.max_event_ms is not None and (
+            self.max_event_ms is None or other.max_event_ms > self.max_event_ms
+        ):
+            self.max_event_ms = other.max_event_ms
+
+
+class OnlineStoreWriter:
+    """Applies interaction rows to Redis through the write script, one call per user."""
+
+    def __init__(self, redis: Redis, store: OnlineStore, users_per_pipeline: int = 500) -> None:
+        self.redis = redis
+        self.store = store
+        self._apply = redis.register_script(APPLY_SCRIPT)
+        self._trending = redis.register_script(TRENDING_SCRIPT)
+        self._params = store.script_params()
+        self._users_per_pipeline = users_per_pipeline
+
+    def apply(self, rows: Iterable[tuple[str, int, str, str]]) -> ApplyStats:
+        """Apply ``(user, event time ms, interaction id, row JSON)`` tuples.
+
+        Rows of one user are applied in (event time, interaction id) order, in one script
+        call; users are sent in pipelines of ``users_per_pipeline`` calls.
+        """
+        by_user: dict[str, list[tuple[int, str, str]]] = {}
+        for user, t, iid, payload in rows:
+            by_user.setdefault(user, []).append((t, iid, payload))
+        stats = ApplyStats()
+        users = list(by_user)
+        for start in range(0, len(users), self._users_per_pipeline):
+            pipe = self.redis.pipeline(transaction=False)
+            for user in users[start : start + self._users_per_pipeline]:
+                batch = sorted(by_user[user])
+                body = b"[" + b",".join(p.encode() for _, _, p in batch) + b"]"
+                self._apply(keys=self.store.user_keys(user), args=[self._params, body], client=pipe)
+            for applied, dups, late, max_t in pipe.execute():
+                stats.add(
+                    ApplyStats(
+                        users=1,
+                        applied=int(applied),
+                        duplicates=int(dups),
+                        too_late=int(late),
+                        max_event_ms=int(max_t) if max_t else None,
+                    )
+                )
+        return stats
+
+    def refresh_trending(self) -> None:
+        """Recompute ``P:trending:<window>`` as of the latest event time."""
+        self._trending(
+            keys=[],
+            args=[
+                self.store.prefix,
+                self.store.trending_slices,
+                *self.store.trending_windows_s,
+            ],
+        )
+
+    def write_item_metadata(self, items: Mapping[str, Mapping[str, Any] | None]) -> None:
+        """Mirror catalog records (``None`` deletes) into ``P:i:{item}:meta``."""
+        pipe = self.redis.pipeline(transaction=False)
+        for n, (item_id, record) in enumerate(items.items(), start=1):
+            key = self.store.item_meta_key(item_id)
+            pipe.delete(key)
+            if record is not None:
+                genres = list(dict.fromkeys(g for g in record.get("genres") or [] if g))
+                mapping: dict[str | bytes, bytes | float | int | str] = {
+                    "title": str(record.get("title") or ""),
+                    "genres": orjson.dumps(genres).decode(),
+                }
+                if record.get("year") is not None:
+                    mapping["year"] = str(record["year"])
+                pipe.hset(key, mapping=mapping)
+            if n % 1000 == 0:
+                pipe.execute()
+        pipe.execute()
+
+
+# ----------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass(frozen=True)
+class RecentItem:
+    item_id: str
+    type: str
+    event_ms: int
+
+
+@dataclass(frozen=True)
+class SessionState:
+    session_id: str
+    start_ms: int
+    last_ms: int
+    events: int
+    by_type: dict[str, int]
+    last_item: str | None
+    last_type: str | None
+
+
+@dataclass(frozen=True)
+class UserFeatures:
+    """All of one user's online features, as read in one round trip."""
+
+    user: str
+    recent: list[RecentItem] = field(default_factory=list)
+    affinities: dict[str, float] = field(default_factory=dict)
+    as_of_ms: int | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+    first_event_ms: int | None = None
+    last_event_ms: int | None = None
+    session: SessionState | None = None
+    dismissed_items: list[str] = field(default_factory=list)
+    impressions_by_genre: dict[str, int] = field(default_factory=dict)
+    engagements_by_genre: dict[str, int] = field(default_factory=dict)
+    ignored_genres: list[str] = field(default_factory=list)
+
+    @property
+    def recent_item_ids(self) -> list[str]:
+        """The last N interacted item ids, newest first: the models' sequence input."""
+        return [r.item_id for r in self.recent]
+
+    @property
+    def views(self) -> int:
+        return self.counters.get("item_view", 0)
+
+    @property
+    def carts(self) -> int:
+        return self.counters.get("add_to_cart", 0)
+
+    @property
+    def purchases(self) -> int:
+        return self.counters.get("purchase", 0)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.recent or self.counters or self.affinities or self.dismissed_items)
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def evaluate_affinities(
+    units: Mapping[str, int], as_of_ms: int, store: OnlineStore
+) -> dict[str, float]:
+    """Affinity per genre as of ``as_of_ms`` from ``{"<bucket>:<genre>": units}``."""
+    out: dict[str, float] = {}
+    span = store.bucket_span_ms
+    for key, value in units.items():
+        bucket_s, _, genre = key.partition(":")
+        exponent = (int(bucket_s) * span - as_of_ms) / store.half_life_ms
+        out[genre] = out.get(genre, 0.0) + int(value) * math.pow(2.0, exponent) / SCALE
+    return out
+
+
+def decode_user_features(
+    user: str, raw: Sequence[Any], store: OnlineStore, as_of_ms: int | None = None
+) -> UserFeatures:
+    """Turn the replies of :func:`user_feature_commands` into :class:`UserFeatures`."""
+    recent_raw, rmeta_raw, aff_raw, cnt_raw, ses_raw, dis_raw, neg_raw = raw
+    meta = {_s(k): orjson.loads(v) for k, v in rmeta_raw.items()}
+    recent = []
+    for member, score in recent_raw:
+        item = _s(member)
+        info = meta.get(item, {})
+        recent.append(RecentItem(item, str(info.get("type", "")), int(score)))
+    counters_all = {_s(k): int(v) for k, v in cnt_raw.items()}
+    first = counters_all.pop("first_t", None)
+    last = counters_all.pop("last_t", None)
+    when = as_of_ms if as_of_ms is not None else last
+    units = {_s(k): int(v) for k, v in aff_raw.items()}
+    affinities = evaluate_affinities(units, when, store) if (units and when is not None) else {}
+    session = None
+    if ses_raw:
+        ses = {_s(k): _s(v) for k, v in ses_raw.items()}
+        session = SessionState(
+            session_id=ses["id"],
+            start_ms=int(ses["start_t"]),
+            last_ms=int(ses["last_t"]),
+            events=int(ses.get("events", 0)),
+            by_type={k[2:]: int(v) for k, v in ses.items() if k.startswith("n:")},
+            last_item=ses.get("last_item"),
+            last_type=ses.get("last_type"),
+        )
+    neg = {_s(k): int(v) for k, v in neg_raw.items()}
+    imp = {k[4:]: v for k, v in neg.items() if k.startswith("imp:")}
+    eng = {k[4:]: v for k, v in neg.items() if k.startswith("eng:")}
+    ignored = sorted(
+        g for g, n in imp.items() if n >= store.ignore_min_impressions and eng.get(g, 0) == 0
+    )
+    return UserFeatures(
+        user=user,
+        recent=recent,
+        affinities=affinities,
+        as_of_ms=when if affinities else None,
+        counters=counters_all,
+        first_event_ms=first,
+        last_event_ms=last,
+        session=session,
+        dismissed_items=[_s(m) for m in dis_raw],
+        impressions_by_genre=imp,
+        engagements_by_genre=eng,
+        ignored_genres=ignored,
+    )
+
+
+def user_feature_commands(pipe: Any, user: str, store: OnlineStore) -> None:
+    """Queue the reads of all of ``user``'s features on a pipeline (7 commands)."""
+    pipe.zrevrange(store.user_key(user, "recent"), 0, -1, withscores=True)
+    pipe.hgetall(store.user_key(user, "recent_meta"))
+    pipe.hgetall(store.user_key(user, "aff"))
+    pipe.hgetall(store.user_key(user, "counters"))
+    pipe.hgetall(store.user_key(user, "session"))
+    pipe.zrevrange(store.user_key(user, "dismissed"), 0, -1)
+    pipe.hgetall(store.user_key(user, "neg"))
+
+
+def read_user_features(
+    redis: Redis, user: str, store: OnlineStore, *, as_of_ms: int | None = None
+) -> UserFeatures:
+    """All of ``user``'s online features in one pipelined round trip.
+
+    ``user`` is the pseudonymized id (the events topic's key). Affinities are evaluated as of
+    ``as_of_ms``, by default the user's latest event time (so the numbers do not depend on when
+    they are read; pass the request time to compare users with each other).
+    """
+    pipe = redis.pipeline(transaction=False)
+    user_feature_commands(pipe, user, store)
+    return decode_user_features(user, pipe.execute(), store, as_of_ms)
+
+
+def read_many_user_features(
+    redis: Redis, users: Sequence[str], store: OnlineStore
+) -> dict[str, UserFeatures]:
+    """Features of several users, still one round trip."""
+    pipe = redis.pipeline(transaction=False)
+    for user in users:
+        user_feature_commands(pipe, user, store)
+    replies = pipe.execute()
+    n = 7
+    return {
+        u: decode_user_features(u, replies[i * n : (i + 1) * n], store) for i, u in enumerate(users)
+    }
+
+
+def read_trending(
+    redis: Redis, store: OnlineStore, window_s: int, k: int = 20
+) -> list[tuple[str, int]]:
+    """The ``k`` items with the most engagements in the trending window, best first."""
+    if window_s not in store.trending_windows_s:
+        raise ValueError(
+            f"no trending window of {window_s} s; configured: {store.trending_windows_s}"
+        )
+    rows = redis.zrevrange(store.trending_key(window_s), 0, k - 1, withscores=True)
+    return [(_s(m), int(s)) for m, s in rows]
+
+
+def read_popular(redis: Redis, store: OnlineStore, k: int = 20) -> list[tuple[str, int]]:
+    """The ``k`` items with the most engagements of all time, best first."""
+    rows = redis.zrevrange(store.popular_key, 0, k - 1, withscores=True)
+    return [(_s(m), int(s)) for m, s in rows]
+
+
+def read_item_stats(redis: Redis, store: OnlineStore, item_id: str) -> dict[str, int]:
+    return {_s(k): int(v) for k, v in redis.hgetall(store.item_stats_key(item_id)).items()}
+
+
+def delete_user(redis: Redis, user: str, store: OnlineStore) -> int:
+    """Erase every key of ``user`` (right to erasure); returns how many keys existed."""
+    return int(redis.delete(*store.user_keys(user)))
+
+
+def wait_for_item(
+    redis: Redis,
+    user: str,
+    item_id: str,
+    store: OnlineStore,
+    timeout_s: float = 30.0,
+    poll_s: float = 0.05,
+) -> bool:
+    """Wait until ``item_id`` is among ``user``'s recent items (tests, demos, benchmarks)."""
+    key = store.user_key(user, "recent")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if redis.zscore(key, item_id) is not None:
+            return True
+        time.sleep(poll_s)
+    return False
