@@ -120,5 +120,7 @@ def spark(cfg: AttuneConfig) -> Iterator[SparkSession]:
         }
     )
     session = build_spark_session(test_cfg, app_name="attune-tests")
+    # getOrCreate may hand back a session an earlier test module built with other settings
+    session.conf.set("spark.sql.shuffle.partitions", "2")
     yield session
     session.stop()

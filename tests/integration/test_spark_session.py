@@ -40,7 +40,11 @@ def test_session_uses_the_local_jars_and_downloads_nothing(
     assert any(n.startswith("delta-spark_4.1_2.13-") for n in names)
     assert any(n.startswith("spark-sql-kafka-0-10_2.13-") for n in names)
     assert spark.conf.get("spark.sql.extensions") == "io.delta.sql.DeltaSparkSessionExtension"
-    assert spark.conf.get("spark.sql.shuffle.partitions") == "2"
+    # (shuffle partitions are not checked: an earlier test module may have made the session)
+    assert (
+        spark.conf.get("spark.sql.catalog.spark_catalog")
+        == "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+    )
 
 
 def test_delta_write_append_read_and_time_travel(spark: SparkSession, tmp_path: Path) -> None:
