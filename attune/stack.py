@@ -908,6 +908,14 @@ def create_topics(cfg: AttuneConfig) -> None:
             admin.wait_for_topics(ready, timeout_ms=int(TOPICS_READY_TIMEOUT_S * 1000))
         except Exception as exc:
             failures.append(f"topics not ready: {exc}")
+        # New partitions and config changes reach the broker's metadata asynchronously (KRaft):
+        # wait until describing the topics shows them, so a caller reads back what it declared.
+        deadline = time.monotonic() + TOPICS_READY_TIMEOUT_S
+        while (plan.alter_configs or plan.add_partitions) and time.monotonic() < deadline:
+            settled = plan_topics(declared, _existing_topics(admin, names))
+            if not settled.alter_configs and not settled.add_partitions:
+                break
+            time.sleep(0.2)
     if failures:
         raise StackError(
             "the Kafka topics do not match kafka.topics in the config:\n"
