@@ -1,0 +1,233 @@
+"""The item catalog the speed layer enriches events with (genres / categories per item).
+
+Two sources, chosen by ``speed.catalog_source``:
+
+``topic``
+    The compacted catalog topic (``kafka.topics.catalog``): JSON ``{item_id, title, year,
+    genres}`` keyed by item id, a null value deleting the item. Read from the beginning at
+    start, then incrementally: each refresh consumes only what was added since.
+``delta``
+    A Delta table (``<lake>/<speed.catalog_table>``, e.g. the batch layer's items dimension)
+    with at least ``item_id`` and ``genres``; reloaded when its version changes.
+
+The speed layer mirrors the catalog into Redis (``P:i:{item}:meta``: title, year, genres), where
+the online store's write script looks each event's items up (the same rule as
+:func:`speed_layer.features.with_genres`, which the batch layer joins with) and where the
+personalization API reads titles and genres without Spark. :class:`CatalogRefresher` keeps the
+mirror current from a background thread of the speed-layer process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from kafka import KafkaConsumer
+    from pyspark.sql import SparkSession
+
+    from attune.config import AttuneConfig
+
+log = logging.getLogger(__name__)
+
+ItemRecord = dict[str, Any]
+
+
+def parse_catalog_record(key: bytes | None, value: bytes | None) -> tuple[str, ItemRecord | None]:
+    """``(item_id, record)`` of one catalog-topic record; ``record`` is None for a tombstone.
+
+    Raises ``ValueError`` saying what is wrong with a malformed record.
+    """
+    item_key = key.decode("utf-8", "replace") if key else None
+    if value is None:
+        if not item_key:
+            raise ValueError("tombstone without a key")
+        return item_key, None
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    item_id = data.get("item_id") or item_key
+    if not isinstance(item_id, str) or not item_id:
+        raise ValueError("no item_id (neither in the value nor as the key)")
+    genres = data.get("genres") or []
+    if not isinstance(genres, list) or not all(isinstance(g, str) for g in genres):
+        raise ValueError("genres must be a list of strings")
+    return item_id, {
+        "item_id": item_id,
+        "title": data.get("title"),
+        "year": data.get("year"),
+        "genres": [g for g in genres if g],
+    }
+
+
+class Catalog:
+    """The current catalog (``items``), reporting each change to ``on_change``."""
+
+    def __init__(
+        self,
+        cfg: AttuneConfig,
+        spark: SparkSession | None,
+        on_change: Callable[[dict[str, ItemRecord | None]], None] | None = None,
+    ) -> None:
+        if cfg.speed.catalog_source == "delta" and spark is None:
+            raise ValueError("a Delta catalog (speed.catalog_source: delta) needs a Spark session")
+        self.cfg = cfg
+        self.spark = spark
+        self.on_change = on_change
+        self.items: dict[str, ItemRecord] = {}
+        self.malformed = 0
+        self.version: int | None = None
+        self._consumer: KafkaConsumer | None = None
+        self.interval_s = cfg.speed.catalog_refresh.total_seconds()
+        self._refreshed_at = float("-inf")
+
+    def refresh(self) -> bool:
+        """Pick up catalog changes; True if any item changed."""
+        self._refreshed_at = time.monotonic()
+        if self.cfg.speed.catalog_source == "delta":
+            return self._refresh_delta()
+        return self._refresh_topic()
+
+    def refresh_if_due(self) -> bool:
+        """:meth:`refresh` when ``speed.catalog_refresh`` has passed since the last one."""
+        if time.monotonic() - self._refreshed_at < self.interval_s:
+            return False
+        return self.refresh()
+
+    # -- topic --------------------------------------------------------------------------
+    def _open_consumer(self) -> KafkaConsumer:
+        from kafka import KafkaConsumer, TopicPartition
+
+        topic = self.cfg.kafka.topic("catalog").name
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.cfg.kafka.bootstrap_servers,
+            enable_auto_commit=False,
+            group_id=None,
+            consumer_timeout_ms=1000,
+        )
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            consumer.close()
+            raise RuntimeError(
+                f"catalog topic {topic!r} does not exist; create the topics with `attune stack up`"
+            )
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        return consumer
+
+    def _refresh_topic(self) -> bool:
+        if self._consumer is None:
+            self._consumer = self._open_consumer()
+        consumer = self._consumer
+        tps = list(consumer.assignment())
+        end = consumer.end_offsets(tps)
+        changes: dict[str, ItemRecord | None] = {}
+        empty_polls = 0
+        # Stop at the end offsets of the start of this refresh; a compacted tail (no records
+        # up to the end offset) shows up as empty polls, so a few of those end the loop too.
+        while any(consumer.position(tp) < end[tp] for tp in tps) and empty_polls < 3:
+            batches = consumer.poll(timeout_ms=500, max_records=5000)
+            if not batches:
+                empty_polls += 1
+                continue
+            empty_polls = 0
+            for records in batches.values():
+                for rec in records:
+                    try:
+                        item_id, record = parse_catalog_record(rec.key, rec.value)
+                    except ValueError as exc:
+                        self.malformed += 1
+                        log.warning(
+                            "catalog record %s/%d@%d skipped: %s",
+                            rec.topic,
+                            rec.partition,
+                            rec.offset,
+                            exc,
+                        )
+                        continue
+                    changes[item_id] = record
+        changed = False
+        for item_id, record in changes.items():
+            if record is None:
+                changed |= self.items.pop(item_id, None) is not None
+            elif self.items.get(item_id) != record:
+                self.items[item_id] = record
+                changed = True
+        if changes and self.on_change is not None:
+            self.on_change(changes)
+        return changed
+
+    # -- delta --------------------------------------------------------------------------
+    def _delta_path(self) -> str:
+        return f"{self.cfg.lake_root.rstrip('/')}/{self.cfg.speed.catalog_table}"
+
+    def _refresh_delta(self) -> bool:
+        from delta.tables import DeltaTable
+
+        spark = self.spark
+        assert spark is not None
+        path = self._delta_path()
+        if not DeltaTable.isDeltaTable(spark, path):
+            if self.version is None:
+                log.warning("catalog table %s does not exist (yet); no genres until it does", path)
+                self.version = -1
+            return False
+        latest = DeltaTable.forPath(spark, path).history(1).first()
+        version = int(latest["version"]) if latest is not None else -1
+        if version == self.version:
+            return False
+        rows = spark.read.format("delta").load(path).select("item_id", "genres").collect()
+        fresh = {
+            r["item_id"]: {"item_id": r["item_id"], "genres": list(r["genres"] or [])}
+            for r in rows
+            if r["item_id"]
+        }
+        self.version = version
+        changes: dict[str, ItemRecord | None] = {
+            k: v for k, v in fresh.items() if self.items.get(k) != v
+        }
+        changes.update({k: None for k in self.items.keys() - fresh.keys()})
+        self.items = fresh
+        if changes and self.on_change is not None:
+            self.on_change(changes)
+        return bool(changes)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+class CatalogRefresher(threading.Thread):
+    """Refreshes a :class:`Catalog` every ``speed.catalog_refresh`` (at least 0.5 s) until stopped.
+
+    Real-time mode uses it; in micro-batch mode each batch refreshes the catalog first when it
+    is due, so an item published before its events is always known when they are applied.
+    """
+
+    def __init__(self, catalog: Catalog) -> None:
+        super().__init__(name="attune-catalog-refresher", daemon=True)
+        self.catalog = catalog
+        self.interval_s = max(0.5, catalog.interval_s)
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            try:
+                self.catalog.refresh()
+            except Exception:
+                log.exception("refreshing the catalog failed; retrying in %.0f s", self.interval_s)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+        self.catalog.close()

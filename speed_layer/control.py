@@ -1,0 +1,374 @@
+"""``attune speed start | stop | status``: run the speed layer and see how far behind it is.
+
+``start`` runs the queries in a detached process (its own session, pid in
+``var/run/speed.pid``, output in ``var/log/speed.log``) and returns once they are running;
+``start --foreground`` runs them in the calling process. ``stop`` sends SIGTERM (the queries stop
+between batches) and SIGKILL after ``--timeout``. ``status`` shows each query's latest progress
+(rows/s in and processed, batch duration) from ``var/run/speed-status.json``, and its consumer
+lag per partition: the broker's end offsets (kafka-python) minus the offsets the query has
+committed in its checkpoint (``<checkpoint>/offsets/<last committed batch>``), so the lag is
+right even when the process is down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from attune.config import AttuneConfig
+from speed_layer.job import (
+    online_checkpoint_name,
+    parse_query_names,
+    run_speed_layer,
+    speed_paths,
+)
+
+START_TIMEOUT_S = 180.0
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    partition: int
+    committed: int | None
+    end: int
+    lag: int
+
+
+def committed_offsets(checkpoint: Path, topic: str) -> tuple[int | None, dict[int, int]]:
+    """``(batch id, {partition: next offset})`` of the last batch committed in ``checkpoint``."""
+    commits = checkpoint / "commits"
+    if not commits.is_dir():
+        return None, {}
+    done = sorted(int(p.name) for p in commits.iterdir() if p.name.isdigit())
+    if not done:
+        return None, {}
+    batch = done[-1]
+    lines = (checkpoint / "offsets" / str(batch)).read_text().splitlines()
+    for line in lines[2:]:
+        try:
+            offsets = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(offsets, dict) and topic in offsets:
+            return batch, {int(p): int(o) for p, o in offsets[topic].items()}
+    return batch, {}
+
+
+def end_offsets(cfg: AttuneConfig, topic: str) -> dict[int, int]:
+    """The broker's end offset of each partition of ``topic``."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=cfg.kafka.bootstrap_servers,
+        enable_auto_commit=False,
+        request_timeout_ms=5000,
+    )
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()
+
+
+def consumer_lag(
+    checkpoint: Path, topic: str, ends: dict[int, int]
+) -> tuple[int | None, list[PartitionLag]]:
+    batch, committed = committed_offsets(checkpoint, topic)
+    rows = []
+    for p, end in sorted(ends.items()):
+        c = committed.get(p)
+        rows.append(PartitionLag(p, c, end, end - (c if c is not None else 0)))
+    return batch, rows
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def running_pid(cfg: AttuneConfig) -> int | None:
+    """The pid of a live speed-layer process started from this ``var/``, else None."""
+    path = speed_paths(cfg).pid_file
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if not _pid_alive(pid):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        cmdline = ""
+    return pid if "speed" in cmdline else None
+
+
+def status_report(cfg: AttuneConfig) -> dict[str, Any]:
+    """Everything ``attune speed status`` shows, as a dict."""
+    paths = speed_paths(cfg)
+    pid = running_pid(cfg)
+    board: dict[str, Any] = {}
+    if paths.status_file.exists():
+        try:
+            board = json.loads(paths.status_file.read_text())
+        except ValueError:
+            board = {}
+    topic = cfg.kafka.topic("events").name
+    try:
+        ends: dict[int, int] | None = end_offsets(cfg, topic)
+        kafka_error = None
+    except Exception as exc:
+        ends, kafka_error = None, f"{type(exc).__name__}: {exc}"
+    queries = []
+    for name, ckpt_name in (("bronze", "bronze"), ("online", online_checkpoint_name(cfg))):
+        checkpoint = paths.checkpoint(ckpt_name)
+        q = dict(board.get("queries", {}).get(name, {}))
+        if not q and not checkpoint.exists():
+            continue
+        progress = q.get("progress") or {}
+        entry: dict[str, Any] = {
+            "name": name,
+            "id": q.get("id"),
+            "active": bool(pid and q.get("active")),
+            "checkpoint": str(checkpoint),
+            "exception": q.get("exception"),
+            "last_progress": {
+                "batch_id": progress.get("batchId"),
+                "timestamp": progress.get("timestamp"),
+                "input_rows": progress.get("numInputRows"),
+                "input_rows_per_s": progress.get("inputRowsPerSecond"),
+                "processed_rows_per_s": progress.get("processedRowsPerSecond"),
+                "batch_duration_ms": (progress.get("durationMs") or {}).get("triggerExecution"),
+            }
+            if progress
+            else None,
+            "writer": q.get("writer"),
+        }
+        if ends is not None:
+            batch, lag = consumer_lag(checkpoint, topic, ends)
+            entry["committed_batch"] = batch
+            entry["lag"] = [asdict(row) for row in lag]
+            entry["total_lag"] = sum(row.lag for row in lag)
+        queries.append(entry)
+    return {
+        "running": pid is not None,
+        "pid": pid,
+        "state": board.get("state") if pid else "stopped",
+        "started_at": board.get("started_at") if pid else None,
+        "trigger": board.get("trigger", cfg.speed.trigger),
+        "topic": topic,
+        "log": str(paths.log_file),
+        "kafka_error": kafka_error,
+        "queries": queries,
+    }
+
+
+def _fmt_rate(x: Any) -> str:
+    return "-" if x is None else f"{float(x):,.1f}"
+
+
+def format_status(report: dict[str, Any]) -> str:
+    lines = []
+    if report["running"]:
+        lines.append(
+            f"speed layer: {report['state']} (pid {report['pid']}, since {report['started_at']}, "
+            f"online trigger {report['trigger']}), log {report['log']}"
+        )
+    else:
+        lines.append(
+            f"speed layer: not running (start it with `attune speed start`); log {report['log']}"
+        )
+    if report["kafka_error"]:
+        lines.append(
+            f"  Kafka: cannot read end offsets of {report['topic']}: {report['kafka_error']}"
+        )
+    if not report["queries"]:
+        lines.append("  no query has run yet (no checkpoints)")
+    for q in report["queries"]:
+        state = "active" if q["active"] else "stopped"
+        lines.append(f"  query {q['name']}: {state}, checkpoint {q['checkpoint']}")
+        if q.get("exception"):
+            lines.append(f"    failed: {q['exception'].splitlines()[0]}")
+        p = q.get("last_progress")
+        if p:
+            lines.append(
+                f"    last batch {p['batch_id']} at {p['timestamp']}: {p['input_rows']} rows, "
+                f"{_fmt_rate(p['input_rows_per_s'])} rows/s in, "
+                f"{_fmt_rate(p['processed_rows_per_s'])} rows/s processed, "
+                f"{p['batch_duration_ms']} ms"
+            )
+        w = q.get("writer")
+        if w:
+            lines.append("    writer: " + ", ".join(f"{k} {v}" for k, v in w.items()))
+        if "lag" in q:
+            lines.append(
+                f"    consumer lag on {report['topic']} (committed batch "
+                f"{q['committed_batch']}): total {q['total_lag']}"
+            )
+            lines.append("      partition  committed        end        lag")
+            for row in q["lag"]:
+                committed = "-" if row["committed"] is None else row["committed"]
+                lines.append(
+                    f"      {row['partition']:>9}  {committed:>9}  {row['end']:>9}  {row['lag']:>9}"
+                )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------
+# CLI handlers
+
+
+def _config_args() -> list[str]:
+    """``--config FILE`` of the current invocation, to pass on to the detached process."""
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return ["--config", argv[i + 1]]
+        if arg.startswith("--config="):
+            return [arg]
+    return []
+
+
+def cmd_start(cfg: AttuneConfig, args: argparse.Namespace) -> int:
+    try:
+        queries = parse_query_names(args.queries)
+    except ValueError as exc:
+        print(f"attune speed start: {exc}", file=sys.stderr)
+        return 2
+    paths = speed_paths(cfg)
+    pid = running_pid(cfg)
+    if pid is not None and pid != os.getpid():
+        print(f"the speed layer is already running (pid {pid}); `attune speed stop` stops it")
+        return 0 if not args.foreground else 1
+    if args.foreground:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        for chatty in ("kafka", "py4j"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
+        paths.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        paths.pid_file.write_text(str(os.getpid()))
+        try:
+            return run_speed_layer(cfg, queries)
+        finally:
+            if running_pid(cfg) in (None, os.getpid()):
+                paths.pid_file.unlink(missing_ok=True)
+    return _start_detached(cfg, queries)
+
+
+def _start_detached(cfg: AttuneConfig, queries: list[str]) -> int:
+    paths = speed_paths(cfg)
+    paths.log_file.parent.mkdir(parents=True, exist_ok=True)
+    paths.status_file.unlink(missing_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "attune.cli",
+        *_config_args(),
+        "speed",
+        "start",
+        "--foreground",
+        "--queries",
+        ",".join(queries),
+    ]
+    with open(paths.log_file, "ab") as log_fh:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=os.getcwd(),
+        )
+    print(f"starting the speed layer (pid {proc.pid}, log {paths.log_file}) ...", flush=True)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            print(
+                f"the speed layer exited with code {proc.returncode}; last log lines:\n"
+                + _tail(paths.log_file),
+                file=sys.stderr,
+            )
+            return 1
+        state = _board_state(paths.status_file)
+        if state == "running":
+            print(f"speed layer running: {', '.join(queries)} (`attune speed status`)")
+            return 0
+        if state == "failed":
+            break
+        time.sleep(0.5)
+    print(
+        "the speed layer did not report running in time; last log lines:\n" + _tail(paths.log_file),
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _board_state(path: Path) -> str | None:
+    try:
+        return str(json.loads(path.read_text()).get("state"))
+    except (OSError, ValueError):
+        return None
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop_speed_layer(cfg: AttuneConfig, timeout_s: float = 60.0) -> bool:
+    """Stop the detached speed layer: SIGTERM, then SIGKILL of its group after ``timeout_s``."""
+    pid = running_pid(cfg)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _pid_alive(pid):
+        time.sleep(0.2)
+    if _pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    speed_paths(cfg).pid_file.unlink(missing_ok=True)
+    return True
+
+
+def cmd_stop(cfg: AttuneConfig, args: argparse.Namespace) -> int:
+    pid = running_pid(cfg)
+    if pid is None:
+        print("the speed layer is not running")
+        return 0
+    print(f"stopping the speed layer (pid {pid}) ...", flush=True)
+    stop_speed_layer(cfg, args.timeout)
+    print("stopped")
+    return 0
+
+
+def cmd_status(cfg: AttuneConfig, args: argparse.Namespace) -> int:
+    report = status_report(cfg)
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+    else:
+        print(format_status(report))
+    healthy = report["running"] and all(q["active"] for q in report["queries"])
+    return 0 if healthy else 1

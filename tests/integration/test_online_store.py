@@ -1,0 +1,244 @@
+"""The online store's write script against a real Redis: idempotent, order-independent, exact.
+
+Rows are written by hand in the payload format :func:`speed_layer.features.online_rows`
+produces (see ``APPLY_SCRIPT`` in :mod:`attune.online_store`). Half-life 1 h; bucket 100 starts
+at 100 * 57,600,000 ms = 5,760,000,000 ms, called B below.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from attune.config import AttuneConfig
+from attune.online_store import (
+    SCALE,
+    OnlineStore,
+    OnlineStoreWriter,
+    read_popular,
+    read_trending,
+    read_user_features,
+)
+
+pytestmark = pytest.mark.integration
+
+REDIS_DB = 12
+HOUR = 3_600_000
+MIN = 60_000
+B = 100 * 57_600_000  # start of affinity bucket 100
+
+
+@pytest.fixture
+def client(cfg: AttuneConfig) -> Iterator[redis.Redis]:
+    r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=REDIS_DB)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def store(client: redis.Redis) -> Iterator[OnlineStore]:
+    s = OnlineStore(
+        prefix=f"t{uuid.uuid4().hex[:8]}",
+        half_life_ms=HOUR,
+        recent_items=3,
+        dismissed_items=2,
+        dedup_per_user=10,
+        trending_windows_s=(3600,),
+        trending_slices=12,
+        ignore_min_impressions=2,
+    )
+    yield s
+    keys = list(client.scan_iter(match=f"{s.prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+def row(
+    iid: str,
+    t: int,
+    typ: str,
+    item: str | None = None,
+    *,
+    weight: float = 0.0,
+    event_row: bool = True,
+    session: str | None = None,
+    category: str | None = None,
+    forget: bool = False,
+) -> tuple[str, int, str, str]:
+    """One interaction of user ``alice`` as (user, t, iid, payload)."""
+    payload: dict[str, Any] = {"i": iid, "t": t, "y": typ}
+    if event_row:
+        payload["x"] = 1
+    if session:
+        payload["s"] = session
+    if item:
+        payload["it"] = item
+    if category:
+        payload["ca"] = category
+    if weight:
+        bucket = t // (16 * HOUR)
+        payload["b"] = bucket
+        payload["a"] = str(round(weight * SCALE * 2 ** ((t - bucket * 16 * HOUR) / HOUR)))
+    if item and typ in ("item_view", "add_to_cart", "purchase", "rating"):
+        payload["r"] = 1
+    if item and typ in ("item_view", "add_to_cart", "purchase"):
+        payload["n"] = 1
+        payload["tr"] = [f"3600:{t // (5 * MIN)}"]
+    if item and typ == "impression":
+        payload["m"] = 1
+    if item and typ in ("dismiss", "not_interested"):
+        payload["d"] = 1
+    if forget:
+        payload["c"] = 1
+    return ("alice", t, iid, orjson.dumps(payload).decode())
+
+
+def dump(r: redis.Redis, prefix: str) -> dict[str, Any]:
+    """Every key under ``prefix`` with its full content (not its TTL)."""
+    out: dict[str, Any] = {}
+    for key in sorted(r.scan_iter(match=f"{prefix}:*", count=1000)):
+        kind = r.type(key)
+        if kind == b"zset":
+            out[key] = r.zrange(key, 0, -1, withscores=True)
+        elif kind == b"hash":
+            out[key] = r.hgetall(key)
+        else:
+            out[key] = r.get(key)
+    return out
+
+
+SESSION = [
+    row("e1#0", B + 2 * HOUR, "item_view", "m1", weight=1, session="s1"),
+    row("e2#0", B + 3 * HOUR, "add_to_cart", "m2", weight=3, session="s1"),
+    row("e3#0", B + 4 * HOUR, "impression", "m3", session="s1"),
+    row("e3#1", B + 4 * HOUR, "impression", "m2", event_row=False, session="s1"),
+    row("e4#0", B + 4 * HOUR, "dismiss", "m3", weight=-2, session="s1"),
+    row("e5#0", B + 1 * HOUR, "item_view", "m4", weight=1, session="s1", category="Books"),
+]
+
+
+@pytest.fixture
+def writer(client: redis.Redis, store: OnlineStore) -> OnlineStoreWriter:
+    w = OnlineStoreWriter(client, store)
+    w.write_item_metadata(
+        {
+            "m1": {"title": "One", "year": 1999, "genres": ["Drama", "Comedy"]},
+            "m2": {"title": "Two", "genres": ["Drama"]},
+            "m3": {"title": "Three", "genres": ["Horror"]},
+        }
+    )
+    return w
+
+
+def test_features_of_a_session(
+    client: redis.Redis, store: OnlineStore, writer: OnlineStoreWriter
+) -> None:
+    stats = writer.apply(SESSION)
+    assert (stats.users, stats.applied, stats.duplicates) == (1, 6, 0)
+    f = read_user_features(client, "alice", store)
+    # Recent (N = 3) by event time: m2 (+3 h), m1 (+2 h), m4 (+1 h, arrived last); impressions and
+    # dismissals are not interactions.
+    assert f.recent_item_ids == ["m2", "m1", "m4"]
+    assert [r.type for r in f.recent] == ["add_to_cart", "item_view", "item_view"]
+    # As of the latest event (+4 h): m1 view 2 h old (Drama, Comedy: 1/4 each), m2 cart 1 h old
+    # (Drama: 3/2), m4 view 3 h old (not in the catalog: its category, Books: 1/8), dismiss of
+    # m3 now (Horror: -2).
+    assert f.as_of_ms == B + 4 * HOUR
+    expected = {"Drama": 1.75, "Comedy": 0.25, "Horror": -2.0, "Books": 0.125}
+    assert f.affinities.keys() == expected.keys()
+    for genre, value in expected.items():
+        assert math.isclose(f.affinities[genre], value, rel_tol=1e-6), genre
+    assert f.counters == {
+        "item_view": 2,
+        "add_to_cart": 1,
+        "impression": 1,
+        "dismiss": 1,
+        "events": 5,
+    }
+    assert f.session is not None
+    assert (f.session.session_id, f.session.events) == ("s1", 5)
+    assert (f.session.start_ms, f.session.last_ms) == (B + HOUR, B + 4 * HOUR)
+    assert f.dismissed_items == ["m3"]
+    # Impressions: Horror (m3), Drama (m2); engagements: Drama (m1, m2), Comedy, Books.
+    assert f.impressions_by_genre == {"Horror": 1, "Drama": 1}
+    assert f.engagements_by_genre == {"Drama": 2, "Comedy": 1, "Books": 1}
+    assert read_popular(client, store) == [("m4", 1), ("m2", 1), ("m1", 1)]
+
+
+def test_replaying_changes_nothing(
+    client: redis.Redis, store: OnlineStore, writer: OnlineStoreWriter
+) -> None:
+    writer.apply(SESSION)
+    writer.refresh_trending()
+    before = dump(client, store.prefix)
+    again = writer.apply(SESSION + SESSION[:2])
+    writer.refresh_trending()
+    assert (again.applied, again.duplicates) == (0, 8)
+    assert dump(client, store.prefix) == before
+
+
+def test_batching_and_order_do_not_matter(
+    client: redis.Redis, store: OnlineStore, writer: OnlineStoreWriter
+) -> None:
+    writer.apply(SESSION)
+    writer.refresh_trending()
+    one_pass = dump(client, store.prefix)
+    for key in client.scan_iter(match=f"{store.prefix}:*"):
+        if b":meta" not in key or b":i:" not in key:  # keep the catalog mirror
+            client.delete(key)
+    # The same interactions in other micro-batches, newest first, one crash-like repeat.
+    for batch in ([SESSION[4]], [SESSION[5], SESSION[3]], [SESSION[0], SESSION[4]], SESSION[1:3]):
+        writer.apply(batch)
+    writer.refresh_trending()
+    assert dump(client, store.prefix) == one_pass
+
+
+def test_forgotten_ids_are_not_applied_twice(
+    client: redis.Redis, store: OnlineStore, writer
+) -> None:  # type: ignore[no-untyped-def]
+    views = [row(f"v{i:02d}#0", B + i * MIN, "item_view", "m1", weight=1) for i in range(12)]
+    writer.apply(views)
+    before = dump(client, store.prefix)
+    # dedup_per_user = 10: v00 and v01 were forgotten; replaying them must change nothing.
+    stats = writer.apply(views[:2])
+    assert (stats.applied, stats.too_late) == (0, 2)
+    assert dump(client, store.prefix) == before
+    assert read_user_features(client, "alice", store).views == 12
+
+
+def test_consent_withdrawal_forgets_the_user(
+    client: redis.Redis, store: OnlineStore, writer
+) -> None:  # type: ignore[no-untyped-def]
+    writer.apply(SESSION)
+    writer.apply([row("c1#0", B + 5 * HOUR, "consent_update", forget=True)])
+    assert read_user_features(client, "alice", store).is_empty
+    # Earlier events arriving late stay out; later ones (consent given again) count.
+    stats = writer.apply(
+        [
+            row("late#0", B + 4 * HOUR + MIN, "item_view", "m1", weight=1),
+            row("new#0", B + 6 * HOUR, "item_view", "m2", weight=1),
+        ]
+    )
+    assert (stats.applied, stats.too_late) == (1, 1)
+    f = read_user_features(client, "alice", store)
+    assert f.recent_item_ids == ["m2"] and f.counters == {"item_view": 1, "events": 1}
+
+
+def test_trending_window(
+    client: redis.Redis, store: OnlineStore, writer: OnlineStoreWriter
+) -> None:
+    writer.apply(SESSION)
+    writer.refresh_trending()
+    # Latest event at B + 4 h; 5-min slices; the 1 h window holds the slices after B + 3 h
+    # (B is a multiple of 5 min), so the cart of m2 at exactly B + 3 h is out, and so are the
+    # views at +1 h and +2 h: nothing is trending.
+    assert read_trending(client, store, 3600) == []
+    writer.apply([row("e6#0", B + 4 * HOUR - 10 * MIN, "purchase", "m2", weight=5)])
+    writer.refresh_trending()
+    assert read_trending(client, store, 3600) == [("m2", 1)]

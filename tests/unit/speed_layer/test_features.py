@@ -1,0 +1,248 @@
+"""The feature functions on small hand-made event sets; every expected value worked out by hand.
+
+Parameters used throughout: half-life 1 h (3,600,000 ms), so an affinity bucket spans 16 h
+(57,600,000 ms); trending windows 1 h and 24 h in 12 slices (5 min and 2 h); weights from the
+default config (item_view 1, add_to_cart 3, rating 2, dismiss -2, impression 0).
+"""
+
+from __future__ import annotations
+
+import pytest
+from pyspark.sql import Row
+from pyspark.testing import assertDataFrameEqual
+
+from speed_layer import features as F
+from tests.unit.speed_layer.events import T0_MS, events_df, minutes, stored
+
+HOUR_MS = 3_600_000
+
+PARAMS = F.FeatureParams(
+    half_life_ms=HOUR_MS,
+    affinity_weights={
+        "item_view": 1.0,
+        "add_to_cart": 3.0,
+        "purchase": 5.0,
+        "rating": 2.0,
+        "dismiss": -2.0,
+    },
+    rating_neutral=5.0,
+    trending_windows_s=(3600, 86400),
+    trending_slices=12,
+    recent_items=2,
+    dismissed_items=10,
+    session_gap_ms=30 * 60 * 1000,
+    ignore_min_impressions=2,
+)
+
+
+@pytest.fixture
+def catalog(spark):  # type: ignore[no-untyped-def]
+    return spark.createDataFrame(
+        [
+            ("m1", ["Drama", "Comedy", "Drama"]),
+            ("m2", ["Drama"]),
+            ("m3", ["Horror"]),
+            ("m5", []),
+        ],
+        F.CATALOG_DDL,
+    )
+
+
+def rows(spark, events, catalog):  # type: ignore[no-untyped-def]
+    return F.feature_rows(events_df(spark, events), catalog, PARAMS)
+
+
+def test_interactions_one_row_per_item_and_one_for_itemless_events(spark) -> None:  # type: ignore[no-untyped-def]
+    events = [
+        stored("e1", "item_view", minutes(0), ["m1", "m2"]),
+        stored("e2", "search", minutes(1), query="dune"),
+    ]
+    got = F.interactions(events_df(spark, events)).select(
+        "user", "iid", "type", "ts_ms", "item_id", "event_row", "forget"
+    )
+    # e1 has two items: two rows, only the first carries the event-level updates; e2 has none.
+    expected = [
+        Row("alice", "e1#0", "item_view", T0_MS, "m1", True, False),
+        Row("alice", "e1#1", "item_view", T0_MS, "m2", False, False),
+        Row("alice", "e2#0", "search", T0_MS + 60_000, None, True, False),
+    ]
+    assertDataFrameEqual(got, spark.createDataFrame(expected, got.schema))
+
+
+def test_weights_and_affinity_units(spark) -> None:  # type: ignore[no-untyped-def]
+    events = [
+        stored("e1", "item_view", minutes(0), ["m1"]),
+        stored("e2", "rating", minutes(60), ["m1"], rating=8.0),
+        stored("e3", "dismiss", minutes(0), ["m3"]),
+        stored("e4", "search", minutes(0), query="x"),
+    ]
+    df = F.with_affinity_units(
+        F.with_weights(F.interactions(events_df(spark, events)), PARAMS.affinity_weights, 5.0),
+        HOUR_MS,
+    ).select("iid", "weight", "aff_bucket", "aff_units")
+    # T0 = 1,362,139,200,000 ms; the 16 h bucket is floor(T0 / 57,600,000) = 23648, starting at
+    # 1,362,124,800,000, so T0 is 14,400,000 ms = 4 half-lives into it and T0 + 60 min is 5.
+    # item_view (1):      round(1 * 2^20 * 2^4)   = 16,777,216
+    # rating 8 (2*3/5 = 1.2): round(1.2 * 2^20 * 2^5) = round(40,265,318.4) = 40,265,318
+    # dismiss (-2):       round(-2 * 2^20 * 2^4)  = -33,554,432
+    # search (no item):   weight 0, units 0
+    expected = [
+        Row("e1#0", 1.0, 23648, 16_777_216),
+        Row("e2#0", 1.2, 23648, 40_265_318),
+        Row("e3#0", -2.0, 23648, -33_554_432),
+        Row("e4#0", 0.0, 23648, 0),
+    ]
+    assertDataFrameEqual(df, spark.createDataFrame(expected, df.schema), rtol=1e-12)
+
+
+def test_genre_affinities_decay_from_the_latest_event(spark, catalog) -> None:  # type: ignore[no-untyped-def]
+    events = [
+        stored("e1", "item_view", minutes(0), ["m1"]),  # Drama, Comedy; weight 1
+        stored("e2", "add_to_cart", minutes(60), ["m2"]),  # Drama; weight 3
+        stored("e3", "dismiss", minutes(120), ["m3"]),  # Horror; weight -2
+    ]
+    r = rows(spark, events, catalog)
+    # As of the latest event (T0 + 120 min): e1 is 2 half-lives old, e2 one, e3 none.
+    # Drama = 1 * 1/4 + 3 * 1/2 = 1.75; Comedy = 1/4; Horror = -2.
+    got = F.genre_affinities(r, HOUR_MS)
+    expected = [("alice", "Comedy", 0.25), ("alice", "Drama", 1.75), ("alice", "Horror", -2.0)]
+    assertDataFrameEqual(got, spark.createDataFrame(expected, got.schema), rtol=1e-9)
+    # One hour later every value halves.
+    later = F.genre_affinities(r, HOUR_MS, as_of_ms=T0_MS + 3 * HOUR_MS)
+    expected = [("alice", "Comedy", 0.125), ("alice", "Drama", 0.875), ("alice", "Horror", -1.0)]
+    assertDataFrameEqual(later, spark.createDataFrame(expected, later.schema), rtol=1e-9)
+
+
+def test_recent_items_latest_interaction_per_item(spark, catalog) -> None:  # type: ignore[no-untyped-def]
+    events = [
+        stored("e1", "item_view", minutes(0), ["m1"]),
+        stored("e2", "item_view", minutes(10), ["m2"]),
+        stored("e3", "add_to_cart", minutes(20), ["m1"]),
+        stored("e4", "impression", minutes(30), ["m3"]),  # shown, not interacted with
+        stored("e5", "item_view", minutes(5), ["m5"]),  # arrives late, by event time
+    ]
+    got = F.recent_items(rows(spark, events, catalog), 2)
+    # Latest per item: m1 add_to_cart at +20, m2 at +10, m5 at +5; N = 2 keeps m1, m2.
+    expected = [
+        ("alice", 1, "m1", "add_to_cart", T0_MS + 20 * 60_000),
+        ("alice", 2, "m2", "item_view", T0_MS + 10 * 60_000),
+    ]
+    assertDataFrameEqual(got, spark.createDataFrame(expected, got.schema))
+
+
+def test_counters_activity_and_sessions(spark, catalog) -> None:  # type: ignore[no-untyped-def]
+    events = [
+        stored("e1", "item_view", minutes(0), ["m1", "m2"]),  # one event, two items
+        stored("e2", "item_view", minutes(10), ["m2"]),
+        stored("e3", "add_to_cart", minutes(50), ["m2"]),  # 40 min gap: a new session
+        stored("e4", "search", minutes(60), query="x"),
+    ]
+    r = rows(spark, events, catalog)
+    counters = F.user_counters(r)
+    expected = [("alice", "add_to_cart", 1), ("alice", "item_view", 2), ("alice", "search", 1)]
+    assertDataFrameEqual(counters, spark.createDataFrame(expected, counters.schema))
+    activity = F.user_activity(r)
+    expected_activity = [("alice", 4, T0_MS, T0_MS + 60 * 60_000)]
+    assertDataFrameEqual(activity, spark.createDataFrame(expected_activity, activity.schema))
+    # No session ids: the 40 min gap (> 30) starts the latest session at +50 min, named
+    # "t" + its start in ms: 1,362,139,200,000 + 3,000,000.
+    sessions = F.session_state(r, PARAMS.session_gap_ms)
+    expected_session = [("alice", "t1362142200000", T0_MS + 50 * 60_000, T0_MS + 60 * 60_000, 2)]
+    assertDataFrameEqual(sessions, spark.createDataFrame(expected_session, sessions.schema))
+
+
+def test_sessions_by_session_id(spark, catalog) -> None:  # type: ignore[no-untyped-def]
+    events = [
+        stored("e1", "item_view", minutes(0), ["m1"], session_id="s1"),
+        stored("e2", "item_view", minutes(5), ["m1"], session_id="s2"),
+        stored("e3", "item_view", minutes(8), ["m2"], session_id="s2"),
+    ]
+    got = F.session_state(rows(spark, events, catalog), PARAMS.session_gap_ms)
+    expected = [("alice", "s2", T0_MS + 5 * 60_000, T0_MS + 8 * 60_000, 2)]
+    assertDataFrameEqual(got, spark.createDataFrame(expected, got.schema))
+
+
+def test_negative_feedback(spark, catalog) -> None:  # type: ignore[no-untyped-def]
+    events = [
+        stored("e1", "impression", minutes(0), ["m3", "m2"]),  # Horror, Drama shown
+        stored("e2", "impression", minutes(1), ["m3"]),  # Horror shown again
+        stored("e3", "item_view", minutes(2), ["m2"]),  # Drama engaged
+        stored("e4", "dismiss", minutes(3), ["m3"]),
+        stored("e5", "not_interested", minutes(4), ["m1"]),
+    ]
+    r = rows(spark, events, catalog)
+    dismissed = F.dismissed_items(r, 10)
+    expected = [
+        ("alice", 1, "m1", T0_MS + 4 * 60_000),
+        ("alice", 2, "m3", T0_MS + 3 * 60_000),
+    ]
+    assertDataFrameEqual(dismissed, spark.createDataFrame(expected, dismissed.schema))
+    exposure = F.genre_exposure(r)
+    # Horror: 2 impressions, 0 engagements; Drama: 1 impression, 1 engagement (e3).
+    expected_exposure = [("alice", "Drama", 1, 1), ("alice", "Horror", 2, 0)]
+    assertDataFrameEqual(exposure, spark.createDataFrame(expected_exposure, exposure.schema))
+    ignored = F.ignored_genres(exposure, 2)
+    assertDataFrameEqual(ignored, spark.createDataFrame([("alice", "Horror")], ignored.schema))
+
+
+def test_trending_and_popularity(spark, catalog) -> None:  # type: ignore[no-untyped-def]
+    events = [
+        stored("e1", "item_view", minutes(0), ["m1"]),
+        stored("e2", "item_view", minutes(5), ["m1"], user="bob"),
+        stored("e3", "item_view", minutes(30), ["m2"]),
+        stored("e4", "add_to_cart", minutes(59), ["m2"]),
+        stored("e5", "impression", minutes(40), ["m3"]),  # not an engagement
+    ]
+    r = rows(spark, events, catalog)
+    # 5-min slices; as of T0 + 60 min the last slice is T0's + 12, so the 1 h window is slices
+    # T0+1 .. T0+12: e1 (slice T0+0) is out, e2 (+1), e3 (+6), e4 (+11) are in.
+    got = F.trending(r, 3600, 12, T0_MS + HOUR_MS)
+    assertDataFrameEqual(got, spark.createDataFrame([("m1", 1), ("m2", 2)], got.schema))
+    pop = F.popularity(r)
+    assertDataFrameEqual(pop, spark.createDataFrame([("m1", 2), ("m2", 2)], pop.schema))
+
+
+def test_consent(spark, catalog) -> None:  # type: ignore[no-untyped-def]
+    events = [
+        stored("e1", "item_view", minutes(0), ["m1"]),
+        stored("e2", "consent_update", minutes(10), personalization=False),
+        stored("e3", "item_view", minutes(20), ["m2"], personalization=False),
+        stored("e4", "item_view", minutes(30), ["m3"]),  # consent given again
+        stored("e5", "item_view", minutes(40), ["m2"], user="bob", personalization=False),
+    ]
+    r = rows(spark, events, catalog)
+    # e3 and e5 never count; the withdrawal (e2) forgets e1; only e4 is left.
+    recent = F.recent_items(r, 10)
+    expected = [("alice", 1, "m3", "item_view", T0_MS + 30 * 60_000)]
+    assertDataFrameEqual(recent, spark.createDataFrame(expected, recent.schema))
+    counters = F.user_counters(r)
+    assertDataFrameEqual(
+        counters, spark.createDataFrame([("alice", "item_view", 1)], counters.schema)
+    )
+
+
+def test_genres_from_catalog_else_category(spark, catalog) -> None:  # type: ignore[no-untyped-def]
+    events = [
+        stored("e1", "item_view", minutes(0), ["m1"]),
+        stored("e2", "item_view", minutes(1), ["m5"]),  # in the catalog without genres
+        stored("e3", "item_view", minutes(2), [{"item_id": "m9", "category": "Books"}]),
+    ]
+    got = F.with_genres(F.interactions(events_df(spark, events)), catalog).select("iid", "genres")
+    expected = [("e1#0", ["Drama", "Comedy"]), ("e2#0", []), ("e3#0", ["Books"])]
+    assertDataFrameEqual(got, spark.createDataFrame(expected, got.schema))
+
+
+def test_online_rows_payload(spark) -> None:  # type: ignore[no-untyped-def]
+    events = [stored("e1", "item_view", minutes(0), ["m1"], session_id="s1")]
+    got = F.online_rows(events_df(spark, events), PARAMS).collect()
+    # Bucket 23648 and units 16,777,216 as in test_weights_and_affinity_units; trending slices
+    # T0 / 300,000 = 4,540,464 and T0 / 7,200,000 = 189,186; nulls are left out.
+    assert [tuple(r) for r in got] == [
+        (
+            "alice",
+            T0_MS,
+            "e1#0",
+            '{"i":"e1#0","t":1362139200000,"y":"item_view","x":1,"s":"s1","it":"m1",'
+            '"b":23648,"a":"16777216","r":1,"n":1,"tr":["3600:4540464","86400:189186"]}',
+        )
+    ]

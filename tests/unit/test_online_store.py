@@ -1,0 +1,96 @@
+"""The online store's key scheme and how replies are decoded (no Redis; hand-made replies)."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+
+from attune.online_store import (
+    SCALE,
+    OnlineStore,
+    decode_user_features,
+    evaluate_affinities,
+)
+
+HOUR_MS = 3_600_000
+STORE = OnlineStore(prefix="att", half_life_ms=HOUR_MS, ignore_min_impressions=3)
+
+
+def test_key_names() -> None:
+    assert STORE.user_key("u1", "recent") == "att:u:{u1}:recent"
+    assert STORE.user_keys("u1")[-1] == "att:u:{u1}:meta"
+    assert STORE.item_stats_key("tt01") == "att:i:{tt01}:stats"
+    assert STORE.trend_slice_key(3600, 42) == "att:trend:3600:42"
+    assert STORE.trending_key(86400) == "att:trending:86400"
+    with pytest.raises(ValueError, match="unknown user key 'recents'"):
+        STORE.user_key("u1", "recents")
+
+
+def test_affinity_units_evaluate_to_decayed_sums() -> None:
+    # Bucket span = 16 h = 57,600,000 ms. One weight-1 interaction 2 h into bucket 10 is stored
+    # as 2^20 * 2^2 units; as of that moment it is worth exactly 1, an hour later 1/2.
+    t = 10 * 57_600_000 + 2 * HOUR_MS
+    units = {"10:Drama": SCALE * 4}
+    assert evaluate_affinities(units, t, STORE) == {"Drama": 1.0}
+    assert evaluate_affinities(units, t + HOUR_MS, STORE) == {"Drama": 0.5}
+    # A weight-3 interaction at the start of bucket 11 (16 h later): 3 * 2^20 units. As of 1 h
+    # into bucket 11 the first is 15 half-lives old, the second one: 2^-15 + 3/2.
+    units["11:Drama"] = 3 * SCALE
+    got = evaluate_affinities(units, 11 * 57_600_000 + HOUR_MS, STORE)
+    assert math.isclose(got["Drama"], 2**-15 + 1.5, rel_tol=1e-12)
+
+
+def test_decode_user_features() -> None:
+    t = 10 * 57_600_000 + 2 * HOUR_MS
+    raw = [
+        [(b"m2", float(t)), (b"m1", float(t - 60_000))],  # ZREVRANGE recent WITHSCORES
+        {
+            b"m2": orjson.dumps({"type": "purchase", "t": t, "i": "e4#0"}),
+            b"m1": orjson.dumps({"type": "item_view", "t": t - 60_000, "i": "e1#0"}),
+        },
+        {b"10:Drama": str(SCALE * 4).encode(), b"10:Horror": str(-2 * SCALE * 4).encode()},
+        {
+            b"item_view": b"2",
+            b"purchase": b"1",
+            b"events": b"3",
+            b"first_t": str(t - 60_000).encode(),
+            b"last_t": str(t).encode(),
+        },
+        {
+            b"id": b"s1",
+            b"start_t": str(t - 60_000).encode(),
+            b"last_t": str(t).encode(),
+            b"events": b"3",
+            b"n:item_view": b"2",
+            b"n:purchase": b"1",
+            b"last_item": b"m2",
+            b"last_type": b"purchase",
+        },
+        [b"m3"],  # ZREVRANGE dismissed
+        {b"imp:Horror": b"3", b"imp:Drama": b"5", b"eng:Drama": b"1"},
+    ]
+    f = decode_user_features("u1", raw, STORE)
+    assert f.recent_item_ids == ["m2", "m1"]
+    assert [r.type for r in f.recent] == ["purchase", "item_view"]
+    # As of the last event (t): Drama = 4 units-worth * 2^-2 = 1, Horror = -2.
+    assert f.as_of_ms == t
+    assert f.affinities == {"Drama": 1.0, "Horror": -2.0}
+    assert (f.views, f.carts, f.purchases) == (2, 0, 1)
+    assert f.counters["events"] == 3 and "last_t" not in f.counters
+    assert f.session is not None and f.session.session_id == "s1"
+    assert f.session.by_type == {"item_view": 2, "purchase": 1}
+    assert f.dismissed_items == ["m3"]
+    # Horror: 3 impressions (threshold 3), no engagement -> ignored; Drama was engaged.
+    assert f.ignored_genres == ["Horror"]
+
+
+def test_empty_user() -> None:
+    f = decode_user_features("nobody", [[], {}, {}, {}, {}, [], {}], STORE)
+    assert f.is_empty and f.session is None and f.affinities == {} and f.as_of_ms is None
+
+
+def test_script_params() -> None:
+    params = orjson.loads(OnlineStore(trending_windows_s=(600,)).script_params())
+    assert params["prefix"] == "att" and params["trend_ttl"] == {"600": 1200}
