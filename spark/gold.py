@@ -1,0 +1,767 @@
+"""Gold: features, training data and aggregates, recomputed from all of silver up to the date.
+
+User and item features come from the speed layer's own feature functions
+(:mod:`speed_layer.features`): the batch runs the same row-level functions over all of history
+and the aggregations that define what the stream's running updates add up to, so the nightly
+result is what Redis *should* hold and the drift report can compare the two.
+
+Tables (see :mod:`spark.tables`):
+
+``gold/user_features``
+    one row per user: recent items, genre affinities (as of the user's latest event, like
+    :func:`attune.online_store.read_user_features`), counters, latest session, dismissed items,
+    per-genre impressions / engagements, ignored genres, and the user's segment.
+``gold/items``
+    the models' item contract (:data:`models.data.ITEM_FIELDS`: ``item_id, title, genres, year,
+    price``) plus content features (``tags``, event ``categories``, ``title_tokens``) and
+    popularity (all-time engagements, per trending window, distinct users, mean rating).
+``gold/training_examples``
+    the models' interaction contract (:data:`models.data.INTERACTION_FIELDS`) plus what
+    time-based splits need (``event_date``, ``event_id``, ``user_event_index``: the
+    interaction's position in the user's history) and ``position`` / ``recommendation_id`` /
+    ``session_id``. ``segment`` is the user's segment from the previous night's snapshot, i.e.
+    what the system knew at event time (no leakage from the future).
+``gold/training_sets``
+    per logical date, the Delta versions the training set was built from and the version it was
+    written as, so a model can be rebuilt from exactly the same data with time travel.
+    (Its user and item counts are HyperLogLog++ estimates: exact for small counts.)
+``gold/item_cooccurrence``
+    ``kind = session``: items engaged with in the same session; ``kind = bought``: items bought
+    by the same user ("users who bought X also bought Y"). Score: cosine of the co-occurrence
+    count, ``n_ab / sqrt(n_a * n_b)``; ``top_k`` neighbours per item.
+``gold/trending``, ``gold/user_segments``, ``gold/popular_by_segment``,
+``gold/experiment_metrics``
+    see their functions below; segments are RFM rules documented in :func:`user_segments`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, date, datetime, time, timedelta
+from typing import TYPE_CHECKING
+
+from attune.events import EVENT_TYPES
+from spark.silver import user_column
+from speed_layer.features import (
+    FeatureParams,
+    dismissed_items,
+    effective_rows,
+    feature_rows,
+    genre_affinities,
+    genre_exposure,
+    ignored_genres,
+    personalizing,
+    popularity,
+    recent_items,
+    session_state,
+    trending,
+    user_activity,
+    user_counters,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+    from attune.config import CooccurrenceConfig, SegmentsConfig
+    from spark.job import RunContext
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 24 * 3600 * 1000
+
+CACHED_ROW_COLUMNS = (
+    "user",
+    "iid",
+    "type",
+    "ts_ms",
+    "session_id",
+    "item_id",
+    "rating",
+    "event_row",
+    "forget",
+    "genres",
+    "aff_bucket",
+    "aff_units",
+    "is_recent",
+    "is_engagement",
+    "is_impression",
+    "is_negative",
+)
+"""The feature-row columns the aggregations read (the rest is not kept in the cache)."""
+
+TRAINING_EVENT_TYPES = tuple(
+    name for name, t in EVENT_TYPES.items() if t.personalizes and "items" in t.requires
+)
+"""Every event type about items that may feed personalization (models pick positives)."""
+
+SEGMENTS = ("champion", "loyal", "new", "at_risk", "active", "dormant")
+ALL_SEGMENTS = "all"
+"""The pseudo-segment of :func:`popular_by_segment` holding the overall ranking."""
+
+EXPERIMENT_TYPES = ("impression", "rec_click", "click", "add_to_cart", "purchase")
+
+
+def end_of_day_ms(day: date) -> int:
+    """The last millisecond of ``day`` (UTC): the "as of" time of a run over ``day``."""
+    start = datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
+    return int(start.timestamp() * 1000) - 1
+
+
+# ----------------------------------------------------------------------------------------
+# User features
+
+
+def user_features(rows: DataFrame, params: FeatureParams, segments: DataFrame | None) -> DataFrame:
+    """One row per user from :func:`speed_layer.features.feature_rows` rows."""
+    from pyspark.sql import functions as F
+
+    def ranked(df: DataFrame, value: str, alias: str) -> DataFrame:
+        return df.groupBy("user").agg(
+            F.transform(
+                F.array_sort(F.collect_list(F.struct("rank", value))), lambda x: x[value]
+            ).alias(alias)
+        )
+
+    recent = recent_items(rows, params.recent_items)
+    recent_agg = recent.groupBy("user").agg(
+        F.array_sort(F.collect_list(F.struct("rank", "item_id", "type", "ts_ms"))).alias("_r")
+    )
+    recent_agg = recent_agg.select(
+        "user",
+        F.transform("_r", lambda x: x["item_id"]).alias("recent_items"),
+        F.transform("_r", lambda x: x["type"]).alias("recent_types"),
+    )
+    aff = (
+        genre_affinities(rows, params.half_life_ms)
+        .groupBy("user")
+        .agg(
+            F.map_from_entries(F.array_sort(F.collect_list(F.struct("genre", "affinity")))).alias(
+                "affinities"
+            )
+        )
+    )
+    counters = (
+        user_counters(rows)
+        .groupBy("user")
+        .agg(
+            F.map_from_entries(F.array_sort(F.collect_list(F.struct("type", "count")))).alias(
+                "counters"
+            )
+        )
+    )
+    session = session_state(rows, params.session_gap_ms).select(
+        "user",
+        F.struct("session_id", "start_ms", "last_ms", "events").alias("session"),
+    )
+    dismissed = ranked(dismissed_items(rows, params.dismissed_items), "item_id", "dismissed")
+    exposure = genre_exposure(rows)
+    exposure_maps = exposure.groupBy("user").agg(
+        F.map_from_entries(
+            F.array_sort(
+                F.collect_list(F.when(F.col("impressions") > 0, F.struct("genre", "impressions")))
+            )
+        ).alias("impressions_by_genre"),
+        F.map_from_entries(
+            F.array_sort(
+                F.collect_list(F.when(F.col("engagements") > 0, F.struct("genre", "engagements")))
+            )
+        ).alias("engagements_by_genre"),
+    )
+    ignored = (
+        ignored_genres(exposure, params.ignore_min_impressions)
+        .groupBy("user")
+        .agg(F.array_sort(F.collect_list("genre")).alias("ignored_genres"))
+    )
+    out = user_activity(rows)
+    for part in (recent_agg, aff, counters, session, dismissed, exposure_maps, ignored):
+        out = out.join(part, "user", "left")
+    if segments is not None:
+        out = out.join(segments.select("user", "segment"), "user", "left")
+    else:
+        out = out.withColumn("segment", F.lit(None).cast("string"))
+    empty_s = F.array().cast("array<string>")
+    return out.select(
+        "user",
+        "events",
+        "first_ms",
+        "last_ms",
+        F.coalesce("recent_items", empty_s).alias("recent_items"),
+        F.coalesce("recent_types", empty_s).alias("recent_types"),
+        F.coalesce("affinities", F.create_map().cast("map<string,double>")).alias("affinities"),
+        F.coalesce("counters", F.create_map().cast("map<string,bigint>")).alias("counters"),
+        "session",
+        F.coalesce("dismissed", empty_s).alias("dismissed_items"),
+        F.coalesce("impressions_by_genre", F.create_map().cast("map<string,bigint>")).alias(
+            "impressions_by_genre"
+        ),
+        F.coalesce("engagements_by_genre", F.create_map().cast("map<string,bigint>")).alias(
+            "engagements_by_genre"
+        ),
+        F.coalesce("ignored_genres", empty_s).alias("ignored_genres"),
+        "segment",
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Items
+
+
+def title_tokens(title: str) -> Column:
+    """Lower-case word tokens of a title column (at least 2 characters), distinct, in order."""
+    from pyspark.sql import functions as F
+
+    words = F.split(F.lower(F.coalesce(F.col(title), F.lit(""))), r"[^\p{L}\p{N}]+")
+    return F.array_distinct(F.filter(words, lambda w: F.length(w) > 1))
+
+
+def item_features(
+    catalog: DataFrame,
+    events: DataFrame,
+    rows: DataFrame,
+    trending_counts: dict[int, DataFrame],
+) -> DataFrame:
+    """``gold/items``: the catalog plus content and popularity features, one row per item.
+
+    Items that appear in events but not in the catalog are included with empty metadata (the
+    models need a row for every item they may meet). ``price`` is the catalog's, else the last
+    price seen on an event.
+    """
+    from pyspark.sql import functions as F
+
+    item_events = events.select(
+        "timestamp",
+        "event_id",
+        user_column().alias("user"),
+        F.explode("items").alias("item"),
+    ).select(
+        "timestamp",
+        "event_id",
+        "user",
+        F.col("item.item_id").alias("item_id"),
+        F.col("item.price").alias("price"),
+        F.col("item.category").alias("category"),
+    )
+    from_events = item_events.groupBy("item_id").agg(
+        F.array_sort(F.collect_set("category")).alias("categories"),
+        F.max_by(
+            "price", F.when(F.col("price").isNotNull(), F.struct("timestamp", "event_id"))
+        ).alias("event_price"),
+        F.countDistinct("user").alias("users"),
+    )
+    engaged = popularity(rows)
+    rated = (
+        rows.where((F.col("type") == "rating") & F.col("item_id").isNotNull())
+        .groupBy("item_id")
+        .agg(F.avg("rating").alias("mean_rating"), F.count("*").alias("ratings"))
+    )
+    out = catalog.join(from_events, "item_id", "full").join(engaged, "item_id", "left")
+    out = out.join(rated, "item_id", "left")
+    trend_cols = []
+    for window_s, counts in sorted(trending_counts.items()):
+        name = f"trending_{window_s}s"
+        out = out.join(
+            counts.select("item_id", F.col("engagements").alias(name)), "item_id", "left"
+        )
+        trend_cols.append(F.coalesce(F.col(name), F.lit(0)).cast("long").alias(name))
+    empty_s = F.array().cast("array<string>")
+    return out.select(
+        "item_id",
+        "title",
+        F.coalesce("genres", empty_s).alias("genres"),
+        "year",
+        F.coalesce("price", "event_price").alias("price"),
+        F.coalesce("tags", empty_s).alias("tags"),
+        F.coalesce("categories", empty_s).alias("categories"),
+        title_tokens("title").alias("title_tokens"),
+        F.coalesce("engagements", F.lit(0)).cast("long").alias("engagements"),
+        *trend_cols,
+        F.coalesce("users", F.lit(0)).cast("long").alias("users"),
+        "mean_rating",
+        F.coalesce("ratings", F.lit(0)).cast("long").alias("ratings"),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Training examples
+
+
+def training_examples(events: DataFrame, segments: DataFrame | None) -> DataFrame:
+    """``gold/training_examples`` from silver events (see the module docstring).
+
+    Uses the speed layer's :func:`~speed_layer.features.personalizing` (consent) and
+    :func:`~speed_layer.features.effective_rows` (nothing from before a withdrawal of
+    personalization consent), so the models see exactly the history the features see.
+    ``segments``: snapshots with ``user, segment, as_of_date``; an event on day ``d`` gets the
+    snapshot of ``d - 1``.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    rows = personalizing(events).select(
+        user_column().alias("user"),
+        "event_id",
+        "type",
+        "timestamp",
+        F.unix_millis("timestamp").alias("ts_ms"),
+        "event_date",
+        "rating",
+        "session_id",
+        "recommendation_id",
+        F.col("context.device").alias("device"),
+        F.col("context.placement").alias("placement"),
+        ((F.col("type") == "consent_update") & ~F.col("consent.personalization")).alias("forget"),
+        F.posexplode_outer("items").alias("pos", "item"),
+    )
+    rows = effective_rows(rows.where(F.col("user").isNotNull()))
+    rows = rows.where(F.col("type").isin(*TRAINING_EVENT_TYPES) & F.col("item").isNotNull())
+    order = Window.partitionBy("user").orderBy("ts_ms", "event_id", "pos")
+    rows = rows.withColumn("user_event_index", F.row_number().over(order))
+    if segments is not None:
+        # one row per user with {day the snapshot applies to: segment}: joined on the user
+        # alone, so the (large) examples keep the partitioning of the window above and only
+        # this small side moves
+        by_user = segments.groupBy(F.col("user").alias("_su")).agg(
+            F.map_from_entries(
+                F.collect_list(F.struct(F.date_add("as_of_date", 1), F.col("segment")))
+            ).alias("_segs")
+        )
+        rows = rows.join(by_user, F.col("user") == F.col("_su"), "left").withColumn(
+            "segment", F.element_at("_segs", F.col("event_date"))
+        )
+    else:
+        rows = rows.withColumn("segment", F.lit(None).cast("string"))
+    return rows.select(
+        F.col("user").alias("user_id"),
+        F.col("item.item_id").alias("item_id"),
+        "timestamp",
+        F.col("type").alias("event_type"),
+        "rating",
+        "device",
+        "placement",
+        "segment",
+        "event_id",
+        "event_date",
+        "user_event_index",
+        F.col("item.position").cast("int").alias("position"),
+        "recommendation_id",
+        "session_id",
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Co-occurrence
+
+
+def _pairs(baskets: DataFrame, min_count: int, top_k: int, kind: str) -> DataFrame:
+    """``baskets``: ``basket, items`` (distinct) -> top ``top_k`` neighbours per item."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    pairs = baskets.select(
+        F.explode(
+            F.flatten(
+                F.transform(
+                    "items",
+                    lambda a: F.transform(
+                        F.filter("items", lambda b: b != a),
+                        lambda b: F.struct(a.alias("a"), b.alias("b")),
+                    ),
+                )
+            )
+        ).alias("p")
+    ).select(F.col("p.a").alias("item_id"), F.col("p.b").alias("other_item_id"))
+    counts = pairs.groupBy("item_id", "other_item_id").agg(F.count("*").alias("count"))
+    support = baskets.select(F.explode("items").alias("item_id")).groupBy("item_id").count()
+    sa = support.select("item_id", F.col("count").alias("_na"))
+    sb = support.select(F.col("item_id").alias("other_item_id"), F.col("count").alias("_nb"))
+    scored = (
+        counts.where(F.col("count") >= min_count)
+        .join(sa, "item_id")
+        .join(sb, "other_item_id")
+        .withColumn("score", F.col("count") / F.sqrt(F.col("_na") * F.col("_nb")))
+    )
+    order = Window.partitionBy("item_id").orderBy(F.desc("score"), F.desc("count"), "other_item_id")
+    return (
+        scored.withColumn("rank", F.row_number().over(order))
+        .where(F.col("rank") <= top_k)
+        .select(F.lit(kind).alias("kind"), "item_id", "rank", "other_item_id", "count", "score")
+    )
+
+
+def _latest_distinct(df: DataFrame, basket: list[str], limit: int) -> DataFrame:
+    """``basket, items``: the ``limit`` most recent distinct items of each basket.
+
+    ``basket`` columns start with ``user``, so on rows partitioned by user neither grouping
+    needs a shuffle.
+    """
+    from pyspark.sql import functions as F
+
+    latest = df.groupBy(*basket, "item_id").agg(F.max(F.struct("ts_ms", "iid")).alias("m"))
+    return (
+        latest.groupBy(*basket)
+        .agg(F.array_sort(F.collect_list(F.struct(F.col("m").alias("m"), "item_id"))).alias("l"))
+        .select(
+            F.concat_ws(":", *basket).alias("basket"),
+            F.transform(F.slice(F.reverse("l"), 1, limit), lambda x: x["item_id"]).alias("items"),
+        )
+        .where(F.size("items") >= 2)
+    )
+
+
+def item_cooccurrence(
+    rows: DataFrame, params: CooccurrenceConfig, session_gap_ms: int
+) -> DataFrame:
+    """Both kinds of co-occurrence from feature rows (see the module docstring).
+
+    A session is the events' ``session_id``; events without one are grouped per user into
+    blocks of ``session_gap_ms`` (an approximation of gap-based sessions that needs no sort).
+    """
+    from pyspark.sql import functions as F
+
+    engaged = rows.where("is_engagement").withColumn(
+        "_session",
+        F.coalesce(
+            F.col("session_id"),
+            F.concat(F.lit("t"), F.floor(F.col("ts_ms") / session_gap_ms).cast("string")),
+        ),
+    )
+    sessions = _latest_distinct(engaged, ["user", "_session"], params.max_session_items)
+    bought = _latest_distinct(
+        rows.where((F.col("type") == "purchase") & F.col("item_id").isNotNull()),
+        ["user"],
+        params.max_user_purchases,
+    )
+    return _pairs(sessions, params.min_count, params.top_k, "session").unionByName(
+        _pairs(bought, params.min_count, params.top_k, "bought")
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Trending, segments, popularity per segment
+
+
+def trending_tables(rows: DataFrame, params: FeatureParams, as_of_ms: int) -> dict[int, DataFrame]:
+    return {
+        w: trending(rows, w, params.trending_slices, as_of_ms) for w in params.trending_windows_s
+    }
+
+
+def top_trending(counts: dict[int, DataFrame], as_of_ms: int, k: int) -> DataFrame:
+    """``window_s, rank, item_id, engagements, as_of_ms``: the top ``k`` of each window."""
+    from functools import reduce
+
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    parts = []
+    for w, df in sorted(counts.items()):
+        order = Window.orderBy(F.desc("engagements"), "item_id")
+        parts.append(
+            df.withColumn("rank", F.row_number().over(order))
+            .where(F.col("rank") <= k)
+            .select(
+                F.lit(w).cast("int").alias("window_s"),
+                "rank",
+                "item_id",
+                "engagements",
+                F.lit(as_of_ms).alias("as_of_ms"),
+            )
+        )
+    return reduce(lambda a, b: a.unionByName(b), parts)
+
+
+def user_segments(events: DataFrame, params: SegmentsConfig, as_of_ms: int) -> DataFrame:
+    """Each user's RFM segment as of ``as_of_ms``: the first rule that holds, in this order:
+
+    ``champion``  >= ``champion_purchases`` purchases in the last ``active_days``;
+    ``loyal``     >= ``loyal_purchases`` purchases in all, and seen in the last ``active_days``;
+    ``new``       first seen in the last ``new_days``;
+    ``at_risk``   has purchased, but not seen in the last ``active_days``;
+    ``active``    seen in the last ``active_days`` (browsers who never bought);
+    ``dormant``   everyone else.
+
+    Recency is days since the latest event, frequency the events in the last ``active_days``,
+    monetary the revenue of all purchases. Only events that may personalize count, and none
+    from before the user's latest withdrawal of personalization consent (as for features).
+    """
+    from pyspark.sql import functions as F
+
+    ev = personalizing(events).select(
+        user_column().alias("user"),
+        F.unix_millis("timestamp").alias("ts_ms"),
+        "type",
+        ((F.col("type") == "consent_update") & ~F.col("consent.personalization")).alias("forget"),
+        (F.col("type") == "purchase").alias("is_purchase"),
+        "revenue",
+    )
+    ev = effective_rows(ev.where(F.col("user").isNotNull() & (F.col("ts_ms") <= as_of_ms)))
+    ev = ev.where(F.col("type") != "consent_update")
+    active_from = as_of_ms - params.active_days * DAY_MS
+    per_user = ev.groupBy("user").agg(
+        F.min("ts_ms").alias("first_ms"),
+        F.max("ts_ms").alias("last_ms"),
+        F.count(F.when(F.col("ts_ms") > active_from, 1)).alias("frequency"),
+        F.count(F.when(F.col("is_purchase"), 1)).alias("purchases"),
+        F.count(F.when(F.col("is_purchase") & (F.col("ts_ms") > active_from), 1)).alias(
+            "recent_purchases"
+        ),
+        F.coalesce(F.sum(F.when(F.col("is_purchase"), F.col("revenue"))), F.lit(0.0)).alias(
+            "monetary"
+        ),
+    )
+    recency = F.floor((F.lit(as_of_ms) - F.col("last_ms")) / DAY_MS).cast("int")
+    age = F.floor((F.lit(as_of_ms) - F.col("first_ms")) / DAY_MS).cast("int")
+    active = recency < params.active_days
+    segment = (
+        F.when(F.col("recent_purchases") >= params.champion_purchases, "champion")
+        .when((F.col("purchases") >= params.loyal_purchases) & active, "loyal")
+        .when(age < params.new_days, "new")
+        .when((F.col("purchases") > 0) & ~active, "at_risk")
+        .when(active, "active")
+        .otherwise("dormant")
+    )
+    return per_user.select(
+        "user",
+        segment.alias("segment"),
+        recency.alias("recency_days"),
+        "frequency",
+        "purchases",
+        "recent_purchases",
+        "monetary",
+        age.alias("age_days"),
+    )
+
+
+def popular_by_segment(
+    rows: DataFrame, segments: DataFrame, since_ms: int, as_of_ms: int, k: int
+) -> DataFrame:
+    """``segment, rank, item_id, engagements``: the top ``k`` engaged items of each segment's
+    users between ``since_ms`` and ``as_of_ms``, plus the overall ranking as segment ``all``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    recent = rows.where(
+        F.col("is_engagement") & (F.col("ts_ms") > since_ms) & (F.col("ts_ms") <= as_of_ms)
+    ).select("user", "item_id")
+    by_segment = (
+        recent.join(segments.select("user", "segment"), "user")
+        .groupBy("segment", "item_id")
+        .agg(F.count("*").alias("engagements"))
+    )
+    overall = recent.groupBy("item_id").agg(F.count("*").alias("engagements"))
+    both = by_segment.unionByName(overall.withColumn("segment", F.lit(ALL_SEGMENTS)))
+    order = Window.partitionBy("segment").orderBy(F.desc("engagements"), "item_id")
+    return (
+        both.withColumn("rank", F.row_number().over(order))
+        .where(F.col("rank") <= k)
+        .select("segment", "rank", "item_id", "engagements")
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Experiment metrics
+
+
+def experiment_metrics(events: DataFrame, pattern: str) -> DataFrame:
+    """Daily metrics per experiment variant from events carrying a ``recommendation_id``.
+
+    The experiment and variant are groups 1 and 2 of ``pattern`` on the recommendation id
+    (``batch.recommendation_id_pattern``; ``none`` when it does not match). Per
+    ``event_date, experiment, variant``: ``impressions`` (impression events),
+    ``items_shown``, ``recommendations`` (distinct ids shown), ``clicks`` (rec_click and click
+    events), ``add_to_carts``, ``purchases``, ``revenue``, ``users``, ``ctr`` =
+    clicks / impressions and ``conversion_rate`` = purchases / impressions (null without
+    impressions).
+    """
+    from pyspark.sql import functions as F
+
+    rec = F.col("recommendation_id")
+    ev = events.where(rec.isNotNull() & F.col("type").isin(*EXPERIMENT_TYPES)).select(
+        "event_date",
+        F.coalesce(F.nullif(F.regexp_extract(rec, pattern, 1), F.lit("")), F.lit("none")).alias(
+            "experiment"
+        ),
+        F.coalesce(F.nullif(F.regexp_extract(rec, pattern, 2), F.lit("")), F.lit("none")).alias(
+            "variant"
+        ),
+        "type",
+        rec.alias("rec"),
+        F.size("items").alias("n_items"),
+        "revenue",
+        user_column().alias("user"),
+    )
+    t = F.col("type")
+    agg = ev.groupBy("event_date", "experiment", "variant").agg(
+        F.count(F.when(t == "impression", 1)).alias("impressions"),
+        F.coalesce(F.sum(F.when(t == "impression", F.col("n_items"))), F.lit(0))
+        .cast("long")
+        .alias("items_shown"),
+        F.countDistinct(F.when(t == "impression", F.col("rec"))).alias("recommendations"),
+        F.count(F.when(t.isin("rec_click", "click"), 1)).alias("clicks"),
+        F.count(F.when(t == "add_to_cart", 1)).alias("add_to_carts"),
+        F.count(F.when(t == "purchase", 1)).alias("purchases"),
+        F.coalesce(F.sum(F.when(t == "purchase", F.col("revenue"))), F.lit(0.0)).alias("revenue"),
+        F.countDistinct("user").alias("users"),
+    )
+    per_imp = F.when(F.col("impressions") > 0, F.col("impressions"))
+    return agg.select(
+        "*",
+        (F.col("clicks") / per_imp).alias("ctr"),
+        (F.col("purchases") / per_imp).alias("conversion_rate"),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# The stage
+
+
+def run_gold(ctx: RunContext) -> dict[str, object]:
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from spark import quality
+    from spark.silver import window_start
+    from spark.tables import date_between, is_table, read_table, write_table
+
+    spark, cfg, lake, day = ctx.spark, ctx.cfg, ctx.lake, ctx.run_date
+    for needed in (lake.silver_events, lake.silver_items):
+        if not is_table(spark, needed):
+            raise RuntimeError(f"no table at {needed}: run the silver stage first")
+    params = FeatureParams.from_config(cfg)
+    as_of_ms = end_of_day_ms(day)
+    versions = {
+        "silver_events": ctx.version_of(lake.silver_events),
+        "silver_items": ctx.version_of(lake.silver_items),
+    }
+    events = read_table(spark, lake.silver_events, versions["silver_events"]).where(
+        F.col("event_date") <= F.lit(day)
+    )
+    catalog = read_table(spark, lake.silver_items, versions["silver_items"])
+    out: dict[str, object] = {"versions": versions}
+
+    # The row-level feature functions, once. Every per-user aggregation below is clustered by
+    # user (and the windows ordered by time): caching the rows partitioned by user and sorted by
+    # (user, time) spares each of them a shuffle and a sort.
+    rows = (
+        feature_rows(events, catalog, params)
+        .select(*CACHED_ROW_COLUMNS)
+        .repartition(cfg.spark.shuffle_partitions, "user")
+        .sortWithinPartitions("user", "ts_ms", "iid")
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    n_rows = rows.count()
+    ctx.progress(f"gold: {n_rows:,} feature rows")
+
+    segments = user_segments(events, cfg.batch.segments, as_of_ms).cache()
+    seg_version = write_table(
+        segments.withColumn("as_of_date", F.lit(day)),
+        lake.gold_user_segments,
+        partition_by="as_of_date",
+        replace_where=f"as_of_date = DATE'{day.isoformat()}'",
+    ).version
+    ctx.progress("gold: user segments")
+
+    uf_version = write_table(
+        user_features(rows, params, segments).withColumn("as_of_date", F.lit(day)),
+        lake.gold_user_features,
+        metadata={"run_date": day, **versions},
+    )
+    ctx.progress(f"gold: user features: {uf_version.rows:,} users (v{uf_version.version})")
+
+    trend = trending_tables(rows, params, as_of_ms)
+    items_version = write_table(
+        item_features(catalog, events, rows, trend).withColumn("as_of_date", F.lit(day)),
+        lake.gold_items,
+        metadata={"run_date": day, **versions},
+    ).version
+    write_table(
+        top_trending(trend, as_of_ms, cfg.batch.views.popular_per_segment), lake.gold_trending
+    )
+    ctx.progress(f"gold: items and trending (v{items_version})")
+
+    cooc_version = write_table(
+        item_cooccurrence(rows, cfg.batch.cooccurrence, params.session_gap_ms),
+        lake.gold_item_cooccurrence,
+        partition_by="kind",
+    )
+    ctx.progress(f"gold: item co-occurrence: {cooc_version.rows:,} pairs (v{cooc_version.version})")
+
+    since_ms = as_of_ms - cfg.batch.segments.active_days * DAY_MS
+    write_table(
+        popular_by_segment(
+            rows, segments, since_ms, as_of_ms, cfg.batch.views.popular_per_segment
+        ).withColumn("as_of_date", F.lit(day)),
+        lake.gold_popular_by_segment,
+    )
+    ctx.progress("gold: popular items per segment")
+
+    start = window_start(day, cfg.batch.late_days, ctx.since)
+    window = date_between("event_date", start, day)
+    write_table(
+        experiment_metrics(events.where(window), cfg.batch.recommendation_id_pattern),
+        lake.gold_experiment_metrics,
+        partition_by="event_date",
+        replace_where=window,
+    )
+    ctx.progress(f"gold: experiment metrics {start}..{day}")
+
+    seg_history = read_table(spark, lake.gold_user_segments, seg_version).where(
+        F.col("as_of_date") < F.lit(day)
+    )
+    # (sorted by date within each task, so a task writes one file per date in turn, without
+    # another shuffle of the whole table)
+    examples = training_examples(events, seg_history).sortWithinPartitions("event_date")
+    manifest = {
+        "as_of_date": day.isoformat(),
+        "silver_events_version": versions["silver_events"],
+        "silver_items_version": versions["silver_items"],
+        "user_segments_version": seg_version,
+        "bronze_version": ctx.versions_read.get(lake.bronze),
+    }
+    te_version = write_table(
+        examples,
+        lake.gold_training_examples,
+        partition_by="event_date",
+        metadata={"training_set": manifest},
+    ).version
+    written = read_table(spark, lake.gold_training_examples, te_version)
+    stats = quality.check_training_examples(ctx, written)
+    record = spark.createDataFrame(
+        [
+            (
+                day,
+                te_version,
+                versions["silver_events"],
+                versions["silver_items"],
+                seg_version,
+                manifest["bronze_version"],
+                int(stats["rows"]),
+                int(stats["users"]),
+                int(stats["items"]),
+                stats["min_timestamp"],
+                stats["max_timestamp"],
+            )
+        ],
+        TRAINING_SETS_DDL,
+    )
+    write_table(
+        record,
+        lake.gold_training_sets,
+        replace_where=f"as_of_date = DATE'{day.isoformat()}'",
+    )
+    out["training_examples"] = {"version": te_version, "rows": int(stats["rows"])}
+    ctx.progress(f"gold: training examples: {int(stats['rows']):,} rows (v{te_version})")
+    rows.unpersist()
+    segments.unpersist()
+    quality.flush(ctx, "gold")
+    out["feature_rows"] = n_rows
+    out["user_features_version"] = uf_version.version
+    return out
+
+
+TRAINING_SETS_DDL = (
+    "as_of_date DATE, training_examples_version BIGINT, silver_events_version BIGINT, "
+    "silver_items_version BIGINT, user_segments_version BIGINT, bronze_version BIGINT, "
+    "rows BIGINT, users BIGINT, items BIGINT, min_timestamp TIMESTAMP, max_timestamp TIMESTAMP"
+)
+"""``gold/training_sets``: which versions each training set read and was written as."""

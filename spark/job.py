@@ -1,0 +1,212 @@
+"""The nightly batch run over one logical date, and ``attune batch run``.
+
+``attune batch run --date 2013-03-01`` runs the stages in order; ``--stage`` (repeatable)
+runs only some of them:
+
+``silver``       erasures, then cleansed events for the late window, items and users
+``gold``         features, training examples, co-occurrence, segments, experiment metrics
+``views``        drift report, then batch views and corrections written to Redis
+``maintenance``  retention, OPTIMIZE, VACUUM
+
+The logical date is the only notion of "now": every "as of" time is the end of that date (UTC)
+and nothing reads the clock, so running a date again over the same bronze gives the same
+tables. ``--from DATE`` widens the silver window back to ``DATE`` (first run on an existing
+bronze, or a backfill after a long outage). Each stage reads its inputs at one pinned Delta
+version, logs progress with timings, and the run ends with a one-line-per-stage summary (or
+JSON with ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+from spark.tables import Lake, table_version
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from attune.config import AttuneConfig
+    from spark.quality import CheckResult
+
+log = logging.getLogger(__name__)
+
+STAGES = ("silver", "gold", "views", "maintenance")
+
+
+@dataclass
+class RunContext:
+    """What every stage of one run shares: config, session, tables, date, progress."""
+
+    cfg: AttuneConfig
+    spark: SparkSession
+    lake: Lake
+    run_date: date
+    since: date | None = None
+    say: Callable[[str], None] = print
+    checks: list[CheckResult] = field(default_factory=list)
+    versions_read: dict[str, int | None] = field(default_factory=dict)
+    _started: float = field(default_factory=time.monotonic)
+
+    def progress(self, message: str) -> None:
+        self.say(f"batch {self.run_date} [{time.monotonic() - self._started:7.1f} s] {message}")
+
+    def version_of(self, path: str) -> int | None:
+        """The table's latest version, remembered as what this run read."""
+        version = table_version(self.spark, path)
+        self.versions_read[path] = version
+        return version
+
+
+@dataclass
+class StageResult:
+    stage: str
+    seconds: float
+    details: dict[str, Any]
+
+
+@dataclass
+class BatchReport:
+    run_date: date
+    stages: list[StageResult]
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stages)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_date": self.run_date.isoformat(),
+            "seconds": round(self.seconds, 2),
+            "stages": {s.stage: {"seconds": round(s.seconds, 2), **s.details} for s in self.stages},
+        }
+
+
+def parse_date(text: str, what: str = "--date") -> date:
+    from attune.config import ConfigError
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"{what} {text!r} is not a date: use YYYY-MM-DD, e.g. 2013-03-01"
+        ) from None
+
+
+def ordered_stages(requested: Sequence[str] | None) -> list[str]:
+    from attune.config import ConfigError
+
+    if not requested:
+        return list(STAGES)
+    unknown = sorted(set(requested) - set(STAGES))
+    if unknown:
+        raise ConfigError(f"unknown stage {unknown[0]!r}: expected one of {', '.join(STAGES)}")
+    return [s for s in STAGES if s in requested]
+
+
+def batch_spark_conf(cfg: AttuneConfig) -> dict[str, str]:
+    conf = {
+        "spark.sql.adaptive.enabled": "true",
+        # Delta's VACUUM lists files with this many tasks (Spark's default is 10,000).
+        "spark.sql.sources.parallelPartitionDiscovery.parallelism": "16",
+    }
+    conf.update(cfg.batch.spark_conf)
+    return conf
+
+
+def use_this_python_for_workers(session: SparkSession | None = None) -> None:
+    """Make Python workers run this interpreter (its virtualenv has redis, attune, ...).
+
+    PySpark starts workers with ``$PYSPARK_PYTHON``, else whatever ``python3`` is on the PATH,
+    which outside an activated virtualenv lacks the packages the views' executors import. The
+    ``spark.pyspark.python`` setting only applies under ``spark-submit``. Set the variable
+    before a session exists; for a session built elsewhere, point its context at this
+    interpreter (read each time a Python function is shipped).
+    """
+    import os
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if session is not None:
+        session.sparkContext.pythonExec = os.environ["PYSPARK_PYTHON"]
+
+
+def run_batch(
+    cfg: AttuneConfig,
+    run_date: date,
+    stages: Sequence[str] | None = None,
+    *,
+    since: date | None = None,
+    spark: SparkSession | None = None,
+    say: Callable[[str], None] = print,
+) -> BatchReport:
+    """Run ``stages`` (default: all, in order) for ``run_date``; see the module docstring.
+
+    ``spark`` defaults to a session from :func:`attune.spark_session.build_spark_session`.
+    A failed data-quality check raises :class:`spark.quality.DataQualityError` and stops the run.
+    """
+    from attune.config import ConfigError
+    from attune.spark_session import build_spark_session
+    from spark.gold import run_gold
+    from spark.maintenance import run_maintenance
+    from spark.silver import run_silver
+    from spark.views import run_views
+
+    if since is not None and since > run_date:
+        raise ConfigError(f"--from {since} is after --date {run_date}; give an earlier date")
+    todo = ordered_stages(stages)
+    use_this_python_for_workers()
+    session = spark or build_spark_session(cfg, "attune-batch", batch_spark_conf(cfg))
+    use_this_python_for_workers(session)
+    ctx = RunContext(cfg, session, Lake.from_config(cfg), run_date, since, say)
+    runners = {
+        "silver": run_silver,
+        "gold": run_gold,
+        "views": run_views,
+        "maintenance": run_maintenance,
+    }
+    results: list[StageResult] = []
+    ctx.progress(f"stages {', '.join(todo)} on {cfg.spark.master} (lake {cfg.lake_root})")
+    for stage in todo:
+        started = time.monotonic()
+        session.sparkContext.setJobGroup(f"batch-{stage}", f"attune batch {stage} {run_date}")
+        details = runners[stage](ctx)
+        seconds = time.monotonic() - started
+        results.append(StageResult(stage, seconds, details))
+        ctx.progress(f"{stage} done in {seconds:.1f} s")
+    return BatchReport(run_date, results)
+
+
+def cmd_run(cfg: AttuneConfig, args: argparse.Namespace) -> int:
+    """``attune batch run --date YYYY-MM-DD [--stage S ...] [--from YYYY-MM-DD] [--json]``."""
+    from spark.quality import DataQualityError
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run_date = parse_date(args.date)
+    since = parse_date(args.since, "--from") if args.since else None
+    try:
+        report = run_batch(
+            cfg,
+            run_date,
+            args.stage,
+            since=since,
+            say=(lambda m: print(m, file=sys.stderr)) if args.json else print,
+        )
+    except DataQualityError as exc:
+        print(f"attune batch: stopped: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+    else:
+        for s in report.stages:
+            print(f"{s.stage:<12} {s.seconds:8.1f} s")
+        print(f"{'total':<12} {report.seconds:8.1f} s")
+    return 0

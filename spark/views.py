@@ -1,0 +1,361 @@
+"""Batch views: precomputed answers in Redis for when the model server cannot answer.
+
+Keys (``P`` is ``speed.online_store.key_prefix``; user and item ids in braces, like the online
+store's, so a user's keys share a Redis Cluster slot):
+
+==============================  ======  =====================================================
+key                             type    content
+==============================  ======  =====================================================
+``P:u:{u}:recs``                zset    precomputed recommendations: item -> score
+``P:u:{u}:batch``               hash    ``segment``, ``as_of`` (the logical date)
+``P:i:{item}:similar``          zset    items seen in the same sessions: item -> cosine
+``P:i:{item}:bought_with``      zset    items bought by the same users: item -> cosine
+``P:seg:<segment>:popular``     zset    the segment's most engaged items (``all``: everyone)
+``P:views``                     hash    ``as_of``, ``users``, ``items``, ``segments``
+==============================  ======  =====================================================
+
+Recommendations per user: the neighbours (``similar``) of the user's ``seed_items`` latest
+items, each weighted by ``1 / rank`` of its seed, summed per candidate; items the user already
+interacted with or dismissed are left out; the best ``recs_per_user`` are kept. Users without
+candidates get no key: the API falls back to their segment's popular list.
+
+Writes are idempotent: each key is replaced whole (``DEL`` + ``ZADD`` in one ``MULTI``), so a
+re-run leaves the same keys; per-user and per-item keys expire after ``batch.views.ttl`` unless
+the next run renews them, and segment lists no longer produced are deleted. The writes run on
+the executors (``foreachPartition``), so they scale with the cluster.
+
+The stage also (1) writes the drift report (:mod:`spark.drift`) before touching anything and
+(2) when ``correct_online_features`` is on, re-applies the window's interactions through the
+online store's idempotent write script, so Redis gets whatever the stream missed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from spark.job import RunContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ViewKeys:
+    """Names of the batch views' Redis keys (see the module docstring)."""
+
+    prefix: str
+
+    def user_recs(self, user: str) -> str:
+        return f"{self.prefix}:u:{{{user}}}:recs"
+
+    def user_batch(self, user: str) -> str:
+        return f"{self.prefix}:u:{{{user}}}:batch"
+
+    def user_keys(self, user: str) -> list[str]:
+        return [self.user_recs(user), self.user_batch(user)]
+
+    def item_similar(self, item_id: str) -> str:
+        return f"{self.prefix}:i:{{{item_id}}}:similar"
+
+    def item_bought_with(self, item_id: str) -> str:
+        return f"{self.prefix}:i:{{{item_id}}}:bought_with"
+
+    def segment_popular(self, segment: str) -> str:
+        return f"{self.prefix}:seg:{segment}:popular"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}:views"
+
+
+def recommendations(features: DataFrame, similar: DataFrame, seed_items: int, k: int) -> DataFrame:
+    """``user, rank, item_id, score`` from ``gold/user_features`` and session neighbours."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    seeds = features.select(
+        "user", F.posexplode(F.slice("recent_items", 1, seed_items)).alias("pos", "seed")
+    ).withColumn("w", 1.0 / (F.col("pos") + 1))
+    neighbours = similar.select(
+        F.col("item_id").alias("seed"), F.col("other_item_id").alias("item_id"), "score"
+    )
+    scored = (
+        seeds.join(neighbours, "seed")
+        .groupBy("user", "item_id")
+        .agg(F.sum(F.col("w") * F.col("score")).alias("score"))
+    )
+    seen = features.select(
+        "user",
+        F.explode(F.array_union("recent_items", "dismissed_items")).alias("item_id"),
+    )
+    fresh = scored.join(seen, ["user", "item_id"], "left_anti")
+    order = Window.partitionBy("user").orderBy(F.desc("score"), "item_id")
+    return (
+        fresh.withColumn("rank", F.row_number().over(order))
+        .where(F.col("rank") <= k)
+        .select("user", "rank", "item_id", "score")
+    )
+
+
+def _zset_rows(df: DataFrame, key_col: str, member: str, score: str) -> DataFrame:
+    """``key, members`` (array of ``(member, score)``) for :class:`ZsetWriter`."""
+    from pyspark.sql import functions as F
+
+    return df.groupBy(key_col).agg(
+        F.collect_list(
+            F.struct(F.col(member).alias("m"), F.col(score).cast("double").alias("s"))
+        ).alias("members")
+    )
+
+
+class ZsetWriter:
+    """``foreachPartition`` function replacing one sorted set per row, atomically per key."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        db: int,
+        key_format: str,
+        ttl_s: int | None,
+        extra_hash: dict[str, str] | None = None,
+        hash_format: str | None = None,
+        keys_per_batch: int = 500,
+        counter: Any = None,
+    ) -> None:
+        self.host, self.port, self.db = host, port, db
+        self.counter = counter  # a Spark accumulator: how many keys were written
+        self.key_format = key_format
+        self.ttl_s = ttl_s
+        self.extra_hash = extra_hash
+        self.hash_format = hash_format
+        self.keys_per_batch = keys_per_batch
+
+    def __call__(self, rows: Iterable[Any]) -> None:
+        import redis
+
+        client = redis.Redis(host=self.host, port=self.port, db=self.db)
+        n = 0
+        try:
+            pipe = client.pipeline(transaction=True)
+            for n, row in enumerate(rows, start=1):
+                self._replace(pipe, row)
+                if n % self.keys_per_batch == 0:
+                    pipe.execute()
+            pipe.execute()
+        finally:
+            client.close()
+        if self.counter is not None:
+            self.counter.add(n)
+
+    def _replace(self, pipe: Any, row: Any) -> None:
+        entity = row[0]
+        key = self.key_format.replace("{id}", entity)
+        pipe.delete(key)
+        pipe.zadd(key, {m["m"]: float(m["s"]) for m in row["members"]})
+        if self.ttl_s:
+            pipe.expire(key, self.ttl_s)
+        if self.hash_format and self.extra_hash is not None:
+            hkey = self.hash_format.replace("{id}", entity)
+            extra = dict(self.extra_hash)
+            if "segment" in getattr(row, "__fields__", ()) and row["segment"] is not None:
+                extra["segment"] = row["segment"]
+            pipe.delete(hkey)
+            pipe.hset(hkey, mapping=extra)
+            if self.ttl_s:
+                pipe.expire(hkey, self.ttl_s)
+
+
+class OnlineCorrector:
+    """``mapPartitions`` function re-applying interaction rows through the write script."""
+
+    def __init__(self, host: str, port: int, db: int, store: Any, rows_per_call: int = 20_000):
+        self.host, self.port, self.db = host, port, db
+        self.store = store
+        self.rows_per_call = rows_per_call
+
+    def __call__(self, rows: Iterable[Any]) -> Iterable[tuple[int, int, int, int]]:
+        import redis
+
+        from attune.online_store import ApplyStats, OnlineStoreWriter
+
+        client = redis.Redis(host=self.host, port=self.port, db=self.db)
+        writer = OnlineStoreWriter(client, self.store)
+        total = ApplyStats()
+        chunk: list[tuple[str, int, str, str]] = []
+        try:
+            for r in rows:
+                chunk.append((r["user"], int(r["ts_ms"]), r["iid"], r["payload"]))
+                if len(chunk) >= self.rows_per_call:
+                    total.add(writer.apply(chunk))
+                    chunk = []
+            if chunk:
+                total.add(writer.apply(chunk))
+            writer.refresh_trending()
+        finally:
+            client.close()
+        yield (total.users, total.applied, total.duplicates, total.too_late)
+
+
+class CatalogMirror:
+    """``foreachPartition`` function mirroring items into ``P:i:{item}:meta``: the online store's
+    write script looks the genres of each interaction up there."""
+
+    def __init__(self, host: str, port: int, db: int, store: Any) -> None:
+        self.host, self.port, self.db = host, port, db
+        self.store = store
+
+    def __call__(self, rows: Iterable[Any]) -> None:
+        import redis
+
+        from attune.online_store import OnlineStoreWriter
+
+        client = redis.Redis(host=self.host, port=self.port, db=self.db)
+        try:
+            writer = OnlineStoreWriter(client, self.store)
+            batch: dict[str, dict[str, Any]] = {}
+            for r in rows:
+                batch[r["item_id"]] = {
+                    "title": r["title"],
+                    "year": r["year"],
+                    "genres": list(r["genres"] or []),
+                }
+                if len(batch) >= 1000:
+                    writer.write_item_metadata(batch)
+                    batch = {}
+            if batch:
+                writer.write_item_metadata(batch)
+        finally:
+            client.close()
+
+
+def _key_format(sample_key: str, entity: str) -> str:
+    return sample_key.replace(entity, "{id}")
+
+
+def run_views(ctx: RunContext) -> dict[str, object]:
+    import redis
+    from pyspark.sql import functions as F
+
+    from attune.online_store import OnlineStore
+    from spark import drift
+    from spark.silver import window_start
+    from spark.tables import date_between, is_table, read_table
+    from speed_layer.features import FeatureParams, online_rows
+
+    spark, cfg, lake, day = ctx.spark, ctx.cfg, ctx.lake, ctx.run_date
+    for needed in (lake.gold_user_features, lake.gold_item_cooccurrence):
+        if not is_table(spark, needed):
+            raise RuntimeError(f"no table at {needed}: run the gold stage first")
+    out: dict[str, object] = {}
+    out["drift"] = drift.run_drift(ctx)
+    if not cfg.batch.views.write_redis:
+        ctx.progress("views: batch.views.write_redis is off; nothing written to Redis")
+        return out
+
+    store = OnlineStore.from_config(cfg)
+    keys = ViewKeys(store.prefix)
+    ttl = max(1, int(cfg.batch.views.ttl.total_seconds()))
+    r = cfg.redis
+    features = read_table(spark, lake.gold_user_features, ctx.version_of(lake.gold_user_features))
+    cooc = read_table(
+        spark, lake.gold_item_cooccurrence, ctx.version_of(lake.gold_item_cooccurrence)
+    )
+    similar = cooc.where(F.col("kind") == "session")
+
+    recs = recommendations(
+        features, similar, cfg.batch.views.seed_items, cfg.batch.views.recs_per_user
+    )
+    per_user = _zset_rows(recs, "user", "item_id", "score").join(
+        features.select("user", "segment"), "user"
+    )
+    user_fmt = _key_format(keys.user_recs("@"), "@")
+    batch_fmt = _key_format(keys.user_batch("@"), "@")
+    users_written = spark.sparkContext.accumulator(0)
+    per_user.foreachPartition(
+        ZsetWriter(
+            r.host,
+            r.port,
+            r.db,
+            user_fmt,
+            ttl,
+            {"as_of": day.isoformat()},
+            batch_fmt,
+            counter=users_written,
+        )
+    )
+    n_users = int(users_written.value)
+    ctx.progress(f"views: recommendations for {n_users:,} users")
+
+    items_written = spark.sparkContext.accumulator(0)
+    for kind, fmt in (
+        ("session", _key_format(keys.item_similar("@"), "@")),
+        ("bought", _key_format(keys.item_bought_with("@"), "@")),
+    ):
+        rows = _zset_rows(cooc.where(F.col("kind") == kind), "item_id", "other_item_id", "score")
+        rows.foreachPartition(ZsetWriter(r.host, r.port, r.db, fmt, ttl, counter=items_written))
+    n_items = int(items_written.value)
+    ctx.progress(f"views: {n_items:,} neighbour lists (similar, bought with)")
+
+    popular = read_table(spark, lake.gold_popular_by_segment)
+    seg_rows = _zset_rows(popular, "segment", "item_id", "engagements").collect()
+    client = redis.Redis(host=r.host, port=r.port, db=r.db)
+    try:
+        segments = {row["segment"] for row in seg_rows}
+        pipe = client.pipeline(transaction=True)
+        for row in seg_rows:
+            key = keys.segment_popular(row["segment"])
+            pipe.delete(key)
+            pipe.zadd(key, {m["m"]: float(m["s"]) for m in row["members"]})
+        stale = [
+            k
+            for k in client.scan_iter(match=keys.segment_popular("*"), count=1000)
+            if k.decode().split(":seg:", 1)[1].rsplit(":popular", 1)[0] not in segments
+        ]
+        if stale:
+            pipe.delete(*stale)
+        pipe.delete(keys.meta)
+        pipe.hset(
+            keys.meta,
+            mapping={
+                "as_of": day.isoformat(),
+                "users": n_users,
+                "items": n_items,
+                "segments": ",".join(sorted(segments)),
+            },
+        )
+        pipe.execute()
+    finally:
+        client.close()
+    ctx.progress(f"views: popular lists of {len(segments)} segment(s)")
+    out.update({"users": n_users, "items": n_items, "segments": sorted(segments)})
+
+    if cfg.batch.views.correct_online_features:
+        start = window_start(day, cfg.batch.late_days, None)
+        events = read_table(spark, lake.silver_events).where(date_between("event_date", start, day))
+        # The write script takes each item's genres from the catalog mirror in Redis: refresh it
+        # from the items dimension first, so corrected interactions get the same genres.
+        read_table(spark, lake.silver_items).select(
+            "item_id", "title", "year", "genres"
+        ).foreachPartition(CatalogMirror(r.host, r.port, r.db, store))
+        rows = online_rows(events, FeatureParams.from_config(cfg)).repartition(
+            cfg.spark.shuffle_partitions, "user"
+        )
+        stats = rows.rdd.mapPartitions(OnlineCorrector(r.host, r.port, r.db, store)).collect()
+        users, applied, dups, late = (sum(s[i] for s in stats) for i in range(4))
+        out["correction"] = {
+            "users": users,
+            "missing_applied": applied,
+            "already_there": dups,
+            "too_old_for_redis": late,
+        }
+        ctx.progress(
+            f"views: online features re-applied for {start}..{day}: {applied:,} interaction(s) "
+            f"the stream had missed, {dups:,} already there, {late:,} older than Redis keeps"
+        )
+    return out
