@@ -1,20 +1,38 @@
-"""``attune demo``: the platform end to end on the embedded defaults (grows with each issue).
+"""``attune demo``: the platform end to end on the embedded defaults.
 
-Today it: starts the local stack (``attune.stack.stack_up``: Kafka, Redis, topics), starts the
-collector as a child process (``attune serve collector``) and waits for ``/readyz``, replays
-MovieTweetings 100K through it as fast as possible (publishing the catalog first), shows what
-landed (``attune events summary``), and stops the collector (the stack stays up).
+Stages, each timed (a summary table closes the run):
+
+1. **stack** – ``attune stack up`` (Kafka, Redis, topics);
+2. **replay** – the collector as a child process, MovieTweetings 100K replayed through it
+   (catalog first), what landed shown (``attune events summary``);
+3. **speed layer** – ``attune speed start`` (detached; left running if it already was), then
+   waits until both queries have consumed the whole events topic (lag, rate and ETA printed):
+   the users' features are in Redis;
+4. **batch** – ``attune batch run`` for the last day of the replayed data, re-deriving silver
+   from its first day: gold tables, batch views in Redis;
+5. **train** – ``attune models train`` on the gold tables, published and gated; skipped when the
+   latest published models were trained on exactly the current gold table versions;
+6. **serve** – ``attune serve models`` and ``attune serve api`` as child processes;
+7. **recommendations** – for the three users with the most ratings: their top 5 with reasons
+   and the answering source; then a scripted click on the first user's top item is posted to
+   the collector, the demo waits until the speed layer applied it, and shows the first user's
+   recommendations again: the clicked item has left the list and the reasons follow it.
 
 Re-running is idempotent: replayed event ids are deterministic, so before replaying the demo
-reads the events topic and sends only the events whose ids are not there yet. A second run
-sends nothing and shows the same counts; a run after an interrupted one completes it without
-duplicates.
+reads the events topic and sends only the events whose ids are not there yet; the batch runs
+only when the dataset's events in the topic are not those the last batch saw (recorded in
+``var/run/demo.json``); training only when the gold tables changed since the latest published
+models. The scripted click is a new event each run (it is new behaviour of the user, on whatever
+is their top item now).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from datetime import date
+from typing import Any
 
 from attune.config import AttuneConfig, ConfigError
 
@@ -25,18 +43,61 @@ def _say(message: str) -> None:
     print(f"demo: {message}", flush=True)
 
 
+class _Stages:
+    """Times the demo's stages and prints a summary at the end."""
+
+    def __init__(self) -> None:
+        self.times: list[tuple[str, float, str]] = []
+
+    def run(self, name: str, work: Any, *args: Any) -> Any:
+        _say(f"== {name} ==")
+        started = time.monotonic()
+        result = work(*args)
+        seconds = time.monotonic() - started
+        note = result if isinstance(result, str) else ""
+        self.times.append((name, seconds, note))
+        _say(f"{name}: {seconds:.1f} s" + (f" ({note})" if note else ""))
+        return result
+
+    def summary(self) -> None:
+        _say("stage timings:")
+        for name, seconds, note in self.times:
+            print(f"  {name:<16} {seconds:8.1f} s  {note}", flush=True)
+        print(f"  {'total':<16} {sum(t for _, t, _ in self.times):8.1f} s", flush=True)
+
+
 def cmd_demo(cfg: AttuneConfig, args: argparse.Namespace) -> int:
+    from attune.stack import stack_up
+
+    stages = _Stages()
+    limit = getattr(args, "limit", None)
+    stages.run("stack", stack_up, cfg)
+    landed, first_day, last_day = stages.run("replay", _replay, cfg, limit)
+    started_speed = stages.run("speed layer", _speed_layer, cfg)
+    try:
+        stages.run("batch", _batch, cfg, landed, first_day, last_day)
+        stages.run("train", _train, cfg)
+        stages.run("serve + show", _serve_and_show, cfg, limit)
+    finally:
+        if started_speed:
+            from speed_layer.control import stop_speed_layer
+
+            _say("stopping the speed layer the demo started (`attune speed start` restarts it)")
+            stop_speed_layer(cfg)
+    stages.summary()
+    return 0
+
+
+def _replay(cfg: AttuneConfig, limit: int | None) -> tuple[int, date, date]:
+    """Replay what is not in the topic yet; returns (the dataset's events in the topic, its
+    first day, its last day)."""
     from attune.collector.process import collector_process
     from attune.events_cli import print_summary, summarize_events, summarize_keyed
     from attune.replay import dataset_events, print_replay_summary, replay
     from attune.secrets import ensure_write_key
-    from attune.stack import stack_up
 
     start = time.monotonic()
-    stack_up(cfg)
     write_key = ensure_write_key(cfg, "demo")
-
-    limit = getattr(args, "limit", None)
     _, rows, events = dataset_events(cfg, DATASET, limit)
     wanted = {e["event_id"] for e in events}
     _say(f"checking which of the {len(wanted):,} {DATASET} events are already in Kafka")
@@ -85,4 +146,252 @@ def cmd_demo(cfg: AttuneConfig, args: argparse.Namespace) -> int:
     )
     if len(landed) != len(wanted):
         raise ConfigError(f"{len(wanted) - len(landed):,} events of {DATASET} did not land")
-    return 0
+    days = sorted(e["timestamp"][:10] for e in events[:1] + events[-1:])
+    return len(landed), date.fromisoformat(days[0]), date.fromisoformat(days[-1])
+
+
+# ----------------------------------------------------------------------------------------
+# Speed layer, batch, training
+
+
+def _speed_layer(cfg: AttuneConfig) -> bool:
+    """Start the speed layer unless it runs; wait until it consumed the whole topic. Returns
+    whether the demo started it."""
+    from speed_layer.control import cmd_start, running_pid, status_report
+
+    already = running_pid(cfg) is not None
+    if already:
+        _say("the speed layer is already running")
+    elif cmd_start(cfg, argparse.Namespace(queries="bronze,online", foreground=False)) != 0:
+        raise ConfigError("the speed layer did not start; see `attune speed status` and its log")
+    started = time.monotonic()
+    first_lag: int | None = None
+    last_print = 0.0
+    while True:
+        report = status_report(cfg)
+        if not report["running"]:
+            raise ConfigError(f"the speed layer stopped; see its log {report['log']}")
+        lags = {q["name"]: q.get("total_lag") for q in report["queries"]}
+        if lags and all(v == 0 for v in lags.values()) and len(lags) == 2:
+            _say(f"the speed layer has consumed the whole events topic ({lags})")
+            return not already
+        known = [v for v in lags.values() if v is not None]
+        lag = sum(known) if known else None  # both queries read the whole topic
+        now = time.monotonic()
+        if lag is not None and first_lag is None:
+            first_lag = lag
+        if now - last_print >= 5:
+            last_print = now
+            if lag is not None and first_lag is not None and first_lag > lag:
+                rate = (first_lag - lag) / max(1e-9, now - started)
+                eta = f", ETA {lag / rate:.0f} s" if rate > 0 else ""
+                _say(f"speed layer lag {lags} ({rate:,.0f} records/s{eta})")
+            else:
+                _say(f"speed layer catching up: lag {lags}")
+        time.sleep(2.0)
+
+
+def _state_path(cfg: AttuneConfig) -> Any:
+    return cfg.run_dir / "demo.json"
+
+
+def _read_state(cfg: AttuneConfig) -> dict[str, Any]:
+    try:
+        loaded: dict[str, Any] = json.loads(_state_path(cfg).read_text())
+        return loaded
+    except (OSError, ValueError):
+        return {}
+
+
+def _batch(cfg: AttuneConfig, landed: int, first_day: date, last_day: date) -> str:
+    """Run the batch for ``last_day`` unless the last run covered the same replayed events.
+
+    Only the dataset's events count: the demo's own later events (the scripted click, the
+    API's impressions) are from today, outside the replayed dates the batch is about."""
+    import redis
+
+    from attune.online_store import OnlineStore
+    from spark.job import run_batch
+    from spark.quality import DataQualityError
+    from spark.views import ViewKeys
+
+    state = _read_state(cfg)
+    done = state.get("batch") or {}
+    r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
+    try:
+        as_of = r.hget(ViewKeys(OnlineStore.from_config(cfg).prefix).meta, "as_of")
+    finally:
+        r.close()
+    if (
+        done.get("date") == last_day.isoformat()
+        and done.get("dataset_events") == landed
+        and as_of == last_day.isoformat().encode()
+    ):
+        return f"views for {last_day} already in Redis for these {landed:,} events: not re-run"
+    _say(f"batch run for {last_day}, silver re-derived from {first_day}")
+    try:
+        report = run_batch(cfg, last_day, since=first_day, say=_say)
+    except DataQualityError as exc:
+        raise ConfigError(f"the batch stopped on a data-quality check: {exc}") from None
+    state["batch"] = {"date": last_day.isoformat(), "dataset_events": landed}
+    _state_path(cfg).parent.mkdir(parents=True, exist_ok=True)
+    _state_path(cfg).write_text(json.dumps(state, indent=2) + "\n")
+    return ", ".join(f"{s.stage} {s.seconds:.0f} s" for s in report.stages)
+
+
+def _delta_version(path: str) -> int | None:
+    """The latest version of a local Delta table (its newest commit file), without Spark."""
+    from pathlib import Path
+
+    log = Path(path) / "_delta_log"
+    if not log.is_dir():
+        return None
+    versions = [int(p.stem) for p in log.glob("*.json") if p.stem.isdigit()]
+    return max(versions) if versions else None
+
+
+def _train(cfg: AttuneConfig) -> str:
+    from models.data import load_delta
+    from models.train import RANKING_NAME, RETRIEVAL_NAME, repository, run_training
+
+    lake = cfg.lake_root.rstrip("/")
+    inter = f"{lake}/{cfg.models.training_examples_table}"
+    items = f"{lake}/{cfg.models.items_table}"
+    iv, tv = _delta_version(inter), _delta_version(items)
+    if iv is None:
+        raise ConfigError(
+            f"no gold training examples at {inter}: the batch stage did not write them"
+        )
+    label = f"delta:{iv}" + (f"+{tv}" if tv is not None else "")
+    repo = repository(cfg)
+    served = {n: repo.served_version(n) for n in (RETRIEVAL_NAME, RANKING_NAME)}
+    latest = {n: max(repo.versions(n), default=None) for n in served}
+    # the latest published versions were trained on this very data: training again would only
+    # publish the same candidates for the gate to judge again (served or not, it decided)
+    if all(v is not None for v in served.values()) and all(latest.values()):
+        trained_on = {
+            (repo.metadata(n, v).get("data") or {}).get("version")
+            for n, v in latest.items()
+            if v is not None
+        }
+        if trained_on == {label}:
+            return f"latest models {latest} were trained on gold {label}: serving {served}"
+    dataset = load_delta(cfg, inter, items if tv is not None else None)
+    _say(
+        f"training on gold {dataset.version.version}: {dataset.version.rows:,} interactions, "
+        f"{dataset.version.users:,} users, {dataset.version.items_count:,} items"
+    )
+    result = run_training(cfg, dataset, progress=True, say=_say)
+    for d in result.decisions:
+        _say(f"gate {d.model} v{d.version}: {'promoted' if d.promoted else 'kept'} ({d.reason})")
+    return f"trained {result.versions}"
+
+
+# ----------------------------------------------------------------------------------------
+# Serving and the recommendations
+
+
+def _demo_users(cfg: AttuneConfig, limit: int | None, n: int = 3) -> list[str]:
+    """The ``n`` users with the most ratings in the replayed data (ties: smallest id)."""
+    from collections import Counter
+
+    from attune.replay import read_ratings, resolve_dataset
+
+    rows = read_ratings(resolve_dataset(cfg, DATASET).events_file, limit)
+    counts = Counter(user for _, user, _, _, _ in rows)
+    return [u for u, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+
+
+def _show(http: Any, url: str, key: str, user: str, k: int = 5) -> list[str]:
+    r = http.post(
+        f"{url}/v1/recommendations",
+        json={"user_id": user, "k": k, "context": {"placement": "home", "device": "web"}},
+        headers={"X-Read-Key": key},
+    )
+    if r.status_code != 200:
+        raise ConfigError(f"the API answered {r.status_code}: {r.text[:300]}")
+    body = r.json()
+    timing = r.headers.get("server-timing", "")
+    total = next((p.split("=")[1] for p in timing.split(", ") if p.startswith("total")), "?")
+    print(
+        f"  user {user}: source {body['source']}, variant {body['variant']}, "
+        f"{total} ms" + (f", degraded: {body['degraded']}" if body.get("degraded") else ""),
+        flush=True,
+    )
+    for item in body["items"]:
+        cats = "|".join(item["categories"][:3])
+        print(
+            f"    {item['position'] + 1}. {item['title'] or item['item_id']} [{cats}] "
+            f"- {item['reason']}",
+            flush=True,
+        )
+    return [i["item_id"] for i in body["items"]]
+
+
+def _serve_and_show(cfg: AttuneConfig, limit: int | None) -> str:
+    import uuid
+    from datetime import UTC, datetime
+
+    import httpx
+
+    from attune.api.keys import ensure_read_key
+    from attune.api.process import start_api, start_model_server
+    from attune.collector.process import collector_process
+    from attune.online_store import OnlineStore, wait_for_item
+    from attune.secrets import Pseudonymizer, ensure_write_key, pseudonym_key
+
+    read_key = ensure_read_key(cfg, "demo")
+    write_key = ensure_write_key(cfg, "demo")
+    _say(f"starting the model server (log {cfg.log_dir / 'models-demo.log'})")
+    models = start_model_server(cfg, log_path=cfg.log_dir / "models-demo.log")
+    try:
+        _say(f"starting the personalization API (log {cfg.log_dir / 'api-demo.log'})")
+        api = start_api(cfg, log_path=cfg.log_dir / "api-demo.log")
+        try:
+            users = _demo_users(cfg, limit)
+            with httpx.Client(timeout=30) as http:
+                _say(f"recommendations for the {len(users)} users with the most ratings:")
+                tops = {u: _show(http, api.url, read_key, u) for u in users}
+                user = users[0]
+                clicked = tops[user][0]
+                log_path = cfg.log_dir / "collector-demo.log"
+                with collector_process(cfg, log_path=log_path) as curl:
+                    event = {
+                        "event_id": uuid.uuid4().hex,
+                        "type": "click",
+                        "user_id": user,
+                        "timestamp": datetime.now(UTC).isoformat(),
+                        "items": [{"item_id": clicked}],
+                        "context": {"placement": "home", "device": "web"},
+                    }
+                    r = http.post(
+                        f"{curl}/v1/events", json=event, headers={"X-Write-Key": write_key}
+                    )
+                    if r.status_code != 200:
+                        raise ConfigError(f"the collector answered {r.status_code}: {r.text}")
+                    acked = time.monotonic()
+                    _say(f"scripted click: user {user} clicked {clicked} (collector: {r.json()})")
+                    pseudonym = Pseudonymizer(pseudonym_key(cfg))(user)
+                    store = OnlineStore.from_config(cfg)
+                    if not wait_for_item(_redis(cfg), pseudonym, clicked, store, timeout_s=60):
+                        raise ConfigError("the click did not reach Redis within 60 s")
+                    reached = time.monotonic() - acked
+                _say(f"the click reached Redis {reached:.2f} s after the collector's ack; now:")
+                after = _show(http, api.url, read_key, user)
+                gone = clicked not in after
+                new = [i for i in after if i not in tops[user]]
+                _say(
+                    f"after the click: {clicked} {'left' if gone else 'is still in'} the list; "
+                    f"{len(new)} new item(s) in the top 5"
+                )
+        finally:
+            api.stop()
+    finally:
+        models.stop()
+    return f"click reached Redis in {reached:.2f} s; list changed: {gone or bool(new)}"
+
+
+def _redis(cfg: AttuneConfig) -> Any:
+    import redis
+
+    return redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
