@@ -265,6 +265,19 @@ class FeaturesConfig(_Section):
             raise ValueError("every trending window must be at least a minute, e.g. PT1H")
         return v
 
+    @field_validator("affinity_weights")
+    @classmethod
+    def _no_undo_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        from attune.events import EVENT_TYPES
+
+        undos = sorted(t for t in v if t in EVENT_TYPES and EVENT_TYPES[t].undoes)
+        if undos:
+            raise ValueError(
+                f"{', '.join(undos)} takes back earlier feedback and is no signal of interest: "
+                "it cannot have an affinity weight (remove it)"
+            )
+        return v
+
 
 class OnlineStoreConfig(_Section):
     """The Redis online store's key scheme and retention (see docs/online_store.md)."""

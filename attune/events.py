@@ -20,7 +20,14 @@ transactional
 profile
     identify, profile_update, consent_update
 feedback
-    impression, rec_click, dismiss, not_interested, rating
+    impression, rec_click, dismiss, not_interested, rating, undo_feedback
+
+``undo_feedback`` takes back earlier ``dismiss`` / ``not_interested`` events of its items: a
+dismissal is in force only while it is later than the item's latest undo (by event time). It
+lifts the item's dismissal whichever of the two made it (the features keep one set of dismissed
+items); ``reason`` may name the action undone, as the API does (``"dismiss"`` or
+``"not_interested"``), for the record. An undo is a correction, not a signal of interest: it is
+not an interaction, has no affinity weight and is not counted (see ``speed_layer.features``).
 """
 
 from __future__ import annotations
@@ -56,11 +63,20 @@ class EventType:
     category: Category
     description: str
     requires: tuple[str, ...] = ()
+    undoes: tuple[str, ...] = ()
+    """The types whose effect on the same items this type takes back (an undo)."""
 
     @property
     def personalizes(self) -> bool:
-        """Whether this type is a signal of interest that may feed personalization features."""
-        return self.category in (Category.BEHAVIOURAL, Category.TRANSACTIONAL, Category.FEEDBACK)
+        """Whether this type is a signal of interest that may feed personalization features.
+
+        An undo is not: it only takes back an earlier signal.
+        """
+        return not self.undoes and self.category in (
+            Category.BEHAVIOURAL,
+            Category.TRANSACTIONAL,
+            Category.FEEDBACK,
+        )
 
 
 _B, _T, _P, _F = Category.BEHAVIOURAL, Category.TRANSACTIONAL, Category.PROFILE, Category.FEEDBACK
@@ -95,6 +111,14 @@ EVENT_TYPES: dict[str, EventType] = {
         EventType("dismiss", _F, "The user dismissed shown items.", ("items",)),
         EventType("not_interested", _F, "The user said they do not want these items.", ("items",)),
         EventType("rating", _F, "An explicit rating of an item, in `rating`.", ("items", "rating")),
+        EventType(
+            "undo_feedback",
+            _F,
+            "The user took back an earlier dismiss / not_interested of these items; `reason` may "
+            "name the action undone.",
+            ("items",),
+            undoes=("dismiss", "not_interested"),
+        ),
     )
 }
 
@@ -116,6 +140,7 @@ EventTypeName = Literal[
     "dismiss",
     "not_interested",
     "rating",
+    "undo_feedback",
 ]
 
 
@@ -188,8 +213,13 @@ class _EnvelopeFields(_Model):
         if missing:
             raise PydanticCustomError(
                 "missing_for_type",
-                "a {type} event needs {fields}: {description} (see GET /v1/schema)",
-                {"type": self.type, "fields": ", ".join(missing), "description": etype.description},
+                "{article} {type} event needs {fields}: {description} (see GET /v1/schema)",
+                {
+                    "article": "an" if self.type[0] in "aeiou" else "a",
+                    "type": self.type,
+                    "fields": ", ".join(missing),
+                    "description": etype.description,
+                },
             )
         return self
 
@@ -273,6 +303,7 @@ def json_schema() -> dict[str, Any]:
             "category": t.category.value,
             "description": t.description,
             "requires": list(t.requires),
+            **({"undoes": list(t.undoes)} if t.undoes else {}),
         }
         for name, t in EVENT_TYPES.items()
     }
@@ -354,3 +385,5 @@ def _spark_type(annotation: Any) -> DataType:
 
 if set(get_args(EventTypeName)) != set(EVENT_TYPES):  # pragma: no cover - a coding error
     raise RuntimeError("EventTypeName and EVENT_TYPES disagree; keep them in step")
+if any(u not in EVENT_TYPES for t in EVENT_TYPES.values() for u in t.undoes):  # pragma: no cover
+    raise RuntimeError("an event type undoes a type that does not exist")

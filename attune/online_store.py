@@ -12,8 +12,9 @@ table with types and meanings is in ``docs/online_store.md``:
 * per user: ``P:u:{u}:recent`` (zset item -> event time ms), ``recent_meta`` (hash item ->
   ``{"type", "t", "i"}``), ``aff`` (hash ``<bucket>:<genre>`` -> integer units), ``counters``
   (hash type -> count, ``events``, ``first_t``, ``last_t``), ``session`` (hash), ``dismissed``
-  (zset item -> time), ``neg`` (hash ``imp:<genre>`` / ``eng:<genre>`` -> count), and the
-  bookkeeping ``applied`` (zset interaction id -> time) and ``meta`` (hash);
+  (zset item -> time of its latest dismissal), ``neg`` (hash ``imp:<genre>`` / ``eng:<genre>``
+  -> count), ``undo`` (zset item -> time of its latest undo; the personalization API writes it
+  too), and the bookkeeping ``applied`` (zset interaction id -> time) and ``meta`` (hash);
 * per item: ``P:i:{item}:stats`` (hash type -> engagements), ``P:i:{item}:meta`` (catalog
   mirror: title, year, genres);
 * global: ``P:popular`` (zset), ``P:trend:<window_s>:<slice>`` (zset per slice),
@@ -36,8 +37,11 @@ order: an interaction of weight ``w`` at time ``t`` adds
 ``sum(units * 2 ** ((b * span - T) / half_life)) / SCALE`` over a user's buckets, i.e. the sum of
 ``w * 2 ** (-(T - t) / half_life)`` over their interactions. Buckets more than one behind the
 newest are deleted (their interactions are >= 16 half-lives old: < 0.002 % of their weight).
-Everything else (recency, dismissals) is a max over event times, and counters are integers,
-so the stored state depends only on *which* interactions were applied, never on the order.
+Everything else (recency, dismissals, undos) is a max over event times, and counters are
+integers, so the stored state depends only on *which* interactions were applied, never on the
+order. ``dismissed`` and ``undo`` each keep the newest ``dismissed_items`` maxima (a top-n of
+maxima does not depend on the order either); a dismissal is in force while it is later than
+the item's latest undo, which the reader applies (:func:`decode_user_features`).
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ USER_KEYS = (
     "session",
     "dismissed",
     "neg",
+    "undo",
     "applied",
     "meta",
 )
@@ -171,13 +176,14 @@ def _ms(td: Any) -> int:
 # array of interactions, each {"i": interaction id, "t": event time ms, "y": type, "x": 1 when
 # the row carries the event-level updates, "s": session id?, "it": item id?, "ca": category?,
 # "b": affinity bucket, "a": affinity units (string), "r"/"n"/"m"/"d": recent / engagement /
-# impression / negative flags, "tr": trending slice suffixes "<window_s>:<slice>", "c": 1 when
-# the event withdraws personalization consent}. Returns {applied, duplicates, too_late, max_t}.
+# impression / negative flags, "u": undo flag (takes back the item's dismissals up to "t"),
+# "tr": trending slice suffixes "<window_s>:<slice>", "c": 1 when the event withdraws
+# personalization consent}. Returns {applied, duplicates, too_late, max_t}.
 APPLY_SCRIPT = r"""
 local P = cjson.decode(ARGV[1])
 local rows = cjson.decode(ARGV[2])
-local K_RECENT, K_RMETA, K_AFF, K_CNT, K_SES, K_DIS, K_NEG, K_APP, K_META =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local K_RECENT, K_RMETA, K_AFF, K_CNT, K_SES, K_DIS, K_NEG, K_UNDO, K_APP, K_META =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local pre = P.prefix
 local function num(x) if x == false or x == nil then return nil end return tonumber(x) end
 local function fmt(x) return string.format('%d', x) end
@@ -234,6 +240,8 @@ local function forget_user(t)
   redis.call('DEL', K_RECENT, K_RMETA, K_AFF, K_CNT, K_SES, K_DIS, K_NEG)
   if revoked_t == nil or t > revoked_t then revoked_t = t end
   redis.call('HSET', K_META, 'revoked_t', fmt(revoked_t))
+  -- undos up to the withdrawal have nothing left to undo (earlier events stay out)
+  redis.call('ZREMRANGEBYSCORE', K_UNDO, '-inf', fmt(revoked_t))
   redis.call('HDEL', K_META, 'aff_max_b')
   maxb = nil
 end
@@ -306,6 +314,11 @@ local function apply(r)
     local cur = num(redis.call('ZSCORE', K_DIS, item))
     if cur == nil or t > cur then redis.call('ZADD', K_DIS, t, item) end
   end
+  -- the reader keeps a dismissal only while it is later than the item's latest undo
+  if r.u == 1 then
+    local cur = num(redis.call('ZSCORE', K_UNDO, item))
+    if cur == nil or t > cur then redis.call('ZADD', K_UNDO, t, item) end
+  end
 end
 
 for _, r in ipairs(rows) do
@@ -334,6 +347,8 @@ if applied > 0 then
   end
   n = redis.call('ZCARD', K_DIS)
   if n > P.dismissed_n then redis.call('ZREMRANGEBYRANK', K_DIS, 0, n - P.dismissed_n - 1) end
+  n = redis.call('ZCARD', K_UNDO)
+  if n > P.dismissed_n then redis.call('ZREMRANGEBYRANK', K_UNDO, 0, n - P.dismissed_n - 1) end
   n = redis.call('ZCARD', K_APP)
   if n > P.dedup_n then
     local cut = redis.call('ZRANGE', K_APP, n - P.dedup_n - 1, n - P.dedup_n - 1, 'WITHSCORES')
@@ -546,8 +561,14 @@ def evaluate_affinities(
 def decode_user_features(
     user: str, raw: Sequence[Any], store: OnlineStore, as_of_ms: int | None = None
 ) -> UserFeatures:
-    """Turn the replies of :func:`user_feature_commands` into :class:`UserFeatures`."""
-    recent_raw, rmeta_raw, aff_raw, cnt_raw, ses_raw, dis_raw, neg_raw = raw
+    """Turn the :data:`FEATURE_READS` replies of :func:`user_feature_commands` into
+    :class:`UserFeatures`.
+
+    Dismissed items are those in force: dismissed later than the item's latest undo, if any
+    (the same rule as :func:`speed_layer.features.dismissed_items`).
+    """
+    recent_raw, rmeta_raw, aff_raw, cnt_raw, ses_raw, dis_raw, neg_raw, undo_raw = raw
+    undone = {_s(m): float(t) for m, t in undo_raw}
     meta = {_s(k): orjson.loads(v) for k, v in rmeta_raw.items()}
     recent = []
     for member, score in recent_raw:
@@ -587,22 +608,27 @@ def decode_user_features(
         first_event_ms=first,
         last_event_ms=last,
         session=session,
-        dismissed_items=[_s(m) for m in dis_raw],
+        dismissed_items=[_s(m) for m, t in dis_raw if float(t) > undone.get(_s(m), float("-inf"))],
         impressions_by_genre=imp,
         engagements_by_genre=eng,
         ignored_genres=ignored,
     )
 
 
+FEATURE_READS = 8
+"""How many commands :func:`user_feature_commands` queues (and replies it decodes)."""
+
+
 def user_feature_commands(pipe: Any, user: str, store: OnlineStore) -> None:
-    """Queue the reads of all of ``user``'s features on a pipeline (7 commands)."""
+    """Queue the reads of all of ``user``'s features on a pipeline (:data:`FEATURE_READS`)."""
     pipe.zrevrange(store.user_key(user, "recent"), 0, -1, withscores=True)
     pipe.hgetall(store.user_key(user, "recent_meta"))
     pipe.hgetall(store.user_key(user, "aff"))
     pipe.hgetall(store.user_key(user, "counters"))
     pipe.hgetall(store.user_key(user, "session"))
-    pipe.zrevrange(store.user_key(user, "dismissed"), 0, -1)
+    pipe.zrevrange(store.user_key(user, "dismissed"), 0, -1, withscores=True)
     pipe.hgetall(store.user_key(user, "neg"))
+    pipe.zrange(store.user_key(user, "undo"), 0, -1, withscores=True)
 
 
 def read_user_features(
@@ -627,7 +653,7 @@ def read_many_user_features(
     for user in users:
         user_feature_commands(pipe, user, store)
     replies = pipe.execute()
-    n = 7
+    n = FEATURE_READS
     return {
         u: decode_user_features(u, replies[i * n : (i + 1) * n], store) for i, u in enumerate(users)
     }
@@ -656,8 +682,22 @@ def read_item_stats(redis: Redis, store: OnlineStore, item_id: str) -> dict[str,
 
 
 def delete_user(redis: Redis, user: str, store: OnlineStore) -> int:
-    """Erase every key of ``user`` (right to erasure); returns how many keys existed."""
-    return int(redis.delete(*store.user_keys(user)))
+    """Erase every key of ``user`` (right to erasure); returns how many keys existed.
+
+    That is the features, and whatever else other parts keep under the user's key prefix
+    (``P:u:{user}:*``: the API's suppressions, undo times and message caps, the batch layer's
+    precomputed recommendations), found with SCAN so a key added later is not forgotten.
+    """
+    keys = set(store.user_keys(user))
+    pattern = _glob_escape(f"{store.prefix}:u:{{{user}}}:") + "*"
+    for key in redis.scan_iter(match=pattern, count=1000):
+        keys.add(key.decode() if isinstance(key, bytes) else key)
+    return int(redis.delete(*keys))
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def wait_for_item(

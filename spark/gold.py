@@ -86,13 +86,15 @@ CACHED_ROW_COLUMNS = (
     "is_engagement",
     "is_impression",
     "is_negative",
+    "is_undo",
 )
 """The feature-row columns the aggregations read (the rest is not kept in the cache)."""
 
 TRAINING_EVENT_TYPES = tuple(
     name for name, t in EVENT_TYPES.items() if t.personalizes and "items" in t.requires
 )
-"""Every event type about items that may feed personalization (models pick positives)."""
+"""Every event type about items that may feed personalization (models pick positives); not
+``undo_feedback``, which is no signal of interest (its effect is in ``dismissed_items``)."""
 
 SEGMENTS = ("champion", "loyal", "new", "at_risk", "active", "dormant")
 ALL_SEGMENTS = "all"

@@ -46,14 +46,20 @@ IMPRESSION_TYPES = ("impression",)
 """An item was shown: counts toward "shown but never clicked" genres."""
 NEGATIVE_TYPES = ("dismiss", "not_interested")
 """Explicit negative feedback: the item goes to the user's dismissed items."""
+UNDO_TYPES = ("undo_feedback",)
+"""Takes back :data:`NEGATIVE_TYPES` of its items: a dismissal is in force only while it is later
+than the item's latest undo (equal times: undone; see :func:`dismissed_items`). A correction, not
+activity: an undo is no interaction, has no affinity weight and carries no event-level updates
+(counters, session)."""
 
 __doc__ = (__doc__ or "") + (
     f"""
 * recent items: {", ".join(RECENT_TYPES)};
 * popularity, trending and genre engagement: {", ".join(ENGAGEMENT_TYPES)};
-* genre impressions: {", ".join(IMPRESSION_TYPES)}; dismissed items: {", ".join(NEGATIVE_TYPES)};
+* genre impressions: {", ".join(IMPRESSION_TYPES)}; dismissed items: {", ".join(NEGATIVE_TYPES)},
+  unless undone later by {", ".join(UNDO_TYPES)};
 * affinities: every type with a weight in ``speed.features.affinity_weights``;
-* counters and session state: every event that may be used for personalization.
+* counters and session state: every event that may be used for personalization, but undos.
 """
 )
 
@@ -115,8 +121,9 @@ def interactions(events: DataFrame) -> DataFrame:
     Columns: ``user`` (pseudonymized user id, else anonymous id: the events topic's key),
     ``event_id``, ``iid`` (interaction id ``<event_id>#<position>``, unique), ``type``,
     ``ts_ms`` (event time, epoch ms), ``session_id``, ``item_id``, ``category``, ``position``,
-    ``rating``, ``event_row`` (the row that carries the event-level updates: counters, session)
-    and ``forget`` (a consent_update withdrawing personalization consent).
+    ``rating``, ``event_row`` (the row that carries the event-level updates: counters, session;
+    none for an undo, which has no event-level updates) and ``forget`` (a consent_update
+    withdrawing personalization consent).
     """
     from pyspark.sql import functions as F
 
@@ -141,7 +148,9 @@ def interactions(events: DataFrame) -> DataFrame:
         F.col("item.category").alias("category"),
         F.col("item.position").alias("position"),
         "rating",
-        F.coalesce(F.col("pos") == 0, F.lit(True)).alias("event_row"),
+        (F.coalesce(F.col("pos") == 0, F.lit(True)) & ~F.col("type").isin(*UNDO_TYPES)).alias(
+            "event_row"
+        ),
         "forget",
     )
 
@@ -198,7 +207,7 @@ def with_affinity_units(rows: DataFrame, half_life_ms: int) -> DataFrame:
 
 
 def with_flags(rows: DataFrame) -> DataFrame:
-    """Add ``is_recent``, ``is_engagement``, ``is_impression``, ``is_negative``."""
+    """Add ``is_recent``, ``is_engagement``, ``is_impression``, ``is_negative``, ``is_undo``."""
     from pyspark.sql import functions as F
 
     has_item = F.col("item_id").isNotNull()
@@ -208,6 +217,7 @@ def with_flags(rows: DataFrame) -> DataFrame:
         (has_item & F.col("type").isin(*ENGAGEMENT_TYPES)).alias("is_engagement"),
         (has_item & F.col("type").isin(*IMPRESSION_TYPES)).alias("is_impression"),
         (has_item & F.col("type").isin(*NEGATIVE_TYPES)).alias("is_negative"),
+        (has_item & F.col("type").isin(*UNDO_TYPES)).alias("is_undo"),
     )
 
 
@@ -284,6 +294,7 @@ def online_rows(
             flag("is_engagement").alias("n"),
             flag("is_impression").alias("m"),
             flag("is_negative").alias("d"),
+            flag("is_undo").alias("u"),
             F.when(F.size("trend_slices") > 0, F.col("trend_slices")).alias("tr"),
             flag("forget").alias("c"),
         )
@@ -445,21 +456,35 @@ def session_state(rows: DataFrame, gap_ms: int) -> DataFrame:
 
 
 def dismissed_items(rows: DataFrame, n: int) -> DataFrame:
-    """``user, rank, item_id, ts_ms``: the last ``n`` dismissed items, rank 1 newest."""
+    """``user, rank, item_id, ts_ms``: the dismissals in force among the last ``n``, rank 1 newest.
+
+    What the online store keeps and its reader returns: the ``n`` items with the newest latest
+    dismissal and the ``n`` with the newest latest undo (:data:`UNDO_TYPES`); a dismissal is in
+    force when it is later than the item's undo among those, if any. Top-``n`` of maxima of
+    event times: the result does not depend on the order or repetition of the rows.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    latest = (
-        effective_rows(rows)
-        .where("is_negative")
-        .groupBy("user", "item_id")
-        .agg(F.max("ts_ms").alias("ts_ms"))
+    def newest(flag: str, alias: str) -> DataFrame:
+        latest = (
+            effective_rows(rows)
+            .where(flag)
+            .groupBy("user", "item_id")
+            .agg(F.max("ts_ms").alias(alias))
+        )
+        order = Window.partitionBy("user").orderBy(F.desc(alias), F.desc("item_id"))
+        return latest.withColumn("_r", F.row_number().over(order)).where(F.col("_r") <= n)
+
+    in_force = (
+        newest("is_negative", "ts_ms")
+        .drop("_r")
+        .join(newest("is_undo", "_undo_ms").drop("_r"), ["user", "item_id"], "left")
+        .where(F.col("_undo_ms").isNull() | (F.col("ts_ms") > F.col("_undo_ms")))
     )
     order = Window.partitionBy("user").orderBy(F.desc("ts_ms"), F.desc("item_id"))
-    return (
-        latest.withColumn("rank", F.row_number().over(order))
-        .where(F.col("rank") <= n)
-        .select("user", "rank", "item_id", "ts_ms")
+    return in_force.withColumn("rank", F.row_number().over(order)).select(
+        "user", "rank", "item_id", "ts_ms"
     )
 
 

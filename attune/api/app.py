@@ -484,42 +484,46 @@ class Api:
         event_ms = int(when.timestamp() * 1000)
         items = list(dict.fromkeys(body.items))
         await self.store.write_feedback(subject, body.action, items, event_ms, body.undo)
-        logged = False
-        if not body.undo:
-            event_id = body.event_id or str(
-                uuid.uuid5(FEEDBACK_NAMESPACE, f"{subject}:{body.action}:{event_ms}:{items}")
-            )
-            event: dict[str, Any] = {
-                "event_id": event_id,
-                "type": body.action,
-                "timestamp": format_time(when),
-                "items": [{"item_id": i} for i in items],
-            }
-            for name in ("user_id", "anonymous_id", "recommendation_id"):
-                value = getattr(body, name)
-                if value is not None:
-                    event[name] = value
-            ctx = body.context.model_dump(exclude_none=True)
-            if ctx:
-                event["context"] = ctx
-            from attune.api.events import EventRejected
+        # Every feedback goes to the event log, undo included: an undo is an undo_feedback
+        # event naming the undone action in `reason`. The derived id has the action in its
+        # name ("undo:<action>" for an undo), so an undo's id never equals the dismissal's.
+        action = f"undo:{body.action}" if body.undo else body.action
+        event_id = body.event_id or str(
+            uuid.uuid5(FEEDBACK_NAMESPACE, f"{subject}:{action}:{event_ms}:{items}")
+        )
+        event: dict[str, Any] = {
+            "event_id": event_id,
+            "type": "undo_feedback" if body.undo else body.action,
+            "timestamp": format_time(when),
+            "items": [{"item_id": i} for i in items],
+        }
+        if body.undo:
+            event["reason"] = body.action
+        for name in ("user_id", "anonymous_id", "recommendation_id"):
+            value = getattr(body, name)
+            if value is not None:
+                event[name] = value
+        ctx = body.context.model_dump(exclude_none=True)
+        if ctx:
+            event["context"] = ctx
+        from attune.api.events import EventRejected
 
-            try:
-                stored, _dropped = await self.sender.send([event])
-            except EventRejected as exc:
-                raise ApiError(422, f"the feedback is not a valid event: {exc}") from None
-            except KafkaUnavailable as exc:
-                retry = self.cfg.collector.retry_after_s
-                error = ApiError(
-                    503,
-                    f"the feedback is applied, but Kafka did not take its event ({exc}); "
-                    "retry the same request (it is idempotent)",
-                    applied=True,
-                    retry_after_s=retry,
-                )
-                error.headers["Retry-After"] = str(retry)
-                raise error from None
-            logged = stored > 0
+        try:
+            stored, _dropped = await self.sender.send([event])
+        except EventRejected as exc:
+            raise ApiError(422, f"the feedback is not a valid event: {exc}") from None
+        except KafkaUnavailable as exc:
+            retry = self.cfg.collector.retry_after_s
+            error = ApiError(
+                503,
+                f"the feedback is applied, but Kafka did not take its event ({exc}); "
+                "retry the same request (it is idempotent)",
+                applied=True,
+                retry_after_s=retry,
+            )
+            error.headers["Retry-After"] = str(retry)
+            raise error from None
+        logged = stored > 0
         return _json(
             200,
             {

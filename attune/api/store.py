@@ -24,7 +24,10 @@ key                             type   content
 Feedback is also written straight into the speed layer's ``P:u:{u}:dismissed`` with exactly the
 value the speed layer writes when the event reaches it (item -> event time, kept only if newer:
 ``ZADD GT``), so the dismissal counts at once and the later stream write changes nothing. A
-dismissal is in force while its time is later than the item's undo time.
+dismissal is in force while its time is later than the item's undo time. ``P:u:{u}:undo`` is
+shared the same way: the speed layer writes the same value (item -> undo time, if newer) when
+the ``undo_feedback`` event reaches it (``OnlineStore.user_key(u, "undo")``), and the feature
+reader applies the same rule (:func:`attune.online_store.decode_user_features`).
 
 The catalog mirror (``P:i:{item}:meta``: title, genres) is read into memory by
 :class:`CatalogCache` every ``api.catalog_refresh_s`` in a thread, so rules and reasons look
@@ -47,6 +50,7 @@ import redis.asyncio as aioredis
 from attune.collector.consent import consent_key, decode_state
 from attune.config import AttuneConfig, ConfigError
 from attune.online_store import (
+    FEATURE_READS,
     OnlineStore,
     UserFeatures,
     decode_user_features,
@@ -81,6 +85,7 @@ class ApiKeys:
     prefix: str
 
     def undo(self, user: str) -> str:
+        # the online store's key of the same name (the speed layer writes it too)
         return f"{self.prefix}:u:{{{user}}}:undo"
 
     def suppressed(self, user: str) -> str:
@@ -205,7 +210,7 @@ class ApiStore:
         """All of ``subject``'s data for one request, in one pipelined round trip."""
         c = self.cfg.api.candidates
         pipe = self.client.pipeline(transaction=False)
-        user_feature_commands(pipe, subject, self.store)  # 7 replies
+        user_feature_commands(pipe, subject, self.store)  # FEATURE_READS replies
         pipe.zrevrange(self.views.user_recs(subject), 0, 99, withscores=True)
         pipe.hget(self.views.user_batch(subject), "segment")
         pipe.zrange(self.store.user_key(subject, "dismissed"), 0, -1, withscores=True)
@@ -216,8 +221,8 @@ class ApiStore:
         pipe.zrevrange(self.trending_key, 0, max(c.trending, 1) - 1)
         pipe.zrevrange(self.store.popular_key, 0, c.popular - 1)
         raw = await pipe.execute()
-        features = decode_user_features(subject, raw[:7], self.store)
-        recs, segment, dismissed, undo, suppressed, consent, trending, popular = raw[7:]
+        features = decode_user_features(subject, raw[:FEATURE_READS], self.store)
+        recs, segment, dismissed, undo, suppressed, consent, trending, popular = raw[FEATURE_READS:]
         hidden: dict[str, str] = {}
         for member in suppressed:
             category, _, item = _s(member).partition(SUPPRESSED_SEP)
@@ -273,8 +278,8 @@ class ApiStore:
         user_feature_commands(pipe, subject, self.store)
         pipe.hget(self.views.user_batch(subject), "segment")
         raw = await pipe.execute()
-        segment = raw[7]
-        return decode_user_features(subject, raw[:7], self.store), (
+        segment = raw[FEATURE_READS]
+        return decode_user_features(subject, raw[:FEATURE_READS], self.store), (
             _s(segment) if segment else None
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -21,6 +22,7 @@ from attune.online_store import (
     SCALE,
     OnlineStore,
     OnlineStoreWriter,
+    delete_user,
     read_popular,
     read_trending,
     read_user_features,
@@ -73,7 +75,7 @@ def row(
 ) -> tuple[str, int, str, str]:
     """One interaction of user ``alice`` as (user, t, iid, payload)."""
     payload: dict[str, Any] = {"i": iid, "t": t, "y": typ}
-    if event_row:
+    if event_row and typ != "undo_feedback":  # an undo has no event-level updates
         payload["x"] = 1
     if session:
         payload["s"] = session
@@ -94,6 +96,8 @@ def row(
         payload["m"] = 1
     if item and typ in ("dismiss", "not_interested"):
         payload["d"] = 1
+    if item and typ == "undo_feedback":
+        payload["u"] = 1
     if forget:
         payload["c"] = 1
     return ("alice", t, iid, orjson.dumps(payload).decode())
@@ -242,3 +246,119 @@ def test_trending_window(
     writer.apply([row("e6#0", B + 4 * HOUR - 10 * MIN, "purchase", "m2", weight=5)])
     writer.refresh_trending()
     assert read_trending(client, store, 3600) == [("m2", 1)]
+
+
+# dismiss -> undo -> dismiss of m1 (in force), an undone not_interested of m2, and a dismissal of
+# m3 undone at the same time (a tie goes to the undo). (A session id, so that the session does
+# not depend on arrival order, as in SESSION.)
+UNDOS = [
+    row("d1#0", B + 1 * MIN, "dismiss", "m1", weight=-2, session="s1"),
+    row("u1#0", B + 2 * MIN, "undo_feedback", "m1"),
+    row("d2#0", B + 3 * MIN, "dismiss", "m1", weight=-2, session="s1"),
+    row("d3#0", B + 4 * MIN, "not_interested", "m2", weight=-3, session="s1"),
+    row("u2#0", B + 5 * MIN, "undo_feedback", "m2"),
+    row("d4#0", B + 6 * MIN, "dismiss", "m3", weight=-2, session="s1"),
+    row("u3#0", B + 6 * MIN, "undo_feedback", "m3"),
+]
+
+
+def test_undo_lifts_earlier_dismissals(
+    client: redis.Redis, store: OnlineStore, writer: OnlineStoreWriter
+) -> None:
+    roomy = replace(store, dismissed_items=10)  # same keys; no cap in the way
+    w = OnlineStoreWriter(client, roomy)
+    stats = w.apply(UNDOS)
+    assert (stats.applied, stats.duplicates) == (7, 0)
+    f = read_user_features(client, "alice", roomy)
+    # m1: dismissed at +3 min, after its undo at +2; m2 (+4 < +5) and m3 (+6 = +6) are undone.
+    assert f.dismissed_items == ["m1"]
+    # The store keeps both maxima per item; the reader compares them.
+    dismissed = client.zrange(roomy.user_key("alice", "dismissed"), 0, -1, withscores=True)
+    assert dismissed == [(b"m1", B + 3.0 * MIN), (b"m2", B + 4.0 * MIN), (b"m3", B + 6.0 * MIN)]
+    undo = client.zrange(roomy.user_key("alice", "undo"), 0, -1, withscores=True)
+    assert undo == [(b"m1", B + 2.0 * MIN), (b"m2", B + 5.0 * MIN), (b"m3", B + 6.0 * MIN)]
+    # The undos are no events: 3 dismiss + 1 not_interested, nothing recent.
+    assert f.counters == {"dismiss": 3, "not_interested": 1, "events": 4}
+    assert f.recent_item_ids == [] and f.session is not None and f.session.events == 4
+    # Replaying changes nothing; a late dismissal of m2 from before its undo changes nothing
+    # the reader returns.
+    before = dump(client, roomy.prefix)
+    assert w.apply(UNDOS).duplicates == 7
+    assert dump(client, roomy.prefix) == before
+    w.apply([row("d0#0", B + 4 * MIN + 30_000, "dismiss", "m2", weight=-2, session="s1")])
+    assert read_user_features(client, "alice", roomy).dismissed_items == ["m1"]
+    # A dismissal after the undo is in force again.
+    w.apply([row("d5#0", B + 7 * MIN, "dismiss", "m2", weight=-2, session="s1")])
+    assert read_user_features(client, "alice", roomy).dismissed_items == ["m2", "m1"]
+
+
+MORE_UNDOS = [
+    *UNDOS,
+    row("d5#0", B + 7 * MIN, "dismiss", "m2", weight=-2, session="s1"),
+    row("u9#0", B + 9 * MIN, "undo_feedback", "m9"),
+    row("d9#0", B + 8 * MIN, "dismiss", "m9", weight=-2, session="s1"),
+]
+
+
+def test_undos_do_not_depend_on_order_or_batching(
+    client: redis.Redis, store: OnlineStore, writer: OnlineStoreWriter
+) -> None:
+    writer.apply(MORE_UNDOS)
+    one_pass = dump(client, store.prefix)
+    # dismissed_items = 2 keeps the 2 newest of each: dismissals m9 (+8), m2 (+7); undos m9
+    # (+9), m3 (+6). m9 is undone; m2's undo (+5) is cut, but +7 is later anyway.
+    assert read_user_features(client, "alice", store).dismissed_items == ["m2"]
+    for key in client.scan_iter(match=f"{store.prefix}:*"):
+        if b":meta" not in key or b":i:" not in key:  # keep the catalog mirror
+            client.delete(key)
+    # One row per batch, newest first (each undo before the dismissal it undoes), then replays.
+    for r in reversed(MORE_UNDOS):
+        writer.apply([r])
+    writer.apply([MORE_UNDOS[1], MORE_UNDOS[0], MORE_UNDOS[-1]])
+    assert dump(client, store.prefix) == one_pass
+
+
+def test_the_apis_feedback_writes_are_the_streams(
+    client: redis.Redis, store: OnlineStore, writer: OnlineStoreWriter
+) -> None:
+    # The API writes a dismissal and its undo straight into Redis (attune.api.store:
+    # ZADD GT) before their events reach the speed layer; the stream then changes nothing.
+    writer.apply(UNDOS[:2])
+    stream_only = dump(client, store.prefix)
+    for key in client.scan_iter(match=f"{store.prefix}:u:*"):
+        client.delete(key)
+    client.zadd(store.user_key("alice", "dismissed"), {"m1": B + 1 * MIN}, gt=True)
+    client.zadd(store.user_key("alice", "undo"), {"m1": B + 2 * MIN}, gt=True)
+    assert read_user_features(client, "alice", store).dismissed_items == []
+    writer.apply(UNDOS[:2])
+    assert dump(client, store.prefix) == stream_only
+
+
+def test_consent_withdrawal_forgets_undos(
+    client: redis.Redis, store: OnlineStore, writer: OnlineStoreWriter
+) -> None:
+    writer.apply(UNDOS)
+    writer.apply([row("c1#0", B + 5 * MIN + 30_000, "consent_update", forget=True)])
+    # The undos up to the withdrawal are gone (m2's at +5 min; m1's was cut by the cap of 2);
+    # m3's at +6 min stays.
+    undo = client.zrange(store.user_key("alice", "undo"), 0, -1, withscores=True)
+    assert undo == [(b"m3", float(B + 6 * MIN))]
+    assert read_user_features(client, "alice", store).dismissed_items == []
+
+
+def test_erasure_deletes_every_key_under_the_user_and_nothing_else(
+    client: redis.Redis, store: OnlineStore, writer: OnlineStoreWriter
+) -> None:
+    writer.apply(SESSION)
+    _, t, iid, payload = row("b#0", B + HOUR, "item_view", "m9", weight=1)
+    writer.apply([("bob", t, iid, payload)])
+    # keys other parts keep under the user's prefix (the API's, the batch views')
+    extra = [f"{store.prefix}:u:{{alice}}:suppressed", f"{store.prefix}:u:{{alice}}:msg:welcome"]
+    for key in extra:
+        client.zadd(key, {"x": 1})
+    alice_keys = set(client.scan_iter(match=f"{store.prefix}:u:{{alice}}:*"))
+    assert {k.decode() for k in alice_keys} >= set(extra) and len(alice_keys) > len(extra)
+
+    assert delete_user(client, "alice", store) == len(alice_keys)
+    assert list(client.scan_iter(match=f"{store.prefix}:u:{{alice}}:*")) == []
+    assert read_user_features(client, "bob", store).recent_item_ids == ["m9"]

@@ -37,6 +37,7 @@ ALL_TYPES = {
     "dismiss",
     "not_interested",
     "rating",
+    "undo_feedback",
 }
 
 
@@ -52,12 +53,23 @@ def _errors(raw: dict) -> list[dict]:
 
 def test_json_schema_lists_every_event_type() -> None:
     schema = json_schema()
-    # The 17 types of DESIGN.md (behavioural 5, transactional 4, profile 3, feedback 5).
+    # The 17 types of DESIGN.md (behavioural 5, transactional 4, profile 3, feedback 5) and
+    # undo_feedback (feedback): 18.
+    assert len(ALL_TYPES) == 18
     assert set(schema["x-event-types"]) == ALL_TYPES
     assert set(schema["properties"]["type"]["enum"]) == ALL_TYPES
     assert schema["x-event-types"]["rating"]["requires"] == ["items", "rating"]
     assert schema["x-event-types"]["purchase"]["category"] == "transactional"
     assert {"event_id", "type", "timestamp"} <= set(schema["required"])
+    assert schema["x-event-types"]["undo_feedback"] == {
+        "category": "feedback",
+        "description": "The user took back an earlier dismiss / not_interested of these items; "
+        "`reason` may name the action undone.",
+        "requires": ["items"],
+        "undoes": ["dismiss", "not_interested"],
+    }
+    # Only an undo lists what it undoes.
+    assert "undoes" not in schema["x-event-types"]["dismiss"]
 
 
 def test_spark_schema_fields_worked_out_by_hand() -> None:
@@ -145,6 +157,20 @@ def test_event_without_any_id_is_refused() -> None:
     assert err["ctx"]["fields"] == "user_id or anonymous_id"
 
 
+def test_undo_feedback_needs_items_and_may_name_the_action() -> None:
+    ev = Event.model_validate({**BASE, "type": "undo_feedback", "reason": "not_interested"})
+    assert (ev.type, ev.reason, [i.item_id for i in ev.items]) == (
+        "undo_feedback",
+        "not_interested",
+        ["i1"],
+    )
+    (err,) = _errors({**BASE, "type": "undo_feedback", "items": []})
+    assert err["type"] == "missing_for_type"
+    assert err["ctx"]["fields"] == "items"
+    # "an" before a vowel, as the speed layer's parser says it (speed_layer/parsing.py)
+    assert err["msg"].startswith("an undo_feedback event needs items: The user took back")
+
+
 def test_epoch_milliseconds_are_utc() -> None:
     ev = Event.model_validate({**BASE, "timestamp": 1_700_000_000_123})
     # 1,700,000,000 s after the epoch is 2023-11-14 22:13:20 UTC; + 123 ms.
@@ -191,6 +217,11 @@ def test_every_event_type_declares_a_known_category() -> None:
     assert set(EVENT_TYPES) == ALL_TYPES
     assert EVENT_TYPES["consent_update"].personalizes is False
     assert EVENT_TYPES["rec_click"].personalizes is True
+    # An undo is feedback, but no signal of interest: it only takes a dismissal back.
+    undo = EVENT_TYPES["undo_feedback"]
+    assert undo.category == "feedback" and undo.personalizes is False
+    assert undo.undoes == ("dismiss", "not_interested")
+    assert EVENT_TYPES["dismiss"].personalizes is True and EVENT_TYPES["dismiss"].undoes == ()
 
 
 def test_events_schema_command_prints_both_formats(capsys: pytest.CaptureFixture[str]) -> None:

@@ -28,6 +28,20 @@ def test_key_names() -> None:
         STORE.user_key("u1", "recents")
 
 
+def test_undo_key_is_shared_with_the_api_and_reaches_the_write_script() -> None:
+    from attune.api.store import ApiKeys
+    from attune.online_store import APPLY_SCRIPT, FEATURE_KEYS, USER_KEYS
+
+    # The API writes undo times into the same key the speed layer keeps them in.
+    assert STORE.user_key("u1", "undo") == ApiKeys("att").undo("u1") == "att:u:{u1}:undo"
+    # The write script takes the keys by position: undo is its 8th, after neg, before the
+    # bookkeeping; the feature keys deleted on a consent withdrawal are the first 7.
+    assert USER_KEYS.index("undo") == 7 and STORE.user_keys("u1")[7] == "att:u:{u1}:undo"
+    assert "K_NEG, K_UNDO, K_APP, K_META =" in APPLY_SCRIPT
+    assert "KEYS[7], KEYS[8], KEYS[9], KEYS[10]" in APPLY_SCRIPT
+    assert USER_KEYS[:7] == FEATURE_KEYS and "undo" not in FEATURE_KEYS
+
+
 def test_affinity_units_evaluate_to_decayed_sums() -> None:
     # Bucket span = 16 h = 57,600,000 ms. One weight-1 interaction 2 h into bucket 10 is stored
     # as 2^20 * 2^2 units; as of that moment it is worth exactly 1, an hour later 1/2.
@@ -68,8 +82,9 @@ def test_decode_user_features() -> None:
             b"last_item": b"m2",
             b"last_type": b"purchase",
         },
-        [b"m3"],  # ZREVRANGE dismissed
+        [(b"m3", float(t - 30_000))],  # ZREVRANGE dismissed WITHSCORES
         {b"imp:Horror": b"3", b"imp:Drama": b"5", b"eng:Drama": b"1"},
+        [],  # ZRANGE undo WITHSCORES
     ]
     f = decode_user_features("u1", raw, STORE)
     assert f.recent_item_ids == ["m2", "m1"]
@@ -87,8 +102,24 @@ def test_decode_user_features() -> None:
 
 
 def test_empty_user() -> None:
-    f = decode_user_features("nobody", [[], {}, {}, {}, {}, [], {}], STORE)
+    f = decode_user_features("nobody", [[], {}, {}, {}, {}, [], {}, []], STORE)
     assert f.is_empty and f.session is None and f.affinities == {} and f.as_of_ms is None
+
+
+def test_dismissals_in_force_are_later_than_their_undo() -> None:
+    t = 1_000_000
+    dismissed = [(b"m4", float(t + 9)), (b"m3", float(t + 5)), (b"m2", float(t + 3))]
+    dismissed += [(b"m1", float(t))]
+    # m4: undone before it was dismissed again (+2 < +9): in force; m3: undone at the same
+    # time (+5): not; m2: undone later (+4 > +3): not; m1: never undone: in force. m9's undo
+    # has no dismissal to lift.
+    undo = [(b"m4", float(t + 2)), (b"m2", float(t + 4)), (b"m3", float(t + 5))]
+    undo += [(b"m9", float(t + 6))]
+    f = decode_user_features("u1", [[], {}, {}, {}, {}, dismissed, {}, undo], STORE)
+    assert f.dismissed_items == ["m4", "m1"]
+    # Everything undone: nothing dismissed, and the user counts as empty.
+    f = decode_user_features("u1", [[], {}, {}, {}, {}, dismissed[1:3], {}, undo], STORE)
+    assert f.dismissed_items == [] and f.is_empty
 
 
 def test_script_params() -> None:

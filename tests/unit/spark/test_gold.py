@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from attune.config import AttuneConfig, CooccurrenceConfig, SegmentsConfig
 from spark.gold import (
+    CACHED_ROW_COLUMNS,
     end_of_day_ms,
     experiment_metrics,
     item_cooccurrence,
@@ -335,3 +336,61 @@ def test_user_features_assemble_the_speed_layer_aggregations(spark: SparkSession
             )
         ],
     )
+
+
+def test_user_features_honour_undos_which_are_no_examples(spark: SparkSession) -> None:
+    from datetime import timedelta
+
+    from pyspark.sql import Row
+    from pyspark.testing import assertDataFrameEqual
+
+    day1, day8 = at(1), at(8)
+    events = [
+        ev("g1", "item_view", "u1", day1, ["i1"]),
+        ev("g2", "dismiss", "u1", day8, ["i3"]),
+        ev("g3", "not_interested", "u1", day8, ["i4"]),
+        # the user takes the dismissal of i3 back a minute later
+        ev("g4", "undo_feedback", "u1", day8 + timedelta(minutes=1), ["i3"], reason="dismiss"),
+    ]
+    catalog = spark.createDataFrame(
+        [("i1", ["Drama"]), ("i3", ["Comedy"]), ("i4", ["Horror"])],
+        "item_id STRING, genres ARRAY<STRING>",
+    )
+    silver = _silver(spark, events)
+    # The columns gold caches are enough (the run selects them before aggregating).
+    rows = feature_rows(silver, catalog, PARAMS).select(*CACHED_ROW_COLUMNS)
+    out = user_features(rows, PARAMS, None)
+    t1 = int(day1.timestamp() * 1000)
+    t8 = int(day8.timestamp() * 1000)
+    # i3 was dismissed at t8 and undone at t8 + 1 min: only i4 is dismissed. The undo is no
+    # event of the user's activity (events 3, last at t8, no counter, not in the session) and
+    # weighs nothing; the dismissal's weight stays (Comedy -2, Horror -3); Drama: the view of
+    # day 1, one half-life (7 days) before t8: 0.5.
+    assertDataFrameEqual(
+        out,
+        [
+            Row(
+                user="u1",
+                events=3,
+                first_ms=t1,
+                last_ms=t8,
+                recent_items=["i1"],
+                recent_types=["item_view"],
+                affinities={"Comedy": -2.0, "Drama": 0.5, "Horror": -3.0},
+                counters={"dismiss": 1, "item_view": 1, "not_interested": 1},
+                session=Row(session_id=f"t{t8}", start_ms=t8, last_ms=t8, events=2),
+                dismissed_items=["i4"],
+                impressions_by_genre={},
+                engagements_by_genre={"Drama": 1},
+                ignored_genres=[],
+                segment=None,
+            )
+        ],
+    )
+    # Models never see the undo.
+    examples = training_examples(silver, None)
+    assert sorted(r["event_type"] for r in examples.collect()) == [
+        "dismiss",
+        "item_view",
+        "not_interested",
+    ]

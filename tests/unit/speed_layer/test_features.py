@@ -246,3 +246,100 @@ def test_online_rows_payload(spark) -> None:  # type: ignore[no-untyped-def]
             '"b":23648,"a":"16777216","r":1,"n":1,"tr":["3600:4540464","86400:189186"]}',
         )
     ]
+
+
+# (event id, type, minutes after T0, items, reason): dismiss -> undo -> dismiss and friends.
+UNDO_SEQUENCE = [
+    ("e1", "dismiss", 0, ["m1"], None),
+    ("e2", "undo_feedback", 1, ["m1"], "dismiss"),
+    ("e3", "dismiss", 2, ["m1"], None),  # dismissed again after the undo: in force
+    ("e4", "not_interested", 3, ["m2"], None),
+    ("e5", "undo_feedback", 4, ["m2"], "not_interested"),  # undone
+    ("e6", "dismiss", 5, ["m3"], None),
+    ("e7", "undo_feedback", 5, ["m3"], "dismiss"),  # same time: undone
+    ("e8", "dismiss", 1, ["m5"], None),
+    ("e9", "undo_feedback", 6, ["m5"], None),  # undone (no reason: undoes either)
+    ("e10", "dismiss", 6, ["m7"], None),
+    ("e11", "undo_feedback", 7, ["m6", "m7"], "dismiss"),  # m7 undone; m6 not dismissed yet
+    ("e12", "dismiss", 8, ["m6"], None),  # later than m6's undo: in force
+]
+
+
+def _undo_events(user: str, order: list[int]):  # type: ignore[no-untyped-def]
+    out = []
+    for i in order:
+        event_id, etype, minute, items, reason = UNDO_SEQUENCE[i]
+        extra = {"reason": reason} if reason else {}
+        out.append(stored(event_id, etype, minutes(minute), items, user=user, **extra))
+    return out
+
+
+def test_dismissals_in_force_after_undos_in_any_order(spark, catalog) -> None:  # type: ignore[no-untyped-def]
+    n = len(UNDO_SEQUENCE)
+    events = (
+        _undo_events("alice", list(range(n)))  # as they happened
+        + _undo_events("bob", list(reversed(range(n))))  # newest first
+        # interleaved, and every event twice (a replay): maxima do not care
+        + _undo_events("carol", [5, 11, 0, 6, 2, 9, 4, 10, 1, 7, 3, 8] * 2)
+    )
+    r = rows(spark, events, catalog)
+    # Per item, latest dismissal vs latest undo: m1 2 > 1 (in force), m2 3 < 4, m3 5 = 5
+    # (undone: a tie goes to the undo), m5 1 < 6, m7 6 < 7, m6 8 > 7 (in force).
+    got = F.dismissed_items(r, 10)
+    expected = [
+        (user, rank, item, T0_MS + minute * 60_000)
+        for user in ("alice", "bob", "carol")
+        for rank, item, minute in ((1, "m6", 8), (2, "m1", 2))
+    ]
+    assertDataFrameEqual(got, spark.createDataFrame(expected, got.schema))
+    # N = 2, as the online store keeps it: the 2 newest dismissals are m6 (+8) and m7 (+6), the
+    # 2 newest undos m7 and m6 (both +7; ties by item id, descending); m7 is undone, m1 (+2)
+    # is not among the last 2 dismissals: only m6 is left.
+    two = F.dismissed_items(r.where("user = 'alice'"), 2)
+    assertDataFrameEqual(
+        two, spark.createDataFrame([("alice", 1, "m6", T0_MS + 8 * 60_000)], two.schema)
+    )
+
+
+def test_an_undo_is_no_interaction_and_no_activity(spark, catalog) -> None:  # type: ignore[no-untyped-def]
+    r = rows(spark, _undo_events("alice", list(range(len(UNDO_SEQUENCE)))), catalog)
+    flags = r.where("type = 'undo_feedback'").select(
+        "iid", "event_row", "weight", "is_recent", "is_engagement", "is_negative", "is_undo"
+    )
+    # e11 has two items; no undo row carries event-level updates or weighs anything.
+    expected = [
+        Row(iid, False, 0.0, False, False, False, True)
+        for iid in ("e2#0", "e5#0", "e7#0", "e9#0", "e11#0", "e11#1")
+    ]
+    assertDataFrameEqual(flags, spark.createDataFrame(expected, flags.schema))
+    # Counters: the 6 dismiss and 1 not_interested events, no undo_feedback; activity: those 7
+    # events, first at T0 (e1), last at T0 + 8 min (e12).
+    counters = F.user_counters(r)
+    expected_counters = [("alice", "dismiss", 6), ("alice", "not_interested", 1)]
+    assertDataFrameEqual(counters, spark.createDataFrame(expected_counters, counters.schema))
+    activity = F.user_activity(r)
+    expected_activity = [("alice", 7, T0_MS, T0_MS + 8 * 60_000)]
+    assertDataFrameEqual(activity, spark.createDataFrame(expected_activity, activity.schema))
+    assert F.recent_items(r, 10).count() == 0
+
+
+def test_online_rows_payload_of_an_undo(spark) -> None:  # type: ignore[no-untyped-def]
+    events = [stored("u1", "undo_feedback", minutes(0), ["m1"], reason="dismiss")]
+    got = F.online_rows(events_df(spark, events), PARAMS).collect()
+    # Only the undo flag: no "x" (no counters, no session), no affinity units, no other flag.
+    assert [tuple(r) for r in got] == [
+        (
+            "alice",
+            T0_MS,
+            "u1#0",
+            '{"i":"u1#0","t":1362139200000,"y":"undo_feedback","it":"m1","u":1}',
+        )
+    ]
+
+
+def test_feedback_types_agree_with_the_event_types() -> None:
+    from attune.events import EVENT_TYPES
+
+    assert tuple(n for n, t in EVENT_TYPES.items() if t.undoes) == F.UNDO_TYPES
+    for undo in F.UNDO_TYPES:
+        assert EVENT_TYPES[undo].undoes == F.NEGATIVE_TYPES

@@ -20,7 +20,8 @@ CASES = [
         GOOD.replace('"item_view"', '"clik"'),
         "unknown event type 'clik': expected one of add_to_cart, checkout, click, "
         "consent_update, dismiss, dwell, identify, impression, item_view, not_interested, "
-        "page_view, profile_update, purchase, rating, rec_click, remove_from_cart, search",
+        "page_view, profile_update, purchase, rating, rec_click, remove_from_cart, search, "
+        "undo_feedback",
     ),
     (
         GOOD.replace('"items":[{"item_id":"i1"}],', ""),
@@ -32,6 +33,11 @@ CASES = [
         "check the client's clock",
     ),
     (GOOD.replace('"user_id":"u1"', '"rating":"five"'), "field rating is not a valid double"),
+    (
+        GOOD.replace('"item_view"', '"undo_feedback"').replace('{"item_id":"i1"}', ""),
+        "an undo_feedback event needs items: The user took back an earlier dismiss / "
+        "not_interested of these items; `reason` may name the action undone.",
+    ),
     (
         GOOD.replace('"analytics":true', '"analytics":"yes"'),
         "field consent.analytics is not a valid boolean",
