@@ -662,6 +662,19 @@ class ServingConfig(_Section):
     )
     request_threads: int = Field(8, ge=1, description="Worker threads of each API.")
     grpc_max_message_mb: int = Field(64, ge=1, description="Largest gRPC message, MiB.")
+    intra_op_parallelism: int = Field(
+        1,
+        ge=0,
+        description="Threads one TensorFlow op may use (TF Serving's "
+        "--tensorflow_intra_op_parallelism); 0 = one per core. Recommendation requests are "
+        "small: 1 avoids thread hand-offs that cost more than they save.",
+    )
+    inter_op_parallelism: int = Field(
+        1,
+        ge=0,
+        description="Ops TensorFlow runs at once (--tensorflow_inter_op_parallelism); 0 = one "
+        "per core. Concurrency comes from the request threads.",
+    )
     batching: ServingBatchingConfig = ServingBatchingConfig()
 
 

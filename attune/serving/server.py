@@ -35,6 +35,8 @@ class ServerOptions:
     poll_interval_s: float
     request_threads: int
     grpc_max_message_bytes: int
+    intra_op_parallelism: int
+    inter_op_parallelism: int
     batching: bool
     max_batch_size: int
     batch_timeout_s: float
@@ -70,12 +72,31 @@ class ServerOptions:
             poll_interval_s=s.poll_interval_s,
             request_threads=s.request_threads,
             grpc_max_message_bytes=s.grpc_max_message_mb * 1024 * 1024,
+            intra_op_parallelism=s.intra_op_parallelism,
+            inter_op_parallelism=s.inter_op_parallelism,
             batching=batching,
             max_batch_size=s.batching.max_batch_size,
             batch_timeout_s=s.batching.batch_timeout_ms / 1000.0,
             max_enqueued=s.batching.max_enqueued_requests,
             batch_threads=s.batching.threads,
         )
+
+
+def configure_tensorflow_threads(intra_op: int, inter_op: int) -> None:
+    """Size TensorFlow's thread pools before the first model loads (0 = TensorFlow's default).
+
+    TensorFlow fixes them when its runtime starts; in a process where it already has (a test
+    that trained a model first), the pools stay as they are and a warning says so.
+    """
+    import tensorflow as tf
+
+    try:
+        if tf.config.threading.get_intra_op_parallelism_threads() != intra_op:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        if tf.config.threading.get_inter_op_parallelism_threads() != inter_op:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError as exc:
+        log.warning("TensorFlow's thread pools are already running, left as they are: %s", exc)
 
 
 class ModelServer:
@@ -98,6 +119,7 @@ class ModelServer:
         )
 
         self.options = options
+        configure_tensorflow_threads(options.intra_op_parallelism, options.inter_op_parallelism)
         source: Source
         if options.model_config_file is not None:
             source = ConfigFileSource(options.model_config_file)
