@@ -237,17 +237,6 @@ def format_status(report: dict[str, Any]) -> str:
 # CLI handlers
 
 
-def _config_args() -> list[str]:
-    """``--config FILE`` of the current invocation, to pass on to the detached process."""
-    argv = sys.argv[1:]
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            return ["--config", argv[i + 1]]
-        if arg.startswith("--config="):
-            return [arg]
-    return []
-
-
 def cmd_start(cfg: AttuneConfig, args: argparse.Namespace) -> int:
     try:
         queries = parse_query_names(args.queries)
@@ -279,11 +268,18 @@ def _start_detached(cfg: AttuneConfig, queries: list[str]) -> int:
     paths = speed_paths(cfg)
     paths.log_file.parent.mkdir(parents=True, exist_ok=True)
     paths.status_file.unlink(missing_ok=True)
+    from attune.collector.process import write_config
+
+    # The child reads exactly this process's configuration (file, environment overrides and
+    # any changes made in code, as tests and the demo make), not whatever its own
+    # `--config` / `$ATTUNE_CONFIG` would give.
+    config_file = write_config(cfg, cfg.run_dir / "speed.yaml")
     cmd = [
         sys.executable,
         "-m",
         "attune.cli",
-        *_config_args(),
+        "--config",
+        str(config_file),
         "speed",
         "start",
         "--foreground",

@@ -131,7 +131,9 @@ def isolated_config(
 
     Every topic name gets ``.{suffix}``, runtime state (keys, logs) lives in ``var_dir``, consent
     state in Redis db ``redis_db``, and the collector listens on ``port`` (a free one by
-    default); ``collector`` overrides other collector settings.
+    default); ``collector`` overrides other collector settings. The Spark jars stay the
+    stack's (an absolute ``spark.jars_dir``), so Spark started from the copy, in this process or
+    a child, finds them.
     """
     topics = {
         role: t.model_copy(update={"name": f"{t.name}.{suffix}"})
@@ -143,6 +145,9 @@ def isolated_config(
             "paths": base.paths.model_copy(update={"var_dir": var_dir.absolute()}),
             "kafka": cfg.kafka.model_copy(update={"topics": topics}),
             "redis": cfg.redis.model_copy(update={"db": redis_db}),
+            "spark": cfg.spark.model_copy(
+                update={"jars_dir": base.paths.resolve(cfg.spark.jars_dir)}
+            ),
             "collector": cfg.collector.model_copy(
                 update={"port": port or free_port(), **collector}
             ),
