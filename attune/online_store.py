@@ -558,6 +558,13 @@ def evaluate_affinities(
     return out
 
 
+def dismissals_in_force(
+    dismissed: Mapping[str, float], undo: Mapping[str, float]
+) -> frozenset[str]:
+    """Dismissed items still in force: dismissed later than their last undo."""
+    return frozenset(i for i, t in dismissed.items() if t > undo.get(i, float("-inf")))
+
+
 def decode_user_features(
     user: str, raw: Sequence[Any], store: OnlineStore, as_of_ms: int | None = None
 ) -> UserFeatures:
@@ -568,7 +575,8 @@ def decode_user_features(
     (the same rule as :func:`speed_layer.features.dismissed_items`).
     """
     recent_raw, rmeta_raw, aff_raw, cnt_raw, ses_raw, dis_raw, neg_raw, undo_raw = raw
-    undone = {_s(m): float(t) for m, t in undo_raw}
+    dismissed_at = {_s(m): float(t) for m, t in dis_raw}
+    in_force = dismissals_in_force(dismissed_at, {_s(m): float(t) for m, t in undo_raw})
     meta = {_s(k): orjson.loads(v) for k, v in rmeta_raw.items()}
     recent = []
     for member, score in recent_raw:
@@ -608,7 +616,7 @@ def decode_user_features(
         first_event_ms=first,
         last_event_ms=last,
         session=session,
-        dismissed_items=[_s(m) for m, t in dis_raw if float(t) > undone.get(_s(m), float("-inf"))],
+        dismissed_items=[m for m in dismissed_at if m in in_force],
         impressions_by_genre=imp,
         engagements_by_genre=eng,
         ignored_genres=ignored,

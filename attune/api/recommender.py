@@ -45,7 +45,6 @@ from attune.api.rules import (
     RuleStats,
     apply_rules,
     blocked_by,
-    dismissals_in_force,
 )
 from attune.api.store import ApiStore, RequestData
 from attune.config import AttuneConfig, VariantConfig
@@ -163,7 +162,7 @@ class Recommender:
         return Exclusions(
             seen=frozenset(f.recent_item_ids),
             purchased=frozenset(r.item_id for r in f.recent if r.type in PURCHASE_TYPES),
-            dismissed=dismissals_in_force(data.dismissed_at, data.undo_at),
+            dismissed=frozenset(f.dismissed_items),
             suppressed_categories=frozenset(data.suppressed),
             penalized_categories=frozenset(f.ignored_genres),
             excluded=frozenset(req.exclude),

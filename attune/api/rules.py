@@ -21,7 +21,7 @@ Applied in this order to every list, whichever source produced it (docs/api.md):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from attune.config import PinConfig, RulesConfig
@@ -168,10 +168,3 @@ def apply_rules(
         placed.add(pin.item_id)
         chosen.insert(min(pin.position, len(chosen)), Candidate(pin.item_id, None, "pin"))
     return chosen[:k]
-
-
-def dismissals_in_force(
-    dismissed: Mapping[str, float], undo: Mapping[str, float]
-) -> frozenset[str]:
-    """Dismissed items still in force: dismissed later than their last undo."""
-    return frozenset(i for i, t in dismissed.items() if t > undo.get(i, float("-inf")))

@@ -102,8 +102,6 @@ class RequestData:
     features: UserFeatures
     segment: str | None
     batch_recs: list[tuple[str, float]]
-    dismissed_at: dict[str, float]
-    undo_at: dict[str, float]
     suppressed: dict[str, str]  # category -> the item whose "not interested" hides it
     consent: dict[str, bool]
     trending: list[str]
@@ -213,8 +211,6 @@ class ApiStore:
         user_feature_commands(pipe, subject, self.store)  # FEATURE_READS replies
         pipe.zrevrange(self.views.user_recs(subject), 0, 99, withscores=True)
         pipe.hget(self.views.user_batch(subject), "segment")
-        pipe.zrange(self.store.user_key(subject, "dismissed"), 0, -1, withscores=True)
-        pipe.zrange(self.keys.undo(subject), 0, -1, withscores=True)
         since = now_ms - int(self.cfg.api.rules.suppress_for.total_seconds() * 1000)
         pipe.zrangebyscore(self.keys.suppressed(subject), since, "+inf")
         pipe.get(consent_key(subject))
@@ -222,7 +218,7 @@ class ApiStore:
         pipe.zrevrange(self.store.popular_key, 0, c.popular - 1)
         raw = await pipe.execute()
         features = decode_user_features(subject, raw[:FEATURE_READS], self.store)
-        recs, segment, dismissed, undo, suppressed, consent, trending, popular = raw[FEATURE_READS:]
+        recs, segment, suppressed, consent, trending, popular = raw[FEATURE_READS:]
         hidden: dict[str, str] = {}
         for member in suppressed:
             category, _, item = _s(member).partition(SUPPRESSED_SEP)
@@ -231,8 +227,6 @@ class ApiStore:
             features=features,
             segment=_s(segment) if segment else None,
             batch_recs=[(_s(m), float(s)) for m, s in recs],
-            dismissed_at={_s(m): float(s) for m, s in dismissed},
-            undo_at={_s(m): float(s) for m, s in undo},
             suppressed=hidden,
             consent=decode_state(consent),
             trending=[_s(m) for m in trending],

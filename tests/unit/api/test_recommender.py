@@ -84,8 +84,6 @@ def data(**changes: Any) -> RequestData:
         features=features,
         segment="active",
         batch_recs=[("b1", 2.0), ("b2", 1.0), ("seen2", 0.5)],
-        dismissed_at={},
-        undo_at={},
         suppressed={},
         consent={},
         trending=["t1"],
@@ -203,7 +201,12 @@ def test_no_personalization_consent_means_popular() -> None:
 
 def test_dismissed_and_suppressed_items_are_left_out() -> None:
     # n1 dismissed (and not undone); Horror suppressed by "not interested" in some item
-    d = data(dismissed_at={"n1": 5.0}, undo_at={"n1": 1.0}, suppressed={"Horror": "x"})
+    features = UserFeatures(
+        user="u",
+        recent=[RecentItem("seen1", "rating", 2), RecentItem("seen2", "item_view", 1)],
+        dismissed_items=["n1"],
+    )
+    d = data(features=features, suppressed={"Horror": "x"})
     rec, _ = recommender(FakeClient(), d)
     out = run(rec, k=5)
     # ranked: n1 (dismissed), r1, r2 (Horror), r3, t1; fill pop1 -> r1, r3, t1, pop1, pop2

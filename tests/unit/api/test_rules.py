@@ -7,9 +7,9 @@ from attune.api.rules import (
     Exclusions,
     RuleStats,
     apply_rules,
-    dismissals_in_force,
 )
 from attune.config import PinConfig, RulesConfig
+from attune.online_store import dismissals_in_force
 
 CATS = {
     "a": ["Drama"],
