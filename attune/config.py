@@ -44,8 +44,10 @@ class PathsConfig(_Section):
     """Where runtime state lives. Relative paths are resolved against ``var_dir``."""
 
     var_dir: Path = Field(Path("var"), description="Root of all runtime state (git-ignored).")
+    # Like var_dir, relative to the working directory (the repository root for the CLI), not
+    # taken under var_dir: the datasets ship in the repository's data/ folder.
     data_dir: Path = Field(
-        Path("../shared/data"), description="Folder with the real datasets (see its README)."
+        Path("data"), description="Folder with the real datasets (see its README)."
     )
 
     def resolve(self, path: Path | str) -> Path:
