@@ -1,7 +1,8 @@
 # attune: one-command set-up.
 #
 #   make demo    set up everything, then run the end-to-end demo (`attune demo`)
-#   make test    set up everything, start the local stack, run the whole test suite, stop the stack
+#   make test    set up everything, run the checks (make lint), start the local stack, run the
+#                whole test suite, stop the stack
 #
 # Needs: Python 3.11 as `python3` (override with PYTHON=...), Java 17, Maven 3.8, and network
 # access to PyPI, Maven Central and (for redis-server, installed by `attune stack up`) Debian.
@@ -44,10 +45,10 @@ JARS_CHECK := $(if $(and $(wildcard $(SPARK_JARS)/delta-spark_*.jar),$(wildcard 
 
 help:
 	@echo "make demo          set up, then run the end-to-end demo (attune demo)"
-	@echo "make test          set up, start the stack, run unit + integration tests, stop the stack"
+	@echo "make test          set up, lint, start the stack, run unit + integration tests, stop it"
 	@echo "make setup         .venv with the pinned requirements.lock and attune (editable)"
 	@echo "make jars          Spark and Kafka jars from Maven Central into var/jars/"
-	@echo "make lint          ruff check, ruff format --check, mypy attune"
+	@echo "make lint          ruff check, ruff format --check, mypy (every package), lint-imports"
 	@echo "make stack-up | stack-down | stack-status"
 	@echo "variables: PYTHON=$(PYTHON) PYTEST_ARGS='$(PYTEST_ARGS)'"
 
@@ -89,13 +90,18 @@ $(JARS_STAMP): jvm/spark/pom.xml jvm/kafka/pom.xml $(JARS_CHECK)
 	@mkdir -p $(STAMPS) && touch $@
 	@echo "jars: done ($$(ls $(SPARK_JARS) | wc -l) Spark jars, $$(ls $(KAFKA_JARS) | wc -l) Kafka jars)"
 
-test: setup jars
+# The checks run first: a lint error, a type error or a broken layer contract fails the run
+# before the (much longer) test suite starts.
+test: setup lint jars
 	scripts/test.sh $(PYTEST_ARGS)
 
+# mypy checks the packages listed in [tool.mypy] (attune, speed_layer, spark, models);
+# lint-imports checks the layer contracts in [tool.importlinter].
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy attune
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 demo: setup jars
 	$(VENV)/bin/attune demo

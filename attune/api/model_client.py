@@ -72,8 +72,15 @@ class _Protos:
     """tensorflow-serving-api's messages, imported once (this imports TensorFlow)."""
 
     def __init__(self) -> None:
-        from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+        try:
+            from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+            from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+        except ImportError as exc:
+            # An install of the `api` extra alone has no TensorFlow: say which way out to take.
+            raise ImportError(
+                f"api.model_server.protocol is grpc, whose messages need tensorflow-serving-api "
+                f"({exc}): install attune[serving], or set api.model_server.protocol: rest"
+            ) from exc
 
         self.tensor_pb2 = tensor_pb2
         self.shape_pb2 = tensor_shape_pb2
