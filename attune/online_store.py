@@ -1,24 +1,21 @@
 """The Redis online store: its key scheme, its idempotent writes and its one-round-trip reads.
 
-This module is the only place that knows Redis key names. The speed layer writes through
-:func:`apply_updates`, the personalization API and the models read through
-:func:`read_user_features`, and ``docs/online_store.md`` documents the same scheme for people.
+The speed layer writes through :class:`OnlineStoreWriter`, the personalization API and the models
+read through :func:`read_user_features`, and ``docs/online_store.md`` documents the scheme for
+people. Key names come from :mod:`attune.keys` (the one key schema), the Lua scripts included:
+they receive the keys and key templates they touch in their parameters.
 
-Keys (``P`` is ``speed.online_store.key_prefix``, ``att`` by default; ``{u}`` is the
-pseudonymized user id, or the pseudonymized anonymous id for visitors who are not logged in,
-wrapped in braces so that all of a user's keys share one Redis Cluster hash slot); the full
-table with types and meanings is in ``docs/online_store.md``:
-
-* per user: ``P:u:{u}:recent`` (zset item -> event time ms), ``recent_meta`` (hash item ->
-  ``{"type", "t", "i"}``), ``aff`` (hash ``<bucket>:<genre>`` -> integer units), ``counters``
-  (hash type -> count, ``events``, ``first_t``, ``last_t``), ``session`` (hash), ``dismissed``
-  (zset item -> time of its latest dismissal), ``neg`` (hash ``imp:<genre>`` / ``eng:<genre>``
-  -> count), ``undo`` (zset item -> time of its latest undo; the personalization API writes it
-  too), and the bookkeeping ``applied`` (zset interaction id -> time) and ``meta`` (hash);
-* per item: ``P:i:{item}:stats`` (hash type -> engagements), ``P:i:{item}:meta`` (catalog
-  mirror: title, year, genres);
-* global: ``P:popular`` (zset), ``P:trend:<window_s>:<slice>`` (zset per slice),
-  ``P:trending:<window_s>`` (zset, the window as of the latest event) and ``P:meta`` (hash).
+The store keeps, per user (``P:u:{u}:...``, ``{u}`` the pseudonymized user id, or the
+pseudonymized anonymous id for visitors who are not logged in): ``recent`` (zset item -> event
+time ms), ``recent_meta`` (hash item -> ``{"type", "t", "i"}``), ``aff`` (hash
+``<bucket>:<genre>`` -> integer units), ``counters`` (hash type -> count, ``events``,
+``first_t``, ``last_t``), ``session`` (hash), ``dismissed`` (zset item -> time of its latest
+dismissal), ``neg`` (hash ``imp:<genre>`` / ``eng:<genre>`` -> count), ``undo`` (zset item ->
+time of its latest undo; the personalization API writes it too), and the bookkeeping
+``applied`` (zset interaction id -> time) and ``meta`` (hash); per item: ``stats`` (hash type
+-> engagements) and ``meta`` (catalog mirror: title, year, genres); global: ``popular`` (zset),
+one zset per trending slice, ``trending`` per window (the window as of the latest event) and
+``meta`` (hash). The full table is in :mod:`attune.keys` and ``docs/online_store.md``.
 
 Idempotency. Every write is an *interaction* (one item of one event, or the event itself when
 it has no items) with an id ``<event_id>#<position>``. The write script adds that id to the
@@ -54,6 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from attune.keys import Keys, KeyTemplate
+
 if TYPE_CHECKING:
     from redis import Redis
 
@@ -64,26 +63,11 @@ BUCKET_HALF_LIVES = 16
 SCALE = 2**20
 """Fixed-point scale of affinity units (one interaction of weight 1 at a bucket start)."""
 
-USER_KEYS = (
-    "recent",
-    "recent_meta",
-    "aff",
-    "counters",
-    "session",
-    "dismissed",
-    "neg",
-    "undo",
-    "applied",
-    "meta",
-)
-"""Suffixes of every per-user key, in the order the write script receives them."""
-FEATURE_KEYS = USER_KEYS[:7]
-"""The per-user keys that hold features (deleted when personalization consent is withdrawn)."""
-
 
 @dataclass(frozen=True)
 class OnlineStore:
-    """Everything needed to name, write and read the online store's keys."""
+    """Everything needed to write and read the online store: its key names (:attr:`keys`,
+    from the prefix) and the feature parameters."""
 
     prefix: str = "att"
     half_life_ms: int = 7 * 24 * 3600 * 1000
@@ -95,6 +79,10 @@ class OnlineStore:
     ignore_min_impressions: int = 5
     trending_windows_s: tuple[int, ...] = (3600, 86400)
     trending_slices: int = 12
+    keys: Keys = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", Keys(self.prefix))
 
     @classmethod
     def from_config(cls, cfg: AttuneConfig) -> OnlineStore:
@@ -113,35 +101,6 @@ class OnlineStore:
             trending_slices=f.trending_slices,
         )
 
-    # -- key builders -------------------------------------------------------------------
-    def user_key(self, user: str, suffix: str) -> str:
-        if suffix not in USER_KEYS:
-            raise ValueError(f"unknown user key {suffix!r}; expected one of {USER_KEYS}")
-        return f"{self.prefix}:u:{{{user}}}:{suffix}"
-
-    def user_keys(self, user: str) -> list[str]:
-        return [self.user_key(user, s) for s in USER_KEYS]
-
-    def item_stats_key(self, item_id: str) -> str:
-        return f"{self.prefix}:i:{{{item_id}}}:stats"
-
-    def item_meta_key(self, item_id: str) -> str:
-        return f"{self.prefix}:i:{{{item_id}}}:meta"
-
-    @property
-    def popular_key(self) -> str:
-        return f"{self.prefix}:popular"
-
-    @property
-    def meta_key(self) -> str:
-        return f"{self.prefix}:meta"
-
-    def trend_slice_key(self, window_s: int, slice_index: int) -> str:
-        return f"{self.prefix}:trend:{window_s}:{slice_index}"
-
-    def trending_key(self, window_s: int) -> str:
-        return f"{self.prefix}:trending:{window_s}"
-
     @property
     def bucket_span_ms(self) -> int:
         return BUCKET_HALF_LIVES * self.half_life_ms
@@ -150,16 +109,36 @@ class OnlineStore:
         return window_s * 1000 // self.trending_slices
 
     def script_params(self) -> bytes:
-        """The constant parameters of the write script, as its ``ARGV[1]``."""
+        """The constant parameters of the write script, as its ``ARGV[1]``: ``k`` holds the
+        names and templates (:class:`attune.keys.KeyTemplate` parts) of the item and global keys
+        it touches."""
+        k = self.keys
         return orjson.dumps(
             {
-                "prefix": self.prefix,
+                "k": {
+                    "item_meta": KeyTemplate.of(k.item_meta).parts,
+                    "item_stats": KeyTemplate.of(k.item_stats).parts,
+                    "trend_slice": KeyTemplate.of(k.trend_slice, 2).parts,
+                    "popular": k.popular,
+                    "meta": k.meta,
+                },
                 "recent_n": self.recent_items,
                 "dismissed_n": self.dismissed_items,
                 "dedup_n": self.dedup_per_user,
                 "ttl": self.user_ttl_s,
                 "gap": self.session_gap_ms,
                 "trend_ttl": {str(w): 2 * w for w in self.trending_windows_s},
+            }
+        )
+
+    def trending_params(self) -> bytes:
+        """The keys of the trending script, as its ``ARGV[1]``."""
+        k = self.keys
+        return orjson.dumps(
+            {
+                "meta": k.meta,
+                "trend_slice": KeyTemplate.of(k.trend_slice, 2).parts,
+                "trending": KeyTemplate.of(k.trending).parts,
             }
         )
 
@@ -172,19 +151,25 @@ def _ms(td: Any) -> int:
 # Writing
 
 # One call applies one user's interactions of one micro-batch, in (event time, id) order.
-# KEYS: the user's keys (USER_KEYS order). ARGV[1]: OnlineStore.script_params(). ARGV[2]: JSON
+# KEYS: the user's keys (attune.keys.ONLINE_USER_KEYS order). ARGV[1]:
+# OnlineStore.script_params(), whose "k" names the other keys it touches. ARGV[2]: JSON
 # array of interactions, each {"i": interaction id, "t": event time ms, "y": type, "x": 1 when
 # the row carries the event-level updates, "s": session id?, "it": item id?, "ca": category?,
 # "b": affinity bucket, "a": affinity units (string), "r"/"n"/"m"/"d": recent / engagement /
 # impression / negative flags, "u": undo flag (takes back the item's dismissals up to "t"),
-# "tr": trending slice suffixes "<window_s>:<slice>", "c": 1 when the event withdraws
+# "tr": trending slices "<window_s>:<slice>", "c": 1 when the event withdraws
 # personalization consent}. Returns {applied, duplicates, too_late, max_t}.
 APPLY_SCRIPT = r"""
 local P = cjson.decode(ARGV[1])
 local rows = cjson.decode(ARGV[2])
 local K_RECENT, K_RMETA, K_AFF, K_CNT, K_SES, K_DIS, K_NEG, K_UNDO, K_APP, K_META =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local pre = P.prefix
+local K = P.k
+-- a key of a family from its template's parts (attune.keys.KeyTemplate) and its ids
+local function key(t, a, b)
+  if b == nil then return t[1] .. a .. t[2] end
+  return t[1] .. a .. t[2] .. b .. t[3]
+end
 local function num(x) if x == false or x == nil then return nil end return tonumber(x) end
 local function fmt(x) return string.format('%d', x) end
 
@@ -246,14 +231,14 @@ local function forget_user(t)
   maxb = nil
 end
 
--- An item's genres: the catalog's (mirrored in P:i:{item}:meta), else the event's category;
--- the same rule as speed_layer.features.with_genres.
+-- An item's genres: the catalog's (mirrored in the item's meta key), else the event's category;
+-- the same rule as attune.features.with_genres.
 local catalog = {}
 local expiring = {}
 local function genres_of(r)
   local g = catalog[r.it]
   if g == nil then
-    local raw = redis.call('HGET', pre .. ':i:{' .. r.it .. '}:meta', 'genres')
+    local raw = redis.call('HGET', key(K.item_meta, r.it), 'genres')
     g = raw and cjson.decode(raw) or {}
     catalog[r.it] = g
   end
@@ -299,14 +284,15 @@ local function apply(r)
   end
   if r.n == 1 then
     for _, g in ipairs(genres) do redis.call('HINCRBY', K_NEG, 'eng:' .. g, 1) end
-    redis.call('ZINCRBY', pre .. ':popular', 1, item)
-    redis.call('HINCRBY', pre .. ':i:{' .. item .. '}:stats', r.y, 1)
+    redis.call('ZINCRBY', K.popular, 1, item)
+    redis.call('HINCRBY', key(K.item_stats, item), r.y, 1)
     for _, s in ipairs(r.tr or {}) do
-      local key = pre .. ':trend:' .. s
-      redis.call('ZINCRBY', key, 1, item)
-      if not expiring[key] then
-        redis.call('EXPIRE', key, P.trend_ttl[string.match(s, '^(%d+):')])
-        expiring[key] = true
+      local window, slice = string.match(s, '^(%d+):(.*)$')
+      local k = key(K.trend_slice, window, slice)
+      redis.call('ZINCRBY', k, 1, item)
+      if not expiring[k] then
+        redis.call('EXPIRE', k, P.trend_ttl[window])
+        expiring[k] = true
       end
     end
   end
@@ -357,19 +343,24 @@ if applied > 0 then
   end
   if maxb ~= nil then redis.call('HSET', K_META, 'aff_max_b', fmt(maxb)) end
   for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], P.ttl) end
-  local gm = num(redis.call('HGET', pre .. ':meta', 'max_t'))
-  if gm == nil or max_t > gm then redis.call('HSET', pre .. ':meta', 'max_t', fmt(max_t)) end
+  local gm = num(redis.call('HGET', K.meta, 'max_t'))
+  if gm == nil or max_t > gm then redis.call('HSET', K.meta, 'max_t', fmt(max_t)) end
 end
 if max_t == nil then return {applied, dups, late, false} end
 return {applied, dups, late, fmt(max_t)}
 """
 
-# Recomputes every trending window as of the latest event time (P:meta max_t): the sum of the
-# window's slices. Deterministic given the slices, so running it again changes nothing.
-# ARGV[1]: prefix, ARGV[2]: slices per window, ARGV[3..]: window lengths in seconds.
+# Recomputes every trending window as of the latest event time (max_t of the global meta
+# hash): the sum of the window's slices. Deterministic given the slices, so running it again
+# changes nothing. ARGV[1]: OnlineStore.trending_params() (the keys' names and templates),
+# ARGV[2]: slices per window, ARGV[3..]: window lengths in seconds.
 TRENDING_SCRIPT = r"""
-local pre, slices = ARGV[1], tonumber(ARGV[2])
-local max_t = tonumber(redis.call('HGET', pre .. ':meta', 'max_t'))
+local K, slices = cjson.decode(ARGV[1]), tonumber(ARGV[2])
+local function key(t, a, b)
+  if b == nil then return t[1] .. a .. t[2] end
+  return t[1] .. a .. t[2] .. b .. t[3]
+end
+local max_t = tonumber(redis.call('HGET', K.meta, 'max_t'))
 if max_t == nil then return 0 end
 for i = 3, #ARGV do
   local w = tonumber(ARGV[i])
@@ -377,12 +368,12 @@ for i = 3, #ARGV do
   local last = math.floor(max_t / slice_ms)
   local keys = {}
   for s = last - slices + 1, last do
-    keys[#keys + 1] = pre .. ':trend:' .. ARGV[i] .. ':' .. string.format('%d', s)
+    keys[#keys + 1] = key(K.trend_slice, ARGV[i], string.format('%d', s))
   end
-  local dest = pre .. ':trending:' .. ARGV[i]
+  local dest = key(K.trending, ARGV[i])
   redis.call('ZUNIONSTORE', dest, #keys, unpack(keys))
   redis.call('EXPIRE', dest, 2 * w)
-  redis.call('HSET', pre .. ':meta', 'trending:' .. ARGV[i] .. ':as_of', string.format('%d', max_t))
+  redis.call('HSET', K.meta, 'trending:' .. ARGV[i] .. ':as_of', string.format('%d', max_t))
 end
 return 1
 """
@@ -436,7 +427,8 @@ class OnlineStoreWriter:
             for user in users[start : start + self._users_per_pipeline]:
                 batch = sorted(by_user[user])
                 body = b"[" + b",".join(p.encode() for _, _, p in batch) + b"]"
-                self._apply(keys=self.store.user_keys(user), args=[self._params, body], client=pipe)
+                keys = self.store.keys.online_user_keys(user)
+                self._apply(keys=keys, args=[self._params, body], client=pipe)
             for applied, dups, late, max_t in pipe.execute():
                 stats.add(
                     ApplyStats(
@@ -450,21 +442,21 @@ class OnlineStoreWriter:
         return stats
 
     def refresh_trending(self) -> None:
-        """Recompute ``P:trending:<window>`` as of the latest event time."""
+        """Recompute every trending window as of the latest event time."""
         self._trending(
             keys=[],
             args=[
-                self.store.prefix,
+                self.store.trending_params(),
                 self.store.trending_slices,
                 *self.store.trending_windows_s,
             ],
         )
 
     def write_item_metadata(self, items: Mapping[str, Mapping[str, Any] | None]) -> None:
-        """Mirror catalog records (``None`` deletes) into ``P:i:{item}:meta``."""
+        """Mirror catalog records (``None`` deletes) into the items' meta keys."""
         pipe = self.redis.pipeline(transaction=False)
         for n, (item_id, record) in enumerate(items.items(), start=1):
-            key = self.store.item_meta_key(item_id)
+            key = self.store.keys.item_meta(item_id)
             pipe.delete(key)
             if record is not None:
                 genres = list(dict.fromkeys(g for g in record.get("genres") or [] if g))
@@ -572,7 +564,7 @@ def decode_user_features(
     :class:`UserFeatures`.
 
     Dismissed items are those in force: dismissed later than the item's latest undo, if any
-    (the same rule as :func:`speed_layer.features.dismissed_items`).
+    (the same rule as :func:`attune.features.dismissed_items`).
     """
     recent_raw, rmeta_raw, aff_raw, cnt_raw, ses_raw, dis_raw, neg_raw, undo_raw = raw
     dismissed_at = {_s(m): float(t) for m, t in dis_raw}
@@ -629,14 +621,15 @@ FEATURE_READS = 8
 
 def user_feature_commands(pipe: Any, user: str, store: OnlineStore) -> None:
     """Queue the reads of all of ``user``'s features on a pipeline (:data:`FEATURE_READS`)."""
-    pipe.zrevrange(store.user_key(user, "recent"), 0, -1, withscores=True)
-    pipe.hgetall(store.user_key(user, "recent_meta"))
-    pipe.hgetall(store.user_key(user, "aff"))
-    pipe.hgetall(store.user_key(user, "counters"))
-    pipe.hgetall(store.user_key(user, "session"))
-    pipe.zrevrange(store.user_key(user, "dismissed"), 0, -1, withscores=True)
-    pipe.hgetall(store.user_key(user, "neg"))
-    pipe.zrange(store.user_key(user, "undo"), 0, -1, withscores=True)
+    k = store.keys
+    pipe.zrevrange(k.user_key(user, "recent"), 0, -1, withscores=True)
+    pipe.hgetall(k.user_key(user, "recent_meta"))
+    pipe.hgetall(k.user_key(user, "aff"))
+    pipe.hgetall(k.user_key(user, "counters"))
+    pipe.hgetall(k.user_key(user, "session"))
+    pipe.zrevrange(k.user_key(user, "dismissed"), 0, -1, withscores=True)
+    pipe.hgetall(k.user_key(user, "neg"))
+    pipe.zrange(k.user_key(user, "undo"), 0, -1, withscores=True)
 
 
 def read_user_features(
@@ -675,37 +668,33 @@ def read_trending(
         raise ValueError(
             f"no trending window of {window_s} s; configured: {store.trending_windows_s}"
         )
-    rows = redis.zrevrange(store.trending_key(window_s), 0, k - 1, withscores=True)
+    rows = redis.zrevrange(store.keys.trending(window_s), 0, k - 1, withscores=True)
     return [(_s(m), int(s)) for m, s in rows]
 
 
 def read_popular(redis: Redis, store: OnlineStore, k: int = 20) -> list[tuple[str, int]]:
     """The ``k`` items with the most engagements of all time, best first."""
-    rows = redis.zrevrange(store.popular_key, 0, k - 1, withscores=True)
+    rows = redis.zrevrange(store.keys.popular, 0, k - 1, withscores=True)
     return [(_s(m), int(s)) for m, s in rows]
 
 
 def read_item_stats(redis: Redis, store: OnlineStore, item_id: str) -> dict[str, int]:
-    return {_s(k): int(v) for k, v in redis.hgetall(store.item_stats_key(item_id)).items()}
+    return {_s(k): int(v) for k, v in redis.hgetall(store.keys.item_stats(item_id)).items()}
 
 
 def delete_user(redis: Redis, user: str, store: OnlineStore) -> int:
     """Erase every key of ``user`` (right to erasure); returns how many keys existed.
 
-    That is the features, and whatever else other parts keep under the user's key prefix
-    (``P:u:{user}:*``: the API's suppressions, undo times and message caps, the batch layer's
-    precomputed recommendations), found with SCAN so a key added later is not forgotten.
+    That is every key under the user's prefix (:meth:`attune.keys.Keys.user_glob`): the
+    features, the API's suppressions, undo times and message caps, the batch layer's
+    precomputed recommendations and the consent state, found with SCAN so a key added later is
+    not forgotten; and the consent key of older versions, in case it was not migrated yet.
     """
-    keys = set(store.user_keys(user))
-    pattern = _glob_escape(f"{store.prefix}:u:{{{user}}}:") + "*"
-    for key in redis.scan_iter(match=pattern, count=1000):
+    k = store.keys
+    keys = {*k.user_keys(user), k.legacy_consent(user)}
+    for key in redis.scan_iter(match=k.user_glob(user), count=1000):
         keys.add(key.decode() if isinstance(key, bytes) else key)
     return int(redis.delete(*keys))
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` as a literal in a Redis glob pattern."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def wait_for_item(
@@ -717,7 +706,7 @@ def wait_for_item(
     poll_s: float = 0.05,
 ) -> bool:
     """Wait until ``item_id`` is among ``user``'s recent items (tests, demos, benchmarks)."""
-    key = store.user_key(user, "recent")
+    key = store.keys.user_key(user, "recent")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if redis.zscore(key, item_id) is not None:

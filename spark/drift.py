@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from attune.online_store import UserFeatures
-    from spark.job import RunContext
+    from spark.context import RunContext
 
 DRIFT_DDL = (
     "as_of_date DATE, feature STRING, users BIGINT, users_equal BIGINT, share_equal DOUBLE, "

@@ -3,7 +3,8 @@
 ``attune privacy erase --user ID`` (or ``--anonymous-id ID``) pseudonymizes the id with the
 collector's key (:mod:`attune.secrets`), records a request in ``privacy/erasure_requests``
 (``request_id, pseudonym, id_kind, requested_at``) and deletes the user's Redis keys at once
-(online features and batch views). Only the pseudonym is stored; the raw id never is.
+(every key under the user's prefix: online features, batch views, API feedback, consent). Only
+the pseudonym is stored; the raw id never is.
 
 The next batch run applies the request (:func:`apply_erasures`, first step of the silver
 stage):
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from attune.config import AttuneConfig
-    from spark.job import RunContext
+    from spark.context import RunContext
     from spark.tables import Lake
 
 log = logging.getLogger(__name__)
@@ -208,21 +209,16 @@ def delete_rows(
 
 
 def delete_redis_keys(cfg: AttuneConfig, pseudonyms: Iterable[str]) -> int:
-    """Delete the online features and batch views of ``pseudonyms``; returns keys deleted."""
+    """Delete every Redis key of ``pseudonyms`` (online features, batch views, API feedback,
+    consent: :func:`attune.online_store.delete_user`); returns how many keys were deleted."""
     import redis
 
     from attune.online_store import OnlineStore, delete_user
-    from spark.views import ViewKeys
 
     store = OnlineStore.from_config(cfg)
-    views = ViewKeys(store.prefix)
     client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
     try:
-        deleted = 0
-        for p in pseudonyms:
-            deleted += delete_user(client, p, store)
-            deleted += int(client.delete(*views.user_keys(p)))
-        return deleted
+        return sum(delete_user(client, p, store) for p in pseudonyms)
     finally:
         client.close()
 

@@ -1,7 +1,7 @@
 """Batch views: precomputed answers in Redis for when the model server cannot answer.
 
 Keys (``P`` is ``speed.online_store.key_prefix``; user and item ids in braces, like the online
-store's, so a user's keys share a Redis Cluster slot):
+store's, so a user's keys share a Redis Cluster slot; names from :mod:`attune.keys`):
 
 ==============================  ======  =====================================================
 key                             type    content
@@ -32,45 +32,16 @@ online store's idempotent write script, so Redis gets whatever the stream missed
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
+
+from attune.keys import KeyTemplate
+from spark.context import RunContext, Stage, StageInputs, StageOutputs, window_start
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-    from spark.job import RunContext
-
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ViewKeys:
-    """Names of the batch views' Redis keys (see the module docstring)."""
-
-    prefix: str
-
-    def user_recs(self, user: str) -> str:
-        return f"{self.prefix}:u:{{{user}}}:recs"
-
-    def user_batch(self, user: str) -> str:
-        return f"{self.prefix}:u:{{{user}}}:batch"
-
-    def user_keys(self, user: str) -> list[str]:
-        return [self.user_recs(user), self.user_batch(user)]
-
-    def item_similar(self, item_id: str) -> str:
-        return f"{self.prefix}:i:{{{item_id}}}:similar"
-
-    def item_bought_with(self, item_id: str) -> str:
-        return f"{self.prefix}:i:{{{item_id}}}:bought_with"
-
-    def segment_popular(self, segment: str) -> str:
-        return f"{self.prefix}:seg:{segment}:popular"
-
-    @property
-    def meta(self) -> str:
-        return f"{self.prefix}:views"
 
 
 def recommendations(features: DataFrame, similar: DataFrame, seed_items: int, k: int) -> DataFrame:
@@ -234,38 +205,35 @@ class CatalogMirror:
             client.close()
 
 
-def _key_format(sample_key: str, entity: str) -> str:
-    return sample_key.replace(entity, "{id}")
+def _key_format(build: Callable[[str], str]) -> str:
+    """The :class:`ZsetWriter` format (``{id}`` for the entity) of a key builder."""
+    return KeyTemplate.of(build).key("{id}")
 
 
-def run_views(ctx: RunContext) -> dict[str, object]:
+def run_views(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
+    """The drift report, then the batch views and corrections in Redis (see above)."""
     import redis
     from pyspark.sql import functions as F
 
+    from attune.features import FeatureParams, online_rows
     from attune.online_store import OnlineStore
     from spark import drift
-    from spark.silver import window_start
-    from spark.tables import date_between, is_table, read_table
-    from speed_layer.features import FeatureParams, online_rows
+    from spark.tables import date_between, read_table
 
     spark, cfg, lake, day = ctx.spark, ctx.cfg, ctx.lake, ctx.run_date
-    for needed in (lake.gold_user_features, lake.gold_item_cooccurrence):
-        if not is_table(spark, needed):
-            raise RuntimeError(f"no table at {needed}: run the gold stage first")
-    out: dict[str, object] = {}
+    out: StageOutputs = {}
     out["drift"] = drift.run_drift(ctx)
     if not cfg.batch.views.write_redis:
         ctx.progress("views: batch.views.write_redis is off; nothing written to Redis")
         return out
 
     store = OnlineStore.from_config(cfg)
-    keys = ViewKeys(store.prefix)
+    keys = store.keys
     ttl = max(1, int(cfg.batch.views.ttl.total_seconds()))
     r = cfg.redis
-    features = read_table(spark, lake.gold_user_features, ctx.version_of(lake.gold_user_features))
-    cooc = read_table(
-        spark, lake.gold_item_cooccurrence, ctx.version_of(lake.gold_item_cooccurrence)
-    )
+    user_features, cooccurrence = inputs["gold_user_features"], inputs["gold_item_cooccurrence"]
+    features = read_table(spark, user_features, ctx.version_of(user_features))
+    cooc = read_table(spark, cooccurrence, ctx.version_of(cooccurrence))
     similar = cooc.where(F.col("kind") == "session")
 
     recs = recommendations(
@@ -274,8 +242,8 @@ def run_views(ctx: RunContext) -> dict[str, object]:
     per_user = _zset_rows(recs, "user", "item_id", "score").join(
         features.select("user", "segment"), "user"
     )
-    user_fmt = _key_format(keys.user_recs("@"), "@")
-    batch_fmt = _key_format(keys.user_batch("@"), "@")
+    user_fmt = _key_format(keys.user_recs)
+    batch_fmt = _key_format(keys.user_batch)
     users_written = spark.sparkContext.accumulator(0)
     per_user.foreachPartition(
         ZsetWriter(
@@ -294,8 +262,8 @@ def run_views(ctx: RunContext) -> dict[str, object]:
 
     items_written = spark.sparkContext.accumulator(0)
     for kind, fmt in (
-        ("session", _key_format(keys.item_similar("@"), "@")),
-        ("bought", _key_format(keys.item_bought_with("@"), "@")),
+        ("session", _key_format(keys.item_similar)),
+        ("bought", _key_format(keys.item_bought_with)),
     ):
         rows = _zset_rows(cooc.where(F.col("kind") == kind), "item_id", "other_item_id", "score")
         rows.foreachPartition(ZsetWriter(r.host, r.port, r.db, fmt, ttl, counter=items_written))
@@ -312,16 +280,17 @@ def run_views(ctx: RunContext) -> dict[str, object]:
             key = keys.segment_popular(row["segment"])
             pipe.delete(key)
             pipe.zadd(key, {m["m"]: float(m["s"]) for m in row["members"]})
+        lists = KeyTemplate.of(keys.segment_popular)
         stale = [
             k
-            for k in client.scan_iter(match=keys.segment_popular("*"), count=1000)
-            if k.decode().split(":seg:", 1)[1].rsplit(":popular", 1)[0] not in segments
+            for k in client.scan_iter(match=lists.glob(), count=1000)
+            if lists.id_of(k) not in segments
         ]
         if stale:
             pipe.delete(*stale)
-        pipe.delete(keys.meta)
+        pipe.delete(keys.views_meta)
         pipe.hset(
-            keys.meta,
+            keys.views_meta,
             mapping={
                 "as_of": day.isoformat(),
                 "users": n_users,
@@ -359,3 +328,11 @@ def run_views(ctx: RunContext) -> dict[str, object]:
             f"the stream had missed, {dups:,} already there, {late:,} older than Redis keeps"
         )
     return out
+
+
+STAGE = Stage(
+    "views",
+    run_views,
+    needs=("gold_user_features", "gold_item_cooccurrence"),
+    missing="no table at {path}: run the gold stage first",
+)

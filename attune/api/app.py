@@ -47,10 +47,10 @@ from attune.api.model_client import GuardedModels, ModelClient, open_model_clien
 from attune.api.recommender import Recommender, RecRequest, RecResult
 from attune.api.store import ApiStore
 from attune.api.targeting import Profile, eligible_messages, pick_content
-from attune.collector.consent import ConsentStore
-from attune.collector.producer import KafkaSink, KafkaUnavailable
 from attune.config import AttuneConfig
 from attune.events import format_time
+from attune.ingest.consent import ConsentStore
+from attune.ingest.producer import KafkaSink, KafkaUnavailable
 from attune.secrets import Pseudonymizer, pseudonym_key
 
 log = logging.getLogger(__name__)
@@ -246,6 +246,10 @@ class Api:
         )
         self.recommender = Recommender(self.cfg, self.store, self.models, self.clock)
         await self._warm_up(client)
+        try:  # keys of older versions; if Redis is down now, the first consent read does it
+            await self.consent.migrate()
+        except Exception as exc:
+            log.warning("consent: could not migrate older keys at start-up: %s", exc)
         try:
             n = await asyncio.to_thread(self.store.refresh_catalog_sync)
             log.info("catalog mirror: %d items", n)

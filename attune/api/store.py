@@ -1,16 +1,17 @@
 """What the API reads from and writes to Redis.
 
-Reads. Every recommendation request reads everything it needs about the user in ONE pipelined
-round trip (:meth:`ApiStore.read_request`): the online features of
+Reads. Every recommendation request reads everything it needs about the user in ONE pipelined round
+trip (:meth:`ApiStore.read_request`): the online features of
 :func:`attune.online_store.user_feature_commands` (recent items, affinities, counters, session,
-dismissed items, ignored genres), the batch layer's view for the user (precomputed
-recommendations and segment, :class:`spark.views.ViewKeys`), the API's own feedback keys, the
-consent state the collector keeps, and the global trending and popular lists. Co-occurrence
-neighbours of the user's items depend on what that read returned, so they are a second round
-trip that runs while the model server works (:meth:`ApiStore.neighbours`).
+dismissed items, ignored genres), the batch layer's view for the user (precomputed recommendations
+and segment), the API's own feedback keys, the consent state the collector keeps, and the global
+trending and popular lists. Every key name comes from :mod:`attune.keys`. Co-occurrence neighbours
+of the user's items depend on what that read returned, so they are a second round trip that runs
+while the model server works (:meth:`ApiStore.neighbours`).
 
 Writes. The API owns three per-user keys (``P`` = ``speed.online_store.key_prefix``, user in
-braces so a user's keys share a Redis Cluster slot; all expire with ``user_ttl``):
+braces so a user's keys share a Redis Cluster slot; names from :mod:`attune.keys`; the first two
+expire with ``user_ttl``, a message cap with its window):
 
 ==============================  =====  ======================================================
 key                             type   content
@@ -26,7 +27,7 @@ value the speed layer writes when the event reaches it (item -> event time, kept
 ``ZADD GT``), so the dismissal counts at once and the later stream write changes nothing. A
 dismissal is in force while its time is later than the item's undo time. ``P:u:{u}:undo`` is
 shared the same way: the speed layer writes the same value (item -> undo time, if newer) when
-the ``undo_feedback`` event reaches it (``OnlineStore.user_key(u, "undo")``), and the feature
+the ``undo_feedback`` event reaches it (the same :meth:`attune.keys.Keys.user_key`), and the feature
 reader applies the same rule (:func:`attune.online_store.decode_user_features`).
 
 The catalog mirror (``P:i:{item}:meta``: title, genres) is read into memory by
@@ -47,8 +48,9 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from attune.collector.consent import consent_key, decode_state
 from attune.config import AttuneConfig, ConfigError
+from attune.ingest.consent import decode_state
+from attune.keys import KeyTemplate
 from attune.online_store import (
     FEATURE_READS,
     OnlineStore,
@@ -56,7 +58,6 @@ from attune.online_store import (
     decode_user_features,
     user_feature_commands,
 )
-from spark.views import ViewKeys
 
 log = logging.getLogger(__name__)
 
@@ -76,23 +77,6 @@ return 1
 
 def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
-
-
-@dataclass(frozen=True)
-class ApiKeys:
-    """Names of the keys the API writes (see the module docstring)."""
-
-    prefix: str
-
-    def undo(self, user: str) -> str:
-        # the online store's key of the same name (the speed layer writes it too)
-        return f"{self.prefix}:u:{{{user}}}:undo"
-
-    def suppressed(self, user: str) -> str:
-        return f"{self.prefix}:u:{{{user}}}:suppressed"
-
-    def message_cap(self, user: str, message_id: str) -> str:
-        return f"{self.prefix}:u:{{{user}}}:msg:{message_id}"
 
 
 @dataclass
@@ -137,9 +121,8 @@ class CatalogCache:
 def load_catalog(
     client: redis.Redis, store: OnlineStore, batch: int = 1000, scan_count: int = 20_000
 ) -> dict[str, ItemInfo]:
-    """Every ``P:i:{item}:meta`` hash (SCAN + pipelined HMGET)."""
-    pattern = store.item_meta_key("*")
-    head, tail = pattern.split("*")
+    """Every item's catalog mirror hash (SCAN + pipelined HMGET)."""
+    family = KeyTemplate.of(store.keys.item_meta)
     out: dict[str, ItemInfo] = {}
     keys: list[bytes] = []
 
@@ -148,7 +131,9 @@ def load_catalog(
         for key in keys:
             pipe.hmget(key, "title", "genres")
         for key, (title, genres) in zip(keys, pipe.execute(), strict=True):
-            item = _s(key)[len(head) : -len(tail)]
+            item = family.id_of(key)
+            if item is None:  # cannot happen: the SCAN pattern is the family's
+                continue
             try:
                 parsed = orjson.loads(genres) if genres else []
             except orjson.JSONDecodeError:
@@ -156,7 +141,7 @@ def load_catalog(
             out[item] = ItemInfo(_s(title or b""), tuple(str(g) for g in parsed if g))
         keys.clear()
 
-    for key in client.scan_iter(match=pattern, count=scan_count):
+    for key in client.scan_iter(match=family.glob(), count=scan_count):
         keys.append(key)
         if len(keys) >= batch:
             flush()
@@ -171,8 +156,7 @@ class ApiStore:
     def __init__(self, cfg: AttuneConfig, client: aioredis.Redis | None = None) -> None:
         self.cfg = cfg
         self.store = OnlineStore.from_config(cfg)
-        self.views = ViewKeys(self.store.prefix)
-        self.keys = ApiKeys(self.store.prefix)
+        self.keys = self.store.keys
         window = cfg.api.candidates.trending_window_s
         if window not in self.store.trending_windows_s:
             raise ConfigError(
@@ -180,7 +164,7 @@ class ApiStore:
                 f"trending windows of {list(self.store.trending_windows_s)} s "
                 "(speed.features.trending_windows): pick one of those"
             )
-        self.trending_key = self.store.trending_key(window)
+        self.trending_key = self.keys.trending(window)
         r = cfg.redis
         self.client: aioredis.Redis = client or aioredis.Redis(
             host=r.host,
@@ -209,13 +193,13 @@ class ApiStore:
         c = self.cfg.api.candidates
         pipe = self.client.pipeline(transaction=False)
         user_feature_commands(pipe, subject, self.store)  # FEATURE_READS replies
-        pipe.zrevrange(self.views.user_recs(subject), 0, 99, withscores=True)
-        pipe.hget(self.views.user_batch(subject), "segment")
+        pipe.zrevrange(self.keys.user_recs(subject), 0, 99, withscores=True)
+        pipe.hget(self.keys.user_batch(subject), "segment")
         since = now_ms - int(self.cfg.api.rules.suppress_for.total_seconds() * 1000)
         pipe.zrangebyscore(self.keys.suppressed(subject), since, "+inf")
-        pipe.get(consent_key(subject))
+        pipe.get(self.keys.consent(subject))
         pipe.zrevrange(self.trending_key, 0, max(c.trending, 1) - 1)
-        pipe.zrevrange(self.store.popular_key, 0, c.popular - 1)
+        pipe.zrevrange(self.keys.popular, 0, c.popular - 1)
         raw = await pipe.execute()
         features = decode_user_features(subject, raw[:FEATURE_READS], self.store)
         recs, segment, suppressed, consent, trending, popular = raw[FEATURE_READS:]
@@ -241,7 +225,7 @@ class ApiStore:
             return {}
         pipe = self.client.pipeline(transaction=False)
         for seed in seeds:
-            pipe.zrevrange(self.views.item_similar(seed), 0, per_seed - 1, withscores=True)
+            pipe.zrevrange(self.keys.item_similar(seed), 0, per_seed - 1, withscores=True)
         replies = await pipe.execute()
         return {
             seed: [(_s(m), float(s)) for m, s in rows]
@@ -251,8 +235,8 @@ class ApiStore:
     async def similar(self, item_id: str, k: int) -> tuple[list[tuple[str, float]], str]:
         """Neighbours of ``item_id``: seen in the same sessions, else bought together."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.zrevrange(self.views.item_similar(item_id), 0, k - 1, withscores=True)
-        pipe.zrevrange(self.views.item_bought_with(item_id), 0, k - 1, withscores=True)
+        pipe.zrevrange(self.keys.item_similar(item_id), 0, k - 1, withscores=True)
+        pipe.zrevrange(self.keys.item_bought_with(item_id), 0, k - 1, withscores=True)
         session, bought = await pipe.execute()
         if session:
             return [(_s(m), float(s)) for m, s in session], "session_cooccurrence"
@@ -263,14 +247,14 @@ class ApiStore:
         return [(_s(m), float(s)) for m, s in rows]
 
     async def popular(self, k: int) -> list[tuple[str, float]]:
-        rows = await self.client.zrevrange(self.store.popular_key, 0, k - 1, withscores=True)
+        rows = await self.client.zrevrange(self.keys.popular, 0, k - 1, withscores=True)
         return [(_s(m), float(s)) for m, s in rows]
 
     async def read_features(self, subject: str) -> tuple[UserFeatures, str | None]:
         """Features and segment only (content slots and messages)."""
         pipe = self.client.pipeline(transaction=False)
         user_feature_commands(pipe, subject, self.store)
-        pipe.hget(self.views.user_batch(subject), "segment")
+        pipe.hget(self.keys.user_batch(subject), "segment")
         raw = await pipe.execute()
         segment = raw[FEATURE_READS]
         return decode_user_features(subject, raw[:FEATURE_READS], self.store), (
@@ -290,9 +274,9 @@ class ApiStore:
         ttl = self.store.user_ttl_s
         items = list(items)
         pipe = self.client.pipeline(transaction=True)
-        dismissed = self.store.user_key(subject, "dismissed")
+        dismissed = self.keys.user_key(subject, "dismissed")
         suppressed = self.keys.suppressed(subject)
-        undo_key = self.keys.undo(subject)
+        undo_key = self.keys.user_key(subject, "undo")
         if undo:
             pipe.zadd(undo_key, {i: event_ms for i in items}, gt=True)
             pipe.zremrangebyrank(undo_key, 0, -self.store.dismissed_items - 1)

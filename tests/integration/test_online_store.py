@@ -1,6 +1,6 @@
 """The online store's write script against a real Redis: idempotent, order-independent, exact.
 
-Rows are written by hand in the payload format :func:`speed_layer.features.online_rows`
+Rows are written by hand in the payload format :func:`attune.features.online_rows`
 produces (see ``APPLY_SCRIPT`` in :mod:`attune.online_store`). Half-life 1 h; bucket 100 starts
 at 100 * 57,600,000 ms = 5,760,000,000 ms, called B below.
 """
@@ -273,9 +273,9 @@ def test_undo_lifts_earlier_dismissals(
     # m1: dismissed at +3 min, after its undo at +2; m2 (+4 < +5) and m3 (+6 = +6) are undone.
     assert f.dismissed_items == ["m1"]
     # The store keeps both maxima per item; the reader compares them.
-    dismissed = client.zrange(roomy.user_key("alice", "dismissed"), 0, -1, withscores=True)
+    dismissed = client.zrange(roomy.keys.user_key("alice", "dismissed"), 0, -1, withscores=True)
     assert dismissed == [(b"m1", B + 3.0 * MIN), (b"m2", B + 4.0 * MIN), (b"m3", B + 6.0 * MIN)]
-    undo = client.zrange(roomy.user_key("alice", "undo"), 0, -1, withscores=True)
+    undo = client.zrange(roomy.keys.user_key("alice", "undo"), 0, -1, withscores=True)
     assert undo == [(b"m1", B + 2.0 * MIN), (b"m2", B + 5.0 * MIN), (b"m3", B + 6.0 * MIN)]
     # The undos are no events: 3 dismiss + 1 not_interested, nothing recent.
     assert f.counters == {"dismiss": 3, "not_interested": 1, "events": 4}
@@ -327,8 +327,8 @@ def test_the_apis_feedback_writes_are_the_streams(
     stream_only = dump(client, store.prefix)
     for key in client.scan_iter(match=f"{store.prefix}:u:*"):
         client.delete(key)
-    client.zadd(store.user_key("alice", "dismissed"), {"m1": B + 1 * MIN}, gt=True)
-    client.zadd(store.user_key("alice", "undo"), {"m1": B + 2 * MIN}, gt=True)
+    client.zadd(store.keys.user_key("alice", "dismissed"), {"m1": B + 1 * MIN}, gt=True)
+    client.zadd(store.keys.user_key("alice", "undo"), {"m1": B + 2 * MIN}, gt=True)
     assert read_user_features(client, "alice", store).dismissed_items == []
     writer.apply(UNDOS[:2])
     assert dump(client, store.prefix) == stream_only
@@ -341,7 +341,7 @@ def test_consent_withdrawal_forgets_undos(
     writer.apply([row("c1#0", B + 5 * MIN + 30_000, "consent_update", forget=True)])
     # The undos up to the withdrawal are gone (m2's at +5 min; m1's was cut by the cap of 2);
     # m3's at +6 min stays.
-    undo = client.zrange(store.user_key("alice", "undo"), 0, -1, withscores=True)
+    undo = client.zrange(store.keys.user_key("alice", "undo"), 0, -1, withscores=True)
     assert undo == [(b"m3", float(B + 6 * MIN))]
     assert read_user_features(client, "alice", store).dismissed_items == []
 
@@ -352,13 +352,19 @@ def test_erasure_deletes_every_key_under_the_user_and_nothing_else(
     writer.apply(SESSION)
     _, t, iid, payload = row("b#0", B + HOUR, "item_view", "m9", weight=1)
     writer.apply([("bob", t, iid, payload)])
-    # keys other parts keep under the user's prefix (the API's, the batch views')
+    # keys other parts keep under the user's prefix (the API's, the batch views', consent)
     extra = [f"{store.prefix}:u:{{alice}}:suppressed", f"{store.prefix}:u:{{alice}}:msg:welcome"]
     for key in extra:
         client.zadd(key, {"x": 1})
+    consent = f"{store.prefix}:u:{{alice}}:consent"
+    client.set(consent, b'{"analytics":false}')
+    client.set("consent:alice", b'{"marketing":false}')  # an older collector's, not migrated
+    client.set(f"{store.prefix}:u:{{bob}}:consent", b'{"marketing":false}')
     alice_keys = set(client.scan_iter(match=f"{store.prefix}:u:{{alice}}:*"))
-    assert {k.decode() for k in alice_keys} >= set(extra) and len(alice_keys) > len(extra)
+    assert {k.decode() for k in alice_keys} >= {*extra, consent} and len(alice_keys) > 3
 
-    assert delete_user(client, "alice", store) == len(alice_keys)
+    assert delete_user(client, "alice", store) == len(alice_keys) + 1  # + the old consent key
     assert list(client.scan_iter(match=f"{store.prefix}:u:{{alice}}:*")) == []
+    assert client.exists("consent:alice") == 0
     assert read_user_features(client, "bob", store).recent_item_ids == ["m9"]
+    assert client.get(f"{store.prefix}:u:{{bob}}:consent") == b'{"marketing":false}'

@@ -1,14 +1,17 @@
-"""The online store's key scheme and how replies are decoded (no Redis; hand-made replies)."""
+"""How the online store names its keys to its scripts and decodes replies (no Redis; hand-made
+replies). The key names themselves: tests/unit/test_keys.py."""
 
 from __future__ import annotations
 
 import math
 
 import orjson
-import pytest
 
+from attune.keys import Keys
 from attune.online_store import (
+    APPLY_SCRIPT,
     SCALE,
+    TRENDING_SCRIPT,
     OnlineStore,
     decode_user_features,
     evaluate_affinities,
@@ -18,28 +21,27 @@ HOUR_MS = 3_600_000
 STORE = OnlineStore(prefix="att", half_life_ms=HOUR_MS, ignore_min_impressions=3)
 
 
-def test_key_names() -> None:
-    assert STORE.user_key("u1", "recent") == "att:u:{u1}:recent"
-    assert STORE.user_keys("u1")[-1] == "att:u:{u1}:meta"
-    assert STORE.item_stats_key("tt01") == "att:i:{tt01}:stats"
-    assert STORE.trend_slice_key(3600, 42) == "att:trend:3600:42"
-    assert STORE.trending_key(86400) == "att:trending:86400"
-    with pytest.raises(ValueError, match="unknown user key 'recents'"):
-        STORE.user_key("u1", "recents")
+def test_the_store_names_its_keys_with_the_key_schema() -> None:
+    assert STORE.keys == Keys("att")
+    assert OnlineStore(prefix="x1").keys.user_key("u1", "undo") == "x1:u:{u1}:undo"
 
 
-def test_undo_key_is_shared_with_the_api_and_reaches_the_write_script() -> None:
-    from attune.api.store import ApiKeys
-    from attune.online_store import APPLY_SCRIPT, FEATURE_KEYS, USER_KEYS
-
-    # The API writes undo times into the same key the speed layer keeps them in.
-    assert STORE.user_key("u1", "undo") == ApiKeys("att").undo("u1") == "att:u:{u1}:undo"
+def test_undo_key_reaches_the_write_script() -> None:
     # The write script takes the keys by position: undo is its 8th, after neg, before the
     # bookkeeping; the feature keys deleted on a consent withdrawal are the first 7.
-    assert USER_KEYS.index("undo") == 7 and STORE.user_keys("u1")[7] == "att:u:{u1}:undo"
+    assert STORE.keys.online_user_keys("u1")[7] == "att:u:{u1}:undo"
     assert "K_NEG, K_UNDO, K_APP, K_META =" in APPLY_SCRIPT
     assert "KEYS[7], KEYS[8], KEYS[9], KEYS[10]" in APPLY_SCRIPT
-    assert USER_KEYS[:7] == FEATURE_KEYS and "undo" not in FEATURE_KEYS
+    assert "redis.call('DEL', K_RECENT, K_RMETA, K_AFF, K_CNT, K_SES, K_DIS, K_NEG)" in (
+        APPLY_SCRIPT
+    )
+
+
+def test_the_scripts_do_not_spell_the_key_layout_out() -> None:
+    # Every key name reaches the scripts from attune.keys, through KEYS or their parameters.
+    for script in (APPLY_SCRIPT, TRENDING_SCRIPT):
+        for fragment in (":u:", ":i:", "{'", ":trend", ":popular", ":meta'", "prefix"):
+            assert fragment not in script, fragment
 
 
 def test_affinity_units_evaluate_to_decayed_sums() -> None:
@@ -123,5 +125,19 @@ def test_dismissals_in_force_are_later_than_their_undo() -> None:
 
 
 def test_script_params() -> None:
-    params = orjson.loads(OnlineStore(trending_windows_s=(600,)).script_params())
-    assert params["prefix"] == "att" and params["trend_ttl"] == {"600": 1200}
+    store = OnlineStore(trending_windows_s=(600,))
+    params = orjson.loads(store.script_params())
+    assert params["trend_ttl"] == {"600": 1200}
+    # key(t, a, b) in the scripts is t[1] .. a .. t[2] (.. b .. t[3])
+    assert params["k"] == {
+        "item_meta": ["att:i:{", "}:meta"],
+        "item_stats": ["att:i:{", "}:stats"],
+        "trend_slice": ["att:trend:", ":", ""],
+        "popular": "att:popular",
+        "meta": "att:meta",
+    }
+    assert orjson.loads(store.trending_params()) == {
+        "meta": "att:meta",
+        "trend_slice": ["att:trend:", ":", ""],
+        "trending": ["att:trending:", ""],
+    }

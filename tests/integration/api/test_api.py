@@ -5,7 +5,7 @@ process, gRPC); ``attune serve api`` (a child process) answers.
 
 Everything (topics, Redis db and key prefix, var dir, ports) belongs to this module. The batch
 layer's views (precomputed recommendations, co-occurrence neighbours) are written here with
-the batch layer's own key names (:class:`spark.views.ViewKeys`), as the nightly run would.
+the key names the batch layer uses (:class:`attune.keys.Keys`), as the nightly run would.
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ import pytest
 import redis
 
 from attune.api.keys import create_read_key
-from attune.api.process import ChildProcess, api_url, start_api, start_model_server
-from attune.collector.process import collector_process, free_port
-from attune.config import AttuneConfig, PinConfig, RateLimitConfig, VariantConfig
+from attune.api.process import api_url, start_api
+from attune.collector.process import collector_process
+from attune.config import AttuneConfig, PinConfig, RateLimitConfig, VariantConfig, free_port
 from attune.online_store import OnlineStore, wait_for_item
 from attune.replay import publish_catalog, read_catalog
 from attune.secrets import create_write_key
+from attune.serving.process import start_model_server
 from attune.stack import create_topics
-from spark.views import ViewKeys
+from attune.supervisor import Child
 from tests.integration.speed_layer.helpers import (
     delete_prefix,
     delete_topics,
@@ -63,8 +64,8 @@ class Env:
     secret: bytes
     store: OnlineStore
     redis: redis.Redis
-    models: list[ChildProcess]  # the model server (replaced when a test restarts it)
-    api: ChildProcess
+    models: list[Child]  # the model server (replaced when a test restarts it)
+    api: Child
     catalog: dict[str, list[str]]  # item -> genres
     titles: dict[str, str]
 
@@ -197,12 +198,12 @@ def env(cfg: AttuneConfig, spark: Any, tmp_path_factory: pytest.TempPathFactory)
     train_tiny_model(test_cfg, secret)
     r = redis_client(test_cfg)
     store = OnlineStore.from_config(test_cfg)
-    models: list[ChildProcess] = []
+    models: list[Child] = []
     try:
         with collector_process(test_cfg) as url, speed_layer_thread(test_cfg, spark, ("online",)):
             # the speed layer mirrors the catalog into Redis; the API reads that mirror
             wait_until(
-                lambda: r.exists(store.item_meta_key(PIN)), 60, "the catalog mirror in Redis"
+                lambda: r.exists(store.keys.item_meta(PIN)), 60, "the catalog mirror in Redis"
             )
             models.append(start_model_server(test_cfg))
             child = start_api(test_cfg)
@@ -496,7 +497,7 @@ def test_read_keys_and_rate_limit(env: Env) -> None:
 
 def test_non_personalized_responses_are_cacheable(env: Env) -> None:
     item = "1853728"
-    views = ViewKeys(env.store.prefix)
+    views = env.store.keys
     env.redis.zadd(views.item_similar(item), {"1212450": 0.8, "1024648": 0.5})
     r = env.call("GET", f"/v1/similar/{item}", params={"k": 5})
     assert r.status_code == 200, r.text
@@ -544,7 +545,7 @@ def test_killing_the_model_server_switches_to_the_fallback(env: Env) -> None:
         "1670345",
     ]  # Star Trek Into Darkness, The Great Gatsby, Now You See Me
     env.redis.zadd(
-        ViewKeys(env.store.prefix).user_recs(env.user(carol)),
+        env.store.keys.user_recs(env.user(carol)),
         {batch[0]: 3, batch[1]: 2, batch[2]: 1},
     )
     assert env.recommend(user_id=carol, k=5).json()["source"] == "model"

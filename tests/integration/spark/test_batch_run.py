@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from attune.config import AttuneConfig
+from attune.keys import Keys
 from attune.online_store import OnlineStore
 from attune.secrets import Pseudonymizer, profile_key, pseudonym_key
 from spark.erasure import ErasureRequest, record_requests
 from spark.job import run_batch
 from spark.quality import DataQualityError
 from spark.tables import Lake
-from spark.views import ViewKeys
 from tests.integration.spark.conftest import publish, redis_client
 from tests.unit.spark.fixtures import NO_PERSONALIZATION, at, ev, write_bronze
 
@@ -273,7 +273,7 @@ def test_first_run_writes_every_stage(first_run: World) -> None:
     # views: P(anon) has seen i2 -> neighbour i1; dave has seen i1 -> i2; the others have seen
     # both neighbours
     client = redis_client(w.cfg)
-    keys = ViewKeys(w.cfg.speed.online_store.key_prefix)
+    keys = Keys.from_config(w.cfg)
     try:
         assert client.zrange(keys.user_recs(n), 0, -1, withscores=True) == [(b"i1", 1.0)]
         assert client.zrange(keys.user_recs("dave"), 0, -1, withscores=True) == [(b"i2", 1.0)]
@@ -289,7 +289,7 @@ def test_first_run_writes_every_stage(first_run: World) -> None:
         assert popular == [(b"i2", 5.0), (b"i1", 3.0), (b"i3", 2.0), (b"i4", 1.0)]
         # the correction applied the late window (03-03..03-05) through the write script
         store = OnlineStore.from_config(w.cfg)
-        assert client.zrevrange(store.user_key("bob", "recent"), 0, -1) == [
+        assert client.zrevrange(store.keys.user_key("bob", "recent"), 0, -1) == [
             b"i4", b"i3", b"i2", b"i1"
         ]  # fmt: skip
     finally:
@@ -368,10 +368,10 @@ def test_erasure_leaves_no_row_of_the_user_anywhere(late_and_erased: World) -> N
     assert requests == {(w.alice, "user"), (w.anon, "linked")}
     client = redis_client(w.cfg)
     store = OnlineStore.from_config(w.cfg)
-    views = ViewKeys(store.prefix)
     try:
         for p in gone:
-            assert client.exists(*store.user_keys(p), *views.user_keys(p)) == 0
+            assert client.exists(*store.keys.user_keys(p)) == 0
+            assert list(client.scan_iter(match=store.keys.user_glob(p))) == []
     finally:
         client.close()
 

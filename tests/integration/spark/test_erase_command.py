@@ -12,7 +12,6 @@ from attune.online_store import OnlineStore
 from attune.secrets import Pseudonymizer, pseudonym_key
 from spark.erasure import cmd_erase
 from spark.tables import Lake
-from spark.views import ViewKeys
 from tests.integration.spark.conftest import redis_client
 
 if TYPE_CHECKING:
@@ -26,26 +25,38 @@ def test_erase_records_the_pseudonym_and_deletes_redis_keys_now(
 ) -> None:
     pseudonym = Pseudonymizer(pseudonym_key(world))("zoe")
     store = OnlineStore.from_config(world)
-    views = ViewKeys(store.prefix)
+    p = store.prefix
     client = redis_client(world)
+    zoe = [  # written by hand: the names the speed layer, the batch views and the collector use
+        f"{p}:u:{{{pseudonym}}}:recent",
+        f"{p}:u:{{{pseudonym}}}:counters",
+        f"{p}:u:{{{pseudonym}}}:recs",
+        f"{p}:u:{{{pseudonym}}}:consent",
+        f"consent:{pseudonym}",  # where an older collector kept consent, if not migrated yet
+    ]
+    other = [f"{p}:u:{{someone-else}}:recent", f"{p}:u:{{someone-else}}:consent"]
     try:
-        client.zadd(store.user_key(pseudonym, "recent"), {"i1": 1})
-        client.hset(store.user_key(pseudonym, "counters"), "item_view", 1)
-        client.zadd(views.user_recs(pseudonym), {"i2": 1.0})
-        client.zadd(store.user_key("someone-else", "recent"), {"i1": 1})
+        client.zadd(zoe[0], {"i1": 1})
+        client.hset(zoe[1], "item_view", 1)
+        client.zadd(zoe[2], {"i2": 1.0})
+        client.set(zoe[3], b'{"marketing":false}')
+        client.set(zoe[4], b'{"analytics":false}')
+        client.zadd(other[0], {"i1": 1})
+        client.set(other[1], b'{"marketing":false}')
 
         code = cmd_erase(world, argparse.Namespace(user=["zoe"], anonymous_id=None))
 
         assert code == 0
-        # the three keys of zoe are gone, the other user's key is untouched
-        assert client.exists(*store.user_keys(pseudonym), *views.user_keys(pseudonym)) == 0
-        assert client.exists(store.user_key("someone-else", "recent")) == 1
+        # the five keys of zoe are gone, consent included; the other user's keys are untouched
+        assert client.exists(*zoe) == 0
+        assert list(client.scan_iter(match=store.keys.user_glob(pseudonym))) == []
+        assert client.exists(*other) == 2
     finally:
-        client.delete(store.user_key("someone-else", "recent"))
+        client.delete(*other)
         client.close()
     rows = spark.read.format("delta").load(Lake.from_config(world).erasure_requests).collect()
     assert [(r["pseudonym"], r["id_kind"]) for r in rows] == [(pseudonym, "user")]
     assert all("zoe" not in str(r) for r in rows)  # only the pseudonym is stored
     out = capsys.readouterr().out
-    assert "3 Redis key(s) deleted now" in out and "zoe" not in out
+    assert "5 Redis key(s) deleted now" in out and "zoe" not in out
     assert not spark.sparkContext._jsc.sc().isStopped()  # the caller's session is left running

@@ -211,7 +211,7 @@ def test_scripted_session_reaches_redis_with_hand_computed_features(env: Env) ->
     # 24 h window of 2 h slices: all of it.
     assert read_trending(env.redis, env.store, 86400) == [("m2", 3), ("m1", 2)]
     # The catalog mirror the personalization API reads.
-    meta = env.redis.hgetall(env.store.item_meta_key("m1"))
+    meta = env.redis.hgetall(env.store.keys.item_meta("m1"))
     assert meta == {b"title": b"One", b"year": b"1999", b"genres": b'["Drama","Comedy"]'}
 
     # Bronze: every distinct accepted event once (8: alice's 7 and bob's), bob's included

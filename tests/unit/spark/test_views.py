@@ -1,10 +1,10 @@
-"""Precomputed recommendations and the views' Redis key names."""
+"""Precomputed recommendations (the views' key names: tests/unit/test_keys.py)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from spark.views import ViewKeys, recommendations
+from spark.views import recommendations
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -32,12 +32,3 @@ def test_recommendations_sum_neighbour_scores_and_skip_seen_items(spark: SparkSe
     assertDataFrameEqual(
         recommendations(features, similar, seed_items=1, k=1), [("u1", 1, "c", 0.5)]
     )
-
-
-def test_view_keys_share_the_online_store_slot_braces() -> None:
-    keys = ViewKeys("att")
-    assert keys.user_keys("u1") == ["att:u:{u1}:recs", "att:u:{u1}:batch"]
-    assert keys.item_similar("tt01") == "att:i:{tt01}:similar"
-    assert keys.item_bought_with("tt01") == "att:i:{tt01}:bought_with"
-    assert keys.segment_popular("loyal") == "att:seg:loyal:popular"
-    assert keys.meta == "att:views"
