@@ -27,7 +27,7 @@ dismissal is in force only while it is later than the item's latest undo (by eve
 lifts the item's dismissal whichever of the two made it (the features keep one set of dismissed
 items); ``reason`` may name the action undone, as the API does (``"dismiss"`` or
 ``"not_interested"``), for the record. An undo is a correction, not a signal of interest: it is
-not an interaction, has no affinity weight and is not counted (see ``speed_layer.features``).
+not an interaction, has no affinity weight and is not counted (see :mod:`attune.features`).
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ def generate_bronze(
     """A bronze-shaped DataFrame of about ``n_events`` events (see the module docstring)."""
     from pyspark.sql import functions as F
 
-    from speed_layer.bronze import bronze_schema
+    from attune.lake import bronze_schema
 
     def item_id(expr: Any) -> Any:
         return F.format_string("it%06d", expr)
@@ -428,7 +428,8 @@ def run_size(base: AttuneConfig, size: int, days: int, n_items: int) -> dict[str
     if not (marker.exists() and json.loads(marker.read_text()) == params):
         started = time.monotonic()
         print(f"[{label(size)}] generating ~{size:,} events into {lake.bronze} ...", flush=True)
-        from speed_layer.bronze import bronze_schema, ensure_table
+        from attune.lake import bronze_schema
+        from speed_layer.bronze import ensure_table
 
         ensure_table(spark, lake.bronze, bronze_schema(), "event_date", "benchmark bronze")
         df = generate_bronze(spark, size, days, params["users"], n_items)

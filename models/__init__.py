@@ -3,8 +3,9 @@ strong baselines, honest offline evaluation, export for TF Serving and a model r
 
 Modules, in the order data flows through them:
 
-* :mod:`models.data` - the training-data contract (the columns of the batch layer's gold
-  training-examples and item tables) and loaders for Delta tables, MovieTweetings and any CSV;
+* :mod:`models.data` - loaders for the training-data contract (:mod:`attune.lake`: the columns
+  of the batch layer's gold training-examples and item tables) from Delta tables, MovieTweetings
+  and any CSV;
 * :mod:`models.splits` - temporal, user-stratified and random splits that never leak;
 * :mod:`models.features` - interactions -> the raw query features the exported SavedModels take
   at serving time (user id, recent items as the speed layer keeps them, request context);
@@ -15,8 +16,9 @@ Modules, in the order data flows through them:
 * :mod:`models.metrics` / :mod:`models.scoring` - Recall, NDCG, MAP, HitRate at k, coverage, and
   the one evaluation protocol every model is scored with;
 * :mod:`models.evaluate` / :mod:`models.train` - the evaluation run and the training run;
-* :mod:`models.export` / :mod:`models.repository` - SavedModels with raw-feature signatures,
-  atomic publication into ``<repo>/<name>/<version>/`` and the promotion gate;
+* :mod:`models.export` / :mod:`models.repository` - SavedModels with raw-feature signatures and
+  the promotion gate; the repository format (atomic publication into
+  ``<repo>/<name>/<version>/``) is the core's :mod:`attune.model_repository`;
 * :mod:`models.cli` - the ``attune models train|evaluate|list`` commands.
 
 TensorFlow Recommenders 0.7 is written against Keras 2, while TensorFlow 2.16+ ships Keras 3 as

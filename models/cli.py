@@ -124,7 +124,7 @@ def add_models_parser(
 
 def cmd_list(cfg: AttuneConfig, args: argparse.Namespace) -> int:
     """``attune models list``: every published version, its metrics, and what is served."""
-    from models.repository import ModelRepository
+    from attune.model_repository import ModelRepository
 
     repo = ModelRepository(
         cfg.paths.resolve(cfg.models.repository_dir), cfg.models.serving_base_path

@@ -2,20 +2,23 @@
 
 The batch layer's gold tables are what training reads in production:
 
-``gold/training_examples`` (one row per user-item interaction, :data:`INTERACTION_FIELDS`)
+``gold/training_examples`` (one row per user-item interaction,
+:data:`attune.lake.INTERACTION_FIELDS`)
     ``user_id`` (pseudonymized), ``item_id``, ``timestamp`` (event time, UTC), ``event_type``
     (an :data:`attune.events.EVENT_TYPES` name), ``rating`` (explicit rating 0-10, null when the
     event has none), and the request context the speed layer also sees: ``device``,
     ``placement``, and the user's ``segment`` at that time (all nullable).
 
-``gold/items`` (one row per catalog item, :data:`ITEM_FIELDS`)
+``gold/items`` (one row per catalog item, :data:`attune.lake.ITEM_FIELDS`)
     ``item_id``, ``title``, ``genres`` (list of category names), ``year``, ``price``
     (all but the id nullable).
 
 Until those tables exist, and for evaluation on any interactions file, the loaders below turn a
 MovieTweetings snapshot or any CSV (through a column mapping) into exactly the same columns, so
-everything after loading is one code path. :func:`interaction_schema` and :func:`item_schema` give
-the contract as pyarrow schemas (the batch layer writes its Delta tables with them).
+everything after loading is one code path. The contract itself lives in :mod:`attune.lake` (the
+batch layer writes it, the models read it); :func:`interaction_schema` and :func:`item_schema`
+give it as pyarrow schemas. Ids, labels and a title's year are cleaned and parsed by the rules of
+:mod:`attune.features`, the ones the batch layer applies to the catalog.
 
 Every loaded :class:`Dataset` carries a :class:`DataVersion` saying what was read: the Delta
 table version, or the SHA-256 of the files, which ends up in the model's metadata.
@@ -35,7 +38,8 @@ import pandas as pd
 import pyarrow as pa
 
 from attune.events import EVENT_TYPES
-from speed_layer.features import RECENT_TYPES
+from attune.features import RECENT_TYPES, TITLE_YEAR, clean_labels, clean_text
+from attune.lake import INTERACTION_FIELDS, ITEM_FIELDS, ContractField
 
 if TYPE_CHECKING:
     from attune.config import AttuneConfig
@@ -45,39 +49,26 @@ class DataError(ValueError):
     """Input data does not fit the contract; the message says what is wrong and how to fix it."""
 
 
-@dataclass(frozen=True)
-class Field_:
-    name: str
-    type: pa.DataType
-    nullable: bool
-    description: str
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "STRING": pa.string(),
+    "TIMESTAMP": pa.timestamp("us", tz="UTC"),
+    "DOUBLE": pa.float64(),
+    "INT": pa.int32(),
+    "ARRAY<STRING>": pa.list_(pa.string()),
+}
+"""The contract's Spark SQL types as pyarrow types (what Spark's Arrow transfer produces)."""
 
 
-INTERACTION_FIELDS: tuple[Field_, ...] = (
-    Field_("user_id", pa.string(), False, "Pseudonymized user id."),
-    Field_("item_id", pa.string(), False, "Item id, as in the catalog."),
-    Field_("timestamp", pa.timestamp("us", tz="UTC"), False, "Event time."),
-    Field_("event_type", pa.string(), False, "An attune.events event type, e.g. rating."),
-    Field_("rating", pa.float64(), True, "Explicit rating 0-10, when the event has one."),
-    Field_("device", pa.string(), True, "Request context: device (mobile, desktop, tv)."),
-    Field_("placement", pa.string(), True, "Request context: where recommendations showed."),
-    Field_("segment", pa.string(), True, "The user's segment at event time."),
-)
+def _arrow_schema(fields: Sequence[ContractField]) -> pa.Schema:
+    return pa.schema([pa.field(f.name, _ARROW_TYPES[f.type], nullable=f.nullable) for f in fields])
 
-ITEM_FIELDS: tuple[Field_, ...] = (
-    Field_("item_id", pa.string(), False, "Item id."),
-    Field_("title", pa.string(), True, "Title text."),
-    Field_("genres", pa.list_(pa.string()), True, "Genres or categories."),
-    Field_("year", pa.int32(), True, "Release year."),
-    Field_("price", pa.float64(), True, "Price, in the catalog's currency."),
-)
 
 INTERACTION_COLUMNS: tuple[str, ...] = tuple(f.name for f in INTERACTION_FIELDS)
 ITEM_COLUMNS: tuple[str, ...] = tuple(f.name for f in ITEM_FIELDS)
 CONTEXT_COLUMNS: tuple[str, ...] = ("device", "placement", "segment")
 
-# What counts as an interaction is the speed layer's definition of a user's recent items, so that
-# the sequences models train on are the lists the online store serves (one definition).
+# What counts as an interaction is the online features' definition of a user's recent items, so
+# that the sequences models train on are the lists the online store serves (one definition).
 INTERACTION_EVENT_TYPES = frozenset(RECENT_TYPES)
 # Interactions that are positives without a rating (a rating is positive above the threshold).
 IMPLICIT_POSITIVE_EVENT_TYPES = INTERACTION_EVENT_TYPES - {"rating"}
@@ -85,12 +76,12 @@ IMPLICIT_POSITIVE_EVENT_TYPES = INTERACTION_EVENT_TYPES - {"rating"}
 
 def interaction_schema() -> pa.Schema:
     """The gold ``training_examples`` table as a pyarrow schema."""
-    return pa.schema([pa.field(f.name, f.type, nullable=f.nullable) for f in INTERACTION_FIELDS])
+    return _arrow_schema(INTERACTION_FIELDS)
 
 
 def item_schema() -> pa.Schema:
     """The gold ``items`` table as a pyarrow schema."""
-    return pa.schema([pa.field(f.name, f.type, nullable=f.nullable) for f in ITEM_FIELDS])
+    return _arrow_schema(ITEM_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -159,7 +150,7 @@ def positive_mask(interactions: pd.DataFrame, threshold: float) -> np.ndarray:
 def interaction_mask(interactions: pd.DataFrame) -> np.ndarray:
     """Rows that show interest in an item (any rating, view, click, purchase, ...), as opposed to
     impressions and rejections: what a user's history and recent-item sequence are made of
-    (``speed_layer.features.RECENT_TYPES``)."""
+    (:data:`attune.features.RECENT_TYPES`)."""
     return np.asarray(interactions["event_type"].astype(str).isin(INTERACTION_EVENT_TYPES))
 
 
@@ -242,7 +233,7 @@ def _to_utc(values: pd.Series, origin: str) -> pd.Series:
 
 def _string_column(values: pd.Series) -> pd.Series:
     out = values.astype(object).where(values.notna(), None)
-    return out.map(lambda v: None if v is None else (str(v).strip() or None)).astype(object)
+    return out.map(clean_text).astype(object)
 
 
 def conform_interactions(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
@@ -299,15 +290,12 @@ def conform_interactions(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
     return out.iloc[order].reset_index(drop=True)
 
 
-_YEAR_IN_TITLE = re.compile(r"\((\d{4})\)\s*$")
-
-
 def _genres_column(values: pd.Series, sep: str) -> pd.Series:
     def norm(v: Any) -> tuple[str, ...]:
         if v is None or (isinstance(v, float) and np.isnan(v)):
             return ()
         parts = list(v) if isinstance(v, (list, tuple, np.ndarray)) else str(v).split(sep)
-        return tuple(p.strip() for p in parts if p is not None and str(p).strip())
+        return clean_labels(parts)
 
     return values.map(norm).astype(object)
 
@@ -333,9 +321,7 @@ def conform_items(frame: pd.DataFrame, origin: str, genre_sep: str = "|") -> pd.
         year = pd.to_numeric(frame["year"], errors="coerce")
     elif "title" in frame.columns:
         year = pd.to_numeric(
-            out["title"].map(
-                lambda t: m.group(1) if t and (m := _YEAR_IN_TITLE.search(t)) else None
-            ),
+            out["title"].map(lambda t: m.group(1) if t and (m := TITLE_YEAR.search(t)) else None),
             errors="coerce",
         )
     else:

@@ -5,7 +5,9 @@ exported SavedModels take raw strings and integers and training/serving skew can
 
 * :class:`FeatureSpace` - vocabularies and the item table, computed once from training data:
   user ids, item ids with interactions, the catalog with each item's content (genres multi-hot,
-  title tokens, year bucket, price bucket) and a popularity prior per item;
+  title tokens by :func:`attune.features.title_tokens`, the rule the batch layer's
+  ``gold/items.title_tokens`` follows, year bucket, price bucket) and a popularity prior per
+  item; the item table is a constant of the exported SavedModel, which receives item ids;
 * :class:`ItemEncoder` - item id strings (any shape) -> vectors, from an id embedding (unknown
   and rare ids share out-of-vocabulary rows) plus content features looked up in the item table,
   so an item nobody interacted with still gets a meaningful vector;
@@ -19,7 +21,6 @@ Feature groups can be switched off (``features`` parameter) to measure what each
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from attune.config import FEATURE_GROUP_NAMES
+from attune.features import title_tokens
 from models._tensorflow import tf
 from models.data import CONTEXT_COLUMNS, interaction_mask
 from models.features import PAD, TrainingData, unix_seconds
@@ -36,15 +38,6 @@ from models.features import PAD, TrainingData, unix_seconds
 FEATURE_GROUPS: tuple[str, ...] = FEATURE_GROUP_NAMES
 
 YEAR_BOUNDARIES = (1950, 1970, 1980, 1990, 2000, 2005, 2008, 2010, 2011, 2012, 2013, 2014)
-_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
-_YEAR_SUFFIX = re.compile(r"\s*\(\d{4}\)\s*$")
-
-
-def title_tokens(title: str | None) -> list[str]:
-    """Lower-cased word tokens of a title, without a trailing ``(year)``."""
-    if not title:
-        return []
-    return _TOKEN.findall(_YEAR_SUFFIX.sub("", title).lower())
 
 
 def decayed_counts(

@@ -33,11 +33,12 @@ from typing import Any
 import numpy as np
 
 from attune.config import AttuneConfig
+from attune.model_repository import ModelRepository
 from models.data import DataError, Dataset, load_delta
 from models.evaluate import clean_json, load_from_args, prepare
 from models.features import TrainingData
 from models.metrics import summarize
-from models.repository import Decision, ModelRepository, gate
+from models.repository import Decision, gate
 from models.scoring import EvalTask, build_eval_task, metrics_for
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Gold: features, training data and aggregates, recomputed from all of silver up to the date.
 
-User and item features come from the speed layer's own feature functions
-(:mod:`speed_layer.features`): the batch runs the same row-level functions over all of history
+User and item features come from the feature functions the speed layer runs
+(:mod:`attune.features`): the batch runs the same row-level functions over all of history
 and the aggregations that define what the stream's running updates add up to, so the nightly
 result is what Redis *should* hold and the drift report can compare the two.
 
@@ -12,11 +12,12 @@ Tables (see :mod:`spark.tables`):
     :func:`attune.online_store.read_user_features`), counters, latest session, dismissed items,
     per-genre impressions / engagements, ignored genres, and the user's segment.
 ``gold/items``
-    the models' item contract (:data:`models.data.ITEM_FIELDS`: ``item_id, title, genres, year,
-    price``) plus content features (``tags``, event ``categories``, ``title_tokens``) and
-    popularity (all-time engagements, per trending window, distinct users, mean rating).
+    the models' item contract (:data:`attune.lake.ITEM_FIELDS`: ``item_id, title, genres, year,
+    price``) plus content features (``tags``, event ``categories``, ``title_tokens`` by the
+    models' own rule, :func:`attune.features.title_tokens`) and popularity (all-time
+    engagements, per trending window, distinct users, mean rating).
 ``gold/training_examples``
-    the models' interaction contract (:data:`models.data.INTERACTION_FIELDS`) plus what
+    the models' interaction contract (:data:`attune.lake.INTERACTION_FIELDS`) plus what
     time-based splits need (``event_date``, ``event_id``, ``user_event_index``: the
     interaction's position in the user's history) and ``position`` / ``recommendation_id`` /
     ``session_id``. ``segment`` is the user's segment from the previous night's snapshot, i.e.
@@ -41,8 +42,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING
 
 from attune.events import EVENT_TYPES
-from spark.silver import user_column
-from speed_layer.features import (
+from attune.features import (
     FeatureParams,
     dismissed_items,
     effective_rows,
@@ -54,16 +54,19 @@ from speed_layer.features import (
     popularity,
     recent_items,
     session_state,
+    title_tokens_column,
     trending,
     user_activity,
+    user_column,
     user_counters,
+    withdraws_consent,
 )
+from spark.context import RunContext, Stage, StageInputs, StageOutputs, window_start
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame
+    from pyspark.sql import DataFrame
 
     from attune.config import CooccurrenceConfig, SegmentsConfig
-    from spark.job import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +117,7 @@ def end_of_day_ms(day: date) -> int:
 
 
 def user_features(rows: DataFrame, params: FeatureParams, segments: DataFrame | None) -> DataFrame:
-    """One row per user from :func:`speed_layer.features.feature_rows` rows."""
+    """One row per user from :func:`attune.features.feature_rows` rows."""
     from pyspark.sql import functions as F
 
     def ranked(df: DataFrame, value: str, alias: str) -> DataFrame:
@@ -208,14 +211,6 @@ def user_features(rows: DataFrame, params: FeatureParams, segments: DataFrame | 
 # Items
 
 
-def title_tokens(title: str) -> Column:
-    """Lower-case word tokens of a title column (at least 2 characters), distinct, in order."""
-    from pyspark.sql import functions as F
-
-    words = F.split(F.lower(F.coalesce(F.col(title), F.lit(""))), r"[^\p{L}\p{N}]+")
-    return F.array_distinct(F.filter(words, lambda w: F.length(w) > 1))
-
-
 def item_features(
     catalog: DataFrame,
     events: DataFrame,
@@ -274,7 +269,7 @@ def item_features(
         F.coalesce("price", "event_price").alias("price"),
         F.coalesce("tags", empty_s).alias("tags"),
         F.coalesce("categories", empty_s).alias("categories"),
-        title_tokens("title").alias("title_tokens"),
+        title_tokens_column("title").alias("title_tokens"),
         F.coalesce("engagements", F.lit(0)).cast("long").alias("engagements"),
         *trend_cols,
         F.coalesce("users", F.lit(0)).cast("long").alias("users"),
@@ -290,8 +285,8 @@ def item_features(
 def training_examples(events: DataFrame, segments: DataFrame | None) -> DataFrame:
     """``gold/training_examples`` from silver events (see the module docstring).
 
-    Uses the speed layer's :func:`~speed_layer.features.personalizing` (consent) and
-    :func:`~speed_layer.features.effective_rows` (nothing from before a withdrawal of
+    Uses the online features' :func:`~attune.features.personalizing` (consent) and
+    :func:`~attune.features.effective_rows` (nothing from before a withdrawal of
     personalization consent), so the models see exactly the history the features see.
     ``segments``: snapshots with ``user, segment, as_of_date``; an event on day ``d`` gets the
     snapshot of ``d - 1``.
@@ -311,7 +306,7 @@ def training_examples(events: DataFrame, segments: DataFrame | None) -> DataFram
         "recommendation_id",
         F.col("context.device").alias("device"),
         F.col("context.placement").alias("placement"),
-        ((F.col("type") == "consent_update") & ~F.col("consent.personalization")).alias("forget"),
+        withdraws_consent().alias("forget"),
         F.posexplode_outer("items").alias("pos", "item"),
     )
     rows = effective_rows(rows.where(F.col("user").isNotNull()))
@@ -492,7 +487,7 @@ def user_segments(events: DataFrame, params: SegmentsConfig, as_of_ms: int) -> D
         user_column().alias("user"),
         F.unix_millis("timestamp").alias("ts_ms"),
         "type",
-        ((F.col("type") == "consent_update") & ~F.col("consent.personalization")).alias("forget"),
+        withdraws_consent().alias("forget"),
         (F.col("type") == "purchase").alias("is_purchase"),
         "revenue",
     )
@@ -617,29 +612,26 @@ def experiment_metrics(events: DataFrame, pattern: str) -> DataFrame:
 # The stage
 
 
-def run_gold(ctx: RunContext) -> dict[str, object]:
+def run_gold(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
+    """Features, training examples and aggregates from silver as of the date (see above)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from spark import quality
-    from spark.silver import window_start
-    from spark.tables import date_between, is_table, read_table, write_table
+    from spark.tables import date_between, read_table, write_table
 
     spark, cfg, lake, day = ctx.spark, ctx.cfg, ctx.lake, ctx.run_date
-    for needed in (lake.silver_events, lake.silver_items):
-        if not is_table(spark, needed):
-            raise RuntimeError(f"no table at {needed}: run the silver stage first")
     params = FeatureParams.from_config(cfg)
     as_of_ms = end_of_day_ms(day)
     versions = {
-        "silver_events": ctx.version_of(lake.silver_events),
-        "silver_items": ctx.version_of(lake.silver_items),
+        "silver_events": ctx.version_of(inputs["silver_events"]),
+        "silver_items": ctx.version_of(inputs["silver_items"]),
     }
-    events = read_table(spark, lake.silver_events, versions["silver_events"]).where(
+    events = read_table(spark, inputs["silver_events"], versions["silver_events"]).where(
         F.col("event_date") <= F.lit(day)
     )
-    catalog = read_table(spark, lake.silver_items, versions["silver_items"])
-    out: dict[str, object] = {"versions": versions}
+    catalog = read_table(spark, inputs["silver_items"], versions["silver_items"])
+    out: StageOutputs = {"versions": versions}
 
     # The row-level feature functions, once. Every per-user aggregation below is clustered by
     # user (and the windows ordered by time): caching the rows partitioned by user and sorted by
@@ -767,3 +759,11 @@ TRAINING_SETS_DDL = (
     "rows BIGINT, users BIGINT, items BIGINT, min_timestamp TIMESTAMP, max_timestamp TIMESTAMP"
 )
 """``gold/training_sets``: which versions each training set read and was written as."""
+
+
+STAGE = Stage(
+    "gold",
+    run_gold,
+    needs=("silver_events", "silver_items"),
+    missing="no table at {path}: run the silver stage first",
+)

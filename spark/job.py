@@ -8,6 +8,10 @@ runs only some of them:
 ``views``        drift report, then batch views and corrections written to Redis
 ``maintenance``  retention, OPTIMIZE, VACUUM
 
+Each stage is a :class:`spark.context.Stage`: a function of the run's context and the tables it
+needs, defined in its own module (:mod:`spark.silver`, :mod:`spark.gold`, :mod:`spark.views`,
+:mod:`spark.maintenance`); this module only runs them in order.
+
 The logical date is the only notion of "now": every "as of" time is the end of that date (UTC)
 and nothing reads the clock, so running a date again over the same bronze gives the same
 tables. ``--from DATE`` widens the silver window back to ``DATE`` (first run on an existing
@@ -24,45 +28,24 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from spark.tables import Lake, table_version
+from spark import gold, maintenance, silver, views
+from spark.context import RunContext, Stage
+from spark.tables import Lake
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from attune.config import AttuneConfig
-    from spark.quality import CheckResult
 
 log = logging.getLogger(__name__)
 
-STAGES = ("silver", "gold", "views", "maintenance")
-
-
-@dataclass
-class RunContext:
-    """What every stage of one run shares: config, session, tables, date, progress."""
-
-    cfg: AttuneConfig
-    spark: SparkSession
-    lake: Lake
-    run_date: date
-    since: date | None = None
-    say: Callable[[str], None] = print
-    checks: list[CheckResult] = field(default_factory=list)
-    versions_read: dict[str, int | None] = field(default_factory=dict)
-    _started: float = field(default_factory=time.monotonic)
-
-    def progress(self, message: str) -> None:
-        self.say(f"batch {self.run_date} [{time.monotonic() - self._started:7.1f} s] {message}")
-
-    def version_of(self, path: str) -> int | None:
-        """The table's latest version, remembered as what this run read."""
-        version = table_version(self.spark, path)
-        self.versions_read[path] = version
-        return version
+PIPELINE: tuple[Stage, ...] = (silver.STAGE, gold.STAGE, views.STAGE, maintenance.STAGE)
+"""Every stage, in the order a run goes through them."""
+STAGES = tuple(stage.name for stage in PIPELINE)
 
 
 @dataclass
@@ -153,10 +136,6 @@ def run_batch(
     """
     from attune.config import ConfigError
     from attune.spark_session import build_spark_session
-    from spark.gold import run_gold
-    from spark.maintenance import run_maintenance
-    from spark.silver import run_silver
-    from spark.views import run_views
 
     if since is not None and since > run_date:
         raise ConfigError(f"--from {since} is after --date {run_date}; give an earlier date")
@@ -165,21 +144,17 @@ def run_batch(
     session = spark or build_spark_session(cfg, "attune-batch", batch_spark_conf(cfg))
     use_this_python_for_workers(session)
     ctx = RunContext(cfg, session, Lake.from_config(cfg), run_date, since, say)
-    runners = {
-        "silver": run_silver,
-        "gold": run_gold,
-        "views": run_views,
-        "maintenance": run_maintenance,
-    }
+    by_name = {stage.name: stage for stage in PIPELINE}
     results: list[StageResult] = []
     ctx.progress(f"stages {', '.join(todo)} on {cfg.spark.master} (lake {cfg.lake_root})")
-    for stage in todo:
+    for name in todo:
+        stage = by_name[name]
         started = time.monotonic()
-        session.sparkContext.setJobGroup(f"batch-{stage}", f"attune batch {stage} {run_date}")
-        details = runners[stage](ctx)
+        session.sparkContext.setJobGroup(f"batch-{name}", f"attune batch {name} {run_date}")
+        details = stage.run(ctx, stage.inputs(ctx))
         seconds = time.monotonic() - started
-        results.append(StageResult(stage, seconds, details))
-        ctx.progress(f"{stage} done in {seconds:.1f} s")
+        results.append(StageResult(name, seconds, details))
+        ctx.progress(f"{name} done in {seconds:.1f} s")
     return BatchReport(run_date, results)
 
 

@@ -28,10 +28,10 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from spark.context import RunContext, Stage, StageInputs, StageOutputs
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-
-    from spark.job import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def temporary_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
                 spark.conf.set(k, old)
 
 
-def run_maintenance(ctx: RunContext) -> dict[str, object]:
+def run_maintenance(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
+    """Retention, OPTIMIZE and VACUUM over every table of the lake that exists (see above)."""
     from delta.tables import DeltaTable
 
     from spark.tables import date_between, first_row, is_table, sql_date
@@ -74,7 +75,7 @@ def run_maintenance(ctx: RunContext) -> dict[str, object]:
     spark, cfg, lake, day = ctx.spark, ctx.cfg, ctx.lake, ctx.run_date
     m = cfg.batch.maintenance
     tables = {name: path for name, path in lake.tables().items() if is_table(spark, path)}
-    out: dict[str, object] = {}
+    out: StageOutputs = {}
 
     cutoff = day - timedelta(days=m.event_retention.days)
     removed: dict[str, int] = {}
@@ -169,3 +170,6 @@ def run_maintenance(ctx: RunContext) -> dict[str, object]:
         f"{time.monotonic() - started:.1f} s"
     )
     return out
+
+
+STAGE = Stage("maintenance", run_maintenance)

@@ -8,7 +8,7 @@ run date, so a re-run leaves one set) and a failed check stops the run with a
 
 Checks (thresholds in ``batch.quality``):
 
-``schema``            bronze has every column of :func:`speed_layer.bronze.bronze_schema`,
+``schema``            bronze has every column of :func:`attune.lake.bronze_schema`,
                       with the same type (value: columns missing or different; max 0)
 ``null_rate:<col>``   share of nulls in a bronze column on the logical date
                       (``max_null_rates``)
@@ -25,14 +25,13 @@ Checks (thresholds in ``batch.quality``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
+from spark.context import CheckResult, RunContext
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, Row
-
-    from spark.job import RunContext
 
 REPORT_DDL = (
     "run_date DATE, stage STRING, table_name STRING, check STRING, value DOUBLE, "
@@ -42,20 +41,6 @@ REPORT_DDL = (
 
 class DataQualityError(RuntimeError):
     """A data-quality check failed; the message names the check, the table and the miss."""
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    stage: str
-    table: str
-    check: str
-    value: float
-    threshold: float
-    passed: bool
-    detail: str
-
-    def failure(self) -> str:
-        return f"data-quality check {self.check!r} failed on {self.table}: {self.detail}"
 
 
 def _rate_check(
@@ -145,8 +130,8 @@ def check_bronze(ctx: RunContext, bronze: DataFrame) -> None:
     """Schema, null rates, duplicate rate and volume of bronze on the logical date."""
     from pyspark.sql import functions as F
 
+    from attune.lake import bronze_schema
     from spark.tables import first_row
-    from speed_layer.bronze import bronze_schema
 
     q = ctx.cfg.batch.quality
     day = ctx.run_date
@@ -339,7 +324,7 @@ def check_training_examples(ctx: RunContext, examples: DataFrame) -> Row:
     """
     from pyspark.sql import functions as F
 
-    from models.data import INTERACTION_FIELDS
+    from attune.lake import INTERACTION_FIELDS
     from spark.tables import first_row
 
     required = [f.name for f in INTERACTION_FIELDS if not f.nullable]

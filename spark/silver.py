@@ -26,16 +26,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
 from attune.events import spark_schema
+from attune.features import clean_labels_column, clean_text_column, user_column
+from spark.context import RunContext, Stage, StageInputs, StageOutputs, window_start
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
     from attune.config import AttuneConfig
-    from spark.job import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +61,6 @@ def silver_event_columns() -> list[str]:
 
 # ----------------------------------------------------------------------------------------
 # Events
-
-
-def user_column() -> Column:
-    """The user an event belongs to: the events topic's key (user id, else anonymous id)."""
-    from pyspark.sql import functions as F
-
-    return F.coalesce(F.col("user_id"), F.col("anonymous_id"))
 
 
 def deduplicate(events: DataFrame) -> DataFrame:
@@ -206,7 +199,9 @@ def latest_items(records: DataFrame) -> tuple[DataFrame, DataFrame]:
 
     The latest record per item wins (compaction may not have run yet); a tombstone (null value)
     deletes the item. A record is malformed when its value is not a JSON object with an
-    ``item_id`` (or a key to take it from); malformed records are skipped, not fatal.
+    ``item_id`` (or a key to take it from); malformed records are skipped, not fatal. The id,
+    genres and tags are cleaned by the rules the models apply to item files
+    (:func:`attune.features.clean_text`, :func:`attune.features.clean_labels`).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -218,7 +213,7 @@ def latest_items(records: DataFrame) -> tuple[DataFrame, DataFrame]:
         "offset",
         "timestamp",
     ).withColumn("v", F.from_json("value_text", CATALOG_VALUE_DDL))
-    item_id = F.coalesce(F.nullif(F.trim("v.item_id"), F.lit("")), F.col("key"))
+    item_id = F.coalesce(clean_text_column("v.item_id"), F.col("key"))
     # json_object_keys is null unless the text is one valid JSON object
     is_object = F.json_object_keys("value_text").isNotNull()
     parsed = parsed.withColumn("item_id", item_id).withColumn(
@@ -232,17 +227,15 @@ def latest_items(records: DataFrame) -> tuple[DataFrame, DataFrame]:
     )
     latest = good.withColumn("_n", F.row_number().over(order)).where("_n = 1")
 
-    def clean(arr: str) -> Column:
-        trimmed = F.transform(F.col(arr), lambda g: F.trim(g))
-        return F.array_distinct(F.filter(trimmed, lambda g: g.isNotNull() & (g != "")))
-
     items = latest.where(F.col("value_text").isNotNull()).select(
         "item_id",
         F.col("v.title").alias("title"),
         F.col("v.year").alias("year"),
-        F.coalesce(clean("v.genres"), F.array().cast("array<string>")).alias("genres"),
+        F.coalesce(clean_labels_column("v.genres"), F.array().cast("array<string>")).alias(
+            "genres"
+        ),
         F.col("v.price").alias("price"),
-        F.coalesce(clean("v.tags"), F.array().cast("array<string>")).alias("tags"),
+        F.coalesce(clean_labels_column("v.tags"), F.array().cast("array<string>")).alias("tags"),
     )
     return items, malformed
 
@@ -382,34 +375,23 @@ def users_dimension(events: DataFrame, key: bytes) -> DataFrame:
 # The stage
 
 
-def window_start(run_date: date, late_days: int, since: date | None) -> date:
-    """First event date the silver stage re-derives for ``run_date``."""
-    start = run_date - timedelta(days=late_days)
-    return min(since, start) if since is not None else start
-
-
-def run_silver(ctx: RunContext) -> dict[str, object]:
+def run_silver(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
     """Erasures, then the date window of silver/events, then items and users."""
     from pyspark.sql import functions as F
 
     from attune.secrets import profile_key
     from spark import erasure, quality
-    from spark.tables import date_between, first_row, is_table, read_table, write_table
+    from spark.tables import date_between, first_row, read_table, write_table
 
     spark, cfg, lake, day = ctx.spark, ctx.cfg, ctx.lake, ctx.run_date
-    out: dict[str, object] = {}
+    out: StageOutputs = {}
 
-    if not is_table(spark, lake.bronze):
-        raise RuntimeError(
-            f"no bronze table at {lake.bronze}: start the speed layer (`attune speed start`) "
-            "so events reach the lake, then run the batch"
-        )
     requests = erasure.active_requests(spark, cfg, lake, day)
     out["erasure"] = erasure.apply_erasures(ctx, requests)
 
     start = window_start(day, cfg.batch.late_days, ctx.since)
-    bronze_version = ctx.version_of(lake.bronze)
-    bronze = read_table(spark, lake.bronze, bronze_version)
+    bronze_version = ctx.version_of(inputs["bronze"])
+    bronze = read_table(spark, inputs["bronze"], bronze_version)
     quality.check_bronze(ctx, bronze)
 
     window = bronze.where(date_between("event_date", start, day))
@@ -459,3 +441,14 @@ def run_silver(ctx: RunContext) -> dict[str, object]:
     ctx.progress(f"silver: users dimension: {written.rows:,} users (v{written.version})")
     quality.flush(ctx, "silver")
     return out
+
+
+STAGE = Stage(
+    "silver",
+    run_silver,
+    needs=("bronze",),
+    missing=(
+        "no bronze table at {path}: start the speed layer (`attune speed start`) so events "
+        "reach the lake, then run the batch"
+    ),
+)

@@ -3,8 +3,9 @@
 Bronze (``<lake>/<speed.bronze_table>``) holds each accepted event once, with the columns of
 :func:`attune.events.spark_schema` plus ``event_date`` (the UTC date of the event's own
 ``timestamp``: a late event lands in the partition of the day it happened) and its Kafka
-coordinates. Quarantine (``<lake>/<speed.quarantine_table>``) holds every record that could not
-be used, raw, with the reason, partitioned by the day it arrived.
+coordinates: :func:`attune.lake.bronze_schema`, the contract the batch layer reads. Quarantine
+(``<lake>/<speed.quarantine_table>``) holds every record that could not be used, raw, with the
+reason, partitioned by the day it arrived.
 
 Exactly once: the query deduplicates by ``event_id`` within ``speed.dedup_watermark`` (of Kafka
 time, so an event is never dropped for being late by its own clock) and writes each micro-batch
@@ -22,56 +23,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from attune.events import spark_schema
+from attune.lake import bronze_schema
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import DataType, StructType
+    from pyspark.sql.types import StructType
 
 log = logging.getLogger(__name__)
 
 ConsentPolicy = Literal["store", "store_unlinked", "drop"]
 
-KAFKA_COLUMNS_DDL = "kafka_partition INT, kafka_offset BIGINT, kafka_timestamp TIMESTAMP"
 QUARANTINE_DDL = (
     "kafka_topic STRING, kafka_partition INT, kafka_offset BIGINT, kafka_timestamp TIMESTAMP, "
     "kafka_key STRING, value_text STRING, reason STRING NOT NULL, quarantine_date DATE NOT NULL"
 )
 UNLINKED_COLUMNS = ("user_id", "anonymous_id", "session_id")
 """Set to null for events without personalization consent under ``store_unlinked``."""
-
-
-def _nullable_inside_collections(dtype: DataType, inside: bool = False) -> DataType:
-    """Delta cannot enforce NOT NULL inside arrays and maps: relax those (parsing checks them)."""
-    from pyspark.sql import types as T
-
-    if isinstance(dtype, T.StructType):
-        return T.StructType(
-            [
-                T.StructField(
-                    f.name,
-                    _nullable_inside_collections(f.dataType, inside),
-                    nullable=f.nullable or inside,
-                )
-                for f in dtype.fields
-            ]
-        )
-    if isinstance(dtype, T.ArrayType):
-        return T.ArrayType(_nullable_inside_collections(dtype.elementType, True), True)
-    if isinstance(dtype, T.MapType):
-        return T.MapType(dtype.keyType, _nullable_inside_collections(dtype.valueType, True), True)
-    return dtype
-
-
-def bronze_schema() -> StructType:
-    """The bronze table's schema: the event schema, ``event_date`` and the Kafka columns."""
-    from pyspark.sql.types import DateType, StructField, StructType
-
-    events = _nullable_inside_collections(spark_schema())
-    assert isinstance(events, StructType)
-    extra = StructType.fromDDL(KAFKA_COLUMNS_DDL)
-    assert isinstance(extra, StructType)
-    return StructType([*events.fields, StructField("event_date", DateType(), False), *extra.fields])
 
 
 def quarantine_schema() -> StructType:

@@ -12,7 +12,7 @@ Two sources, chosen by ``speed.catalog_source``:
 
 The speed layer mirrors the catalog into Redis (``P:i:{item}:meta``: title, year, genres), where
 the online store's write script looks each event's items up (the same rule as
-:func:`speed_layer.features.with_genres`, which the batch layer joins with) and where the
+:func:`attune.features.with_genres`, which the batch layer joins with) and where the
 personalization API reads titles and genres without Spark. :class:`CatalogRefresher` keeps the
 mirror current from a background thread of the speed-layer process.
 """

@@ -8,7 +8,7 @@ Two queries read the events topic independently (each with its own checkpoint):
     ``speed.bronze_interval``; Delta is not a real-time-mode sink.
 ``online``
     parse -> valid, personalizable events -> the row-level feature functions
-    (:mod:`speed_layer.features`) -> the Redis write script (:mod:`attune.online_store`), which
+    (:mod:`attune.features`) -> the Redis write script (:mod:`attune.online_store`), which
     is idempotent per interaction. Stateless in Spark, so it can run in micro-batches
     (``speed.trigger: microbatch``, back to back by default) or in Spark 4.1's real-time mode
     (``speed.trigger: realtime``); ``docs/speed_layer.md`` has the measured comparison.
@@ -31,10 +31,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attune.features import FeatureParams, online_rows
 from attune.online_store import OnlineStore, OnlineStoreWriter
 from speed_layer.bronze import BronzeBatchWriter, ensure_tables
 from speed_layer.catalog import Catalog, CatalogRefresher
-from speed_layer.features import FeatureParams, online_rows
 from speed_layer.parsing import parse_records, valid_events
 
 if TYPE_CHECKING:

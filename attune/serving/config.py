@@ -24,9 +24,9 @@ official ``tensorflow/serving`` image (``--model_config_file``)::
 A relative ``base_path`` is taken relative to the folder of the config file (TF Serving takes it
 relative to its working directory: write absolute paths in files meant for both).
 
-Without a config file the server serves the model repository (:mod:`models.repository`): every
-model folder in it, each at the version the promotion gate chose (``serving.json``), or at its
-latest version when nothing was promoted yet.
+Without a config file the server serves the model repository (its format:
+:mod:`attune.model_repository`): every model folder in it, each at the version the promotion gate
+chose (``serving.json``), or at its latest version when nothing was promoted yet.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from attune.config import ConfigError
+from attune.model_repository import ModelRepository
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PolicyKind = Literal["latest", "all", "specific"]
@@ -221,8 +222,6 @@ def discover_models(root: Path) -> list[ModelEntry]:
     (so a version that failed the gate is never served); any other model folder at its latest
     version. Hidden folders (``.tmp-*``) are not models.
     """
-    from models.repository import ModelRepository
-
     if not root.is_dir():
         return []
     try:

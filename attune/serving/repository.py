@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from attune.config import ConfigError
+from attune.model_repository import version_folders
 from attune.serving.config import ModelEntry
 from attune.serving.errors import Code, invalid_argument, not_found
 from attune.serving.servable import Servable, load_servable, saved_model_file
@@ -111,19 +112,16 @@ class RepositorySource:
 
 
 def scan_versions(base_path: Path) -> dict[int, Path]:
-    """The complete versions in a model's base path: ``{version: folder}``."""
-    found: dict[int, Path] = {}
-    try:
-        children = list(base_path.iterdir())
-    except OSError:
-        return found
-    for child in children:
-        if not child.name.isdigit() or not child.is_dir():
-            continue
-        if saved_model_file(child) is None:
-            continue  # still being written
-        found.setdefault(int(child.name), child)
-    return found
+    """The complete versions in a model's base path: ``{version: folder}``.
+
+    The repository's version folders (:func:`attune.model_repository.version_folders`) that
+    hold a SavedModel; one without is still being written by a non-atomic writer.
+    """
+    return {
+        version: folder
+        for version, folder in version_folders(base_path).items()
+        if saved_model_file(folder) is not None
+    }
 
 
 def _fingerprint(folder: Path) -> str:

@@ -30,6 +30,7 @@ def test_train_export_publish_load_and_gate(
 ) -> None:
     from models.export import call_signature, load_saved_model, signature_summary
     from models.features import TrainingData
+    from models.repository import promotions
     from models.train import repository, run_training
 
     run_cfg = quick(cfg, tmp_path / "repo")
@@ -78,7 +79,7 @@ def test_train_export_publish_load_and_gate(
     assert [d.promoted for d in second.decisions] == [False, False]
     assert second.decisions[0].served == pytest.approx(second.decisions[0].candidate)
     assert repo.served_version("retrieval") == 1
-    assert len(repo.promotions()) == 4
+    assert len(promotions(repo)) == 4
 
 
 def test_training_examples_from_delta(

@@ -1,4 +1,4 @@
-"""Model repository: atomic publication, version numbers, the promotion gate."""
+"""The promotion gate: the rule, and what a decision records and serves."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from models.repository import ModelRepository, RepositoryError, decide, gate
+from attune.model_repository import ModelRepository, RepositoryError
+from models.repository import decide, gate, promotions
 
 
 def _writer(content: str):  # type: ignore[no-untyped-def]
@@ -16,47 +17,6 @@ def _writer(content: str):  # type: ignore[no-untyped-def]
         (path / "saved_model.pb").write_text(content)
 
     return write
-
-
-def test_publish_numbers_versions_and_leaves_no_temp(tmp_path: Path) -> None:
-    repo = ModelRepository(tmp_path)
-    assert repo.publish("retrieval", _writer("a"), {"data": {"version": "x"}}) == 1
-    assert repo.publish("retrieval", _writer("b"), {"data": {"version": "y"}}) == 2
-    assert repo.versions("retrieval") == [1, 2]
-    assert (tmp_path / "retrieval" / "2" / "saved_model.pb").read_text() == "b"
-    meta = repo.metadata("retrieval", 2)
-    assert meta["version"] == 2 and meta["name"] == "retrieval" and meta["data"]["version"] == "y"
-    assert "created_at" in meta
-    assert [p.name for p in (tmp_path / "retrieval").iterdir() if p.name.startswith(".")] == []
-
-
-def test_failed_write_publishes_nothing(tmp_path: Path) -> None:
-    repo = ModelRepository(tmp_path)
-
-    def broken(path: Path) -> None:
-        path.mkdir(parents=True)
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        repo.publish("ranking", broken, {})
-    assert repo.versions("ranking") == []
-    assert list((tmp_path / "ranking").iterdir()) == []
-
-
-def test_a_taken_version_number_moves_to_the_next(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    repo = ModelRepository(tmp_path)
-    repo.publish("m", _writer("first"), {})
-    real = repo.versions
-    calls = {"n": 0}
-
-    def stale(name: str) -> list[int]:
-        # the first look misses version 1 (another publisher just took it)
-        calls["n"] += 1
-        return [] if calls["n"] == 1 else real(name)
-
-    monkeypatch.setattr(repo, "versions", stale)
-    assert repo.publish("m", _writer("second"), {}) == 2
-    assert (tmp_path / "m" / "1" / "saved_model.pb").read_text() == "first"
 
 
 def test_gate_rule() -> None:
@@ -82,6 +42,7 @@ def test_gate_records_and_serves(tmp_path: Path) -> None:
     assert third.promoted and repo.served_version("retrieval") == 3
     lines = [json.loads(x) for x in (tmp_path / "promotions.jsonl").read_text().splitlines()]
     assert [x["promoted"] for x in lines] == [True, False, True]
+    assert promotions(repo) == lines
     config = (tmp_path / "models.config").read_text()
     assert 'base_path: "/models/retrieval"' in config
     assert "specific { versions: 3 }" in config

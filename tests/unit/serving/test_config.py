@@ -134,7 +134,7 @@ def test_discovery_serves_promoted_else_latest(tmp_path: Path) -> None:
 
 
 def test_the_promotion_gates_config_file_is_read_as_written(tmp_path: Path) -> None:
-    from models.repository import ModelRepository
+    from attune.model_repository import ModelRepository
 
     _version(tmp_path, "ranking", 1)
     _version(tmp_path, "ranking", 2)

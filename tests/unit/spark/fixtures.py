@@ -55,7 +55,7 @@ def bronze_frame(
     with ``event_date`` and Kafka coordinates (partition 0, consecutive offsets)."""
     from pyspark.sql import functions as F
 
-    from speed_layer.bronze import bronze_schema
+    from attune.lake import bronze_schema
 
     raw = spark.createDataFrame(
         [(e.to_json().decode(), first_offset + n) for n, e in enumerate(events)],
@@ -76,7 +76,8 @@ def write_bronze(
     spark: SparkSession, path: str, events: list[StoredEvent], first_offset: int = 0
 ) -> None:
     """Append ``events`` to the bronze table at ``path`` (created as the speed layer does)."""
-    from speed_layer.bronze import bronze_schema, ensure_table
+    from attune.lake import bronze_schema
+    from speed_layer.bronze import ensure_table
 
     ensure_table(spark, path, bronze_schema(), "event_date", "test bronze")
     bronze_frame(spark, events, first_offset).write.format("delta").mode("append").save(path)

@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 from attune.config import AttuneConfig, CooccurrenceConfig, SegmentsConfig
+from attune.features import FeatureParams, feature_rows, stream_rows
 from spark.gold import (
     CACHED_ROW_COLUMNS,
     end_of_day_ms,
@@ -17,7 +18,6 @@ from spark.gold import (
     user_segments,
 )
 from spark.silver import cleanse_events
-from speed_layer.features import FeatureParams, feature_rows, stream_rows
 from tests.unit.spark.fixtures import NO_PERSONALIZATION, at, bronze_frame, ev
 
 if TYPE_CHECKING:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pyspark.sql import types as T
 
-from spark.quality import CheckResult, _rate_check, schema_problems
-from speed_layer.bronze import bronze_schema
+from attune.lake import bronze_schema
+from spark.context import CheckResult
+from spark.quality import _rate_check, schema_problems
 
 
 def test_schema_problems_name_missing_and_retyped_columns() -> None:

@@ -14,7 +14,6 @@ from spark.silver import (
     deduplicate,
     latest_items,
     users_dimension,
-    window_start,
     without_erased,
 )
 from tests.unit.spark.fixtures import at, bronze_frame, ev
@@ -120,13 +119,6 @@ def test_erasure_removes_events_received_up_to_the_request(spark: SparkSession) 
     )
     kept = without_erased(bronze_frame(spark, events), requests)
     assertDataFrameEqual(kept.select("event_id"), [("x3",), ("y1",)])
-
-
-def test_window_start_covers_late_days_or_an_earlier_from() -> None:
-    day = at(10).date()
-    assert window_start(day, 3, None) == at(7).date()
-    assert window_start(day, 3, at(1).date()) == at(1).date()
-    assert window_start(day, 3, at(9).date()) == at(7).date()  # never narrower than the window
 
 
 def _records(spark: SparkSession, rows: list[tuple[str | None, str | None, int]]):  # type: ignore[no-untyped-def]

@@ -1,24 +1,31 @@
-"""Online feature definitions as pure ``DataFrame -> DataFrame`` functions.
+"""Feature definitions shared by the layers, written once.
 
-The speed layer and the nightly batch layer call the same functions: the stream applies the
-*row-level* ones (:func:`interactions`, :func:`with_weights`, :func:`with_affinity_units`,
-:func:`with_flags`, :func:`with_trending_slices`, bundled by :func:`online_rows`) to every
-micro-batch and hands the rows to the Redis write script (:mod:`attune.online_store`), which
-adds them up idempotently; the batch layer runs the same row-level functions plus
-:func:`with_genres` over the whole bronze table (:func:`feature_rows`) and the *aggregations*
-below (:func:`recent_items`, :func:`genre_affinities`, :func:`user_counters`, ...) to recompute,
-from scratch, exactly what the stream accumulated, and to correct it.
+**Online features** (the speed layer and the nightly batch), as pure ``DataFrame -> DataFrame``
+functions. The stream applies the *row-level* ones (:func:`interactions`, :func:`with_weights`,
+:func:`with_affinity_units`, :func:`with_flags`, :func:`with_trending_slices`, bundled by
+:func:`online_rows`) to every micro-batch and hands the rows to the Redis write script
+(:mod:`attune.online_store`), which adds them up idempotently; the batch layer runs the same
+row-level functions plus :func:`with_genres` over the whole bronze table (:func:`feature_rows`)
+and the *aggregations* below (:func:`recent_items`, :func:`genre_affinities`,
+:func:`user_counters`, ...) to recompute, from scratch, exactly what the stream accumulated, and
+to correct it.
 
 Inputs are events with the columns of :func:`attune.events.spark_schema` (the bronze table has
 them, plus partition and Kafka columns). Nothing here reads a clock: every time is an event
 time, and "as of" times are parameters.
+
+**Item content** (the batch's ``gold/items`` and the models): how a title becomes tokens, where a
+title's year is, how ids and labels (genres, tags) are cleaned. Each rule is one set of
+constants with a pure-Python reference and the Spark expression built from the same constants
+(see :func:`title_tokens`).
 
 Which event types do what is fixed here, next to the definitions:
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -98,6 +105,28 @@ class FeatureParams:
 
 
 # ----------------------------------------------------------------------------------------
+# Who an event is about, and whether it withdraws consent (the stream and the batch)
+
+
+def user_column() -> Column:
+    """The user an event belongs to: the pseudonymized user id, else the anonymous id.
+
+    The events topic's key, the online store's ``{u}`` and the batch tables' ``user``.
+    """
+    from pyspark.sql import functions as F
+
+    return F.coalesce(F.col("user_id"), F.col("anonymous_id"))
+
+
+def withdraws_consent() -> Column:
+    """True for a ``consent_update`` that withdraws personalization consent: the user's
+    features are forgotten, and nothing from before it counts any more."""
+    from pyspark.sql import functions as F
+
+    return (F.col("type") == "consent_update") & ~F.col("consent.personalization")
+
+
+# ----------------------------------------------------------------------------------------
 # Row level (the stream and the batch)
 
 
@@ -109,10 +138,7 @@ def personalizing(events: DataFrame) -> DataFrame:
     """
     from pyspark.sql import functions as F
 
-    return events.where(
-        F.col("consent.personalization")
-        | ((F.col("type") == "consent_update") & ~F.col("consent.personalization"))
-    )
+    return events.where(F.col("consent.personalization") | withdraws_consent())
 
 
 def interactions(events: DataFrame) -> DataFrame:
@@ -128,13 +154,13 @@ def interactions(events: DataFrame) -> DataFrame:
     from pyspark.sql import functions as F
 
     exploded = events.select(
-        F.coalesce("user_id", "anonymous_id").alias("user"),
+        user_column().alias("user"),
         "event_id",
         "type",
         F.unix_millis("timestamp").alias("ts_ms"),
         "session_id",
         "rating",
-        ((F.col("type") == "consent_update") & ~F.col("consent.personalization")).alias("forget"),
+        withdraws_consent().alias("forget"),
         F.posexplode_outer("items").alias("pos", "item"),
     )
     return exploded.select(
@@ -539,3 +565,90 @@ def trending(rows: DataFrame, window_s: int, slices: int, as_of_ms: int) -> Data
         .groupBy("item_id")
         .agg(F.count("*").alias("engagements"))
     )
+
+
+# ----------------------------------------------------------------------------------------
+# Item content (the batch's gold/items and the models)
+#
+# Each rule below is written once: regular-expression constants, a pure-Python reference (what
+# the models run while they build their item table, which is exported inside the SavedModel)
+# and the Spark expression (what the batch writes to gold/items), built from the same sets of
+# characters. Python's ``re`` and Java's ``java.util.regex`` spell some classes differently;
+# the sets are the same (Unicode general categories), so both agree for every character of
+# Unicode 13, what the JVM's regex tables know (Python 3.11 knows Unicode 14: characters added
+# since may differ).
+
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+"""What ``str.strip()`` and Python's ``\\s`` remove: the characters :meth:`str.isspace` accepts.
+Java's ``\\s`` is ASCII only and Spark's ``trim`` removes spaces alone, so the Spark side spells
+the set out (:data:`WHITESPACE_CLASS`)."""
+
+WHITESPACE_CLASS = "[" + "".join(f"\\u{ord(c):04x}" for c in WHITESPACE) + "]"
+""":data:`WHITESPACE` as a character class both Python's ``re`` and Java's regex read."""
+
+TITLE_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
+"""A trailing ``(YYYY)`` in a title (``Dune (2021)``), group 1 the year: where a catalog without
+a year column keeps it, and what :func:`title_tokens` leaves out (a year is no word of the
+title; the year is a feature of its own)."""
+_TITLE_YEAR_JAVA = WHITESPACE_CLASS + r"*\(\p{Nd}{4}\)" + WHITESPACE_CLASS + "*$"
+# Python's \d is Unicode's decimal digits (Nd), Java's \d only 0-9: \p{Nd} is Python's \d.
+
+TITLE_TOKEN = re.compile(r"[^\W_]+")
+"""A title word: a run of letters and digits (Unicode categories L and N), so punctuation,
+symbols, spaces and ``_`` separate words and accents stay (``café`` is one word)."""
+_TITLE_TOKEN_JAVA = r"[\p{L}\p{N}]+"
+
+
+def title_tokens(title: str | None) -> list[str]:
+    """The words of a title: lower-cased, in order, repeats kept, without a trailing ``(YYYY)``.
+
+    ``"Amélie (2001)"`` -> ``["amélie"]``; ``"Se7en: Part 2 (1995)"`` -> ``["se7en", "part",
+    "2"]``. The reference implementation; :func:`title_tokens_column` is the same rule in Spark.
+    """
+    if not title:
+        return []
+    return TITLE_TOKEN.findall(TITLE_YEAR.sub("", title).lower())
+
+
+def title_tokens_column(title: Column | str) -> Column:
+    """:func:`title_tokens` of a string column, as an ``array<string>`` (empty for null)."""
+    from pyspark.sql import functions as F
+
+    text = F.coalesce(F.col(title) if isinstance(title, str) else title, F.lit(""))
+    lowered = F.lower(F.regexp_replace(text, _TITLE_YEAR_JAVA, ""))
+    return F.regexp_extract_all(lowered, F.lit(_TITLE_TOKEN_JAVA), 0)
+
+
+def clean_text(value: object) -> str | None:
+    """An id or label as text without surrounding whitespace (:data:`WHITESPACE`); None when
+    missing or blank."""
+    if value is None:
+        return None
+    return str(value).strip() or None
+
+
+def clean_text_column(value: Column | str) -> Column:
+    """:func:`clean_text` of a string column."""
+    from pyspark.sql import functions as F
+
+    col = F.col(value) if isinstance(value, str) else value
+    edges = f"^{WHITESPACE_CLASS}+|{WHITESPACE_CLASS}+$"
+    return F.nullif(F.regexp_replace(col, edges, ""), F.lit(""))
+
+
+def clean_labels(values: Iterable[object]) -> tuple[str, ...]:
+    """Labels (genres, tags) through :func:`clean_text`, blanks and repeats dropped, in order."""
+    return tuple(dict.fromkeys(t for v in values if (t := clean_text(v)) is not None))
+
+
+def clean_labels_column(values: Column | str) -> Column:
+    """:func:`clean_labels` of an ``array<string>`` column (null stays null)."""
+    from pyspark.sql import functions as F
+
+    col = F.col(values) if isinstance(values, str) else values
+    cleaned = F.transform(col, clean_text_column)
+    return F.array_distinct(F.filter(cleaned, lambda label: label.isNotNull()))

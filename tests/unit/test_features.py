@@ -11,8 +11,9 @@ import pytest
 from pyspark.sql import Row
 from pyspark.testing import assertDataFrameEqual
 
-from speed_layer import features as F
+from attune import features as F
 from tests.unit.speed_layer.events import T0_MS, events_df, minutes, stored
+from tests.unit.titles import TRICKY_TITLES
 
 HOUR_MS = 3_600_000
 
@@ -343,3 +344,75 @@ def test_feedback_types_agree_with_the_event_types() -> None:
     assert tuple(n for n, t in EVENT_TYPES.items() if t.undoes) == F.UNDO_TYPES
     for undo in F.UNDO_TYPES:
         assert EVENT_TYPES[undo].undoes == F.NEGATIVE_TYPES
+
+
+# ----------------------------------------------------------------------------------------
+# Item content: one rule, the Python reference (what the models build their item table with)
+# and the Spark expression (gold/items), checked against tokens written by hand
+# (tests/unit/titles.py; tests/unit/models/test_models_encoders.py checks the models' table).
+
+
+@pytest.mark.parametrize(("title", "tokens"), TRICKY_TITLES)
+def test_title_tokens_reference(title: str | None, tokens: list[str]) -> None:
+    assert F.title_tokens(title) == tokens
+
+
+def test_title_tokens_in_spark_are_the_reference_tokens(spark) -> None:  # type: ignore[no-untyped-def]
+    df = spark.createDataFrame(
+        [(i, t) for i, (t, _) in enumerate(TRICKY_TITLES)], "i INT, t STRING"
+    )
+    got = {
+        r["i"]: r["tokens"]
+        for r in df.select("i", F.title_tokens_column("t").alias("tokens")).collect()
+    }
+    assert got == {i: tokens for i, (_, tokens) in enumerate(TRICKY_TITLES)}
+
+
+def test_the_year_of_a_title_is_its_trailing_parenthesised_year() -> None:
+    def year(title: str) -> str | None:
+        m = F.TITLE_YEAR.search(title)
+        return m.group(1) if m else None
+
+    assert year("Heat (1995)") == "1995"
+    assert year("Heat (1995) ") == "1995"
+    assert year("The Year (1999) of Living") is None
+    assert year("Heat 1995") is None
+
+
+def test_whitespace_is_what_python_strips() -> None:
+    import re
+    import sys
+
+    everything = (chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF)
+    spaces = {c for c in everything if c.isspace()}
+    assert set(F.WHITESPACE) == spaces
+    assert {c for c in spaces if re.fullmatch(F.WHITESPACE_CLASS, c)} == spaces
+
+
+CLEAN_CASES: list[tuple[str | None, str | None]] = [
+    (None, None),
+    ("", None),
+    ("  ", None),
+    (" Drama ", "Drama"),
+    ("\tSci-Fi\u00a0\n", "Sci-Fi"),  # tab, no-break space, newline: Spark's trim keeps them
+    ("Film Noir", "Film Noir"),  # inner whitespace stays
+]
+
+
+@pytest.mark.parametrize(("raw", "clean"), CLEAN_CASES)
+def test_clean_text_reference(raw: str | None, clean: str | None) -> None:
+    assert F.clean_text(raw) == clean
+
+
+def test_clean_text_and_labels_in_spark_are_the_reference(spark) -> None:  # type: ignore[no-untyped-def]
+    df = spark.createDataFrame(
+        [(i, raw) for i, (raw, _) in enumerate(CLEAN_CASES)], "i INT, v STRING"
+    )
+    got = {r["i"]: r["c"] for r in df.select("i", F.clean_text_column("v").alias("c")).collect()}
+    assert got == {i: clean for i, (_, clean) in enumerate(CLEAN_CASES)}
+
+    labels = [" Drama", "Comedy", None, "", "Drama ", "\tHorror", "Comedy"]
+    assert F.clean_labels(labels) == ("Drama", "Comedy", "Horror")  # first of each, in order
+    arrays = spark.createDataFrame([(labels,), (None,), ([],)], "g ARRAY<STRING>")
+    got_labels = [r["g"] for r in arrays.select(F.clean_labels_column("g").alias("g")).collect()]
+    assert got_labels == [["Drama", "Comedy", "Horror"], None, []]
