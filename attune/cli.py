@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from attune.config import ConfigError, load_config
+from attune.supervisor import ProcessError
 
 
 def _handler(target: str) -> Callable[[Any, argparse.Namespace], int | None]:
@@ -43,16 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("stack", help="start, stop or inspect the local stack (Kafka, Redis)")
     stack_sub = stack.add_subparsers(dest="action", required=True, metavar="ACTION")
     up = stack_sub.add_parser("up", help="start Kafka (KRaft) and Redis, create the topics")
-    up.set_defaults(handler=_handler("attune.stack:cmd_up"))
+    up.set_defaults(handler=_handler("attune.stack.cli:cmd_up"))
     down = stack_sub.add_parser("down", help="stop what `stack up` started")
-    down.set_defaults(handler=_handler("attune.stack:cmd_down"))
+    down.set_defaults(handler=_handler("attune.stack.cli:cmd_down"))
     status = stack_sub.add_parser("status", help="health and address of every component")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(handler=_handler("attune.stack:cmd_status"))
+    status.set_defaults(handler=_handler("attune.stack.cli:cmd_status"))
     topics = stack_sub.add_parser(
         "topics", help="create the declared topics on kafka.bootstrap_servers (any broker)"
     )
-    topics.set_defaults(handler=_handler("attune.stack:cmd_topics"))
+    topics.set_defaults(handler=_handler("attune.stack.cli:cmd_topics"))
+
+    # attune store migrate-keys
+    store = sub.add_parser("store", help="the Redis online store")
+    store_sub = store.add_subparsers(dest="action", required=True, metavar="ACTION")
+    migrate = store_sub.add_parser(
+        "migrate-keys",
+        help="move Redis keys of older versions to their current names (idempotent; "
+        "today: consent:<subject> -> P:u:{<subject>}:consent)",
+    )
+    migrate.set_defaults(handler=_handler("attune.ingest.consent:cmd_migrate_keys"))
 
     # attune serve collector | models
     serve = sub.add_parser("serve", help="run a server process")
@@ -203,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
         result = args.handler(cfg, args)
-    except ConfigError as exc:
+    except (ConfigError, ProcessError) as exc:  # a child that could not start says why
         print(f"attune: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

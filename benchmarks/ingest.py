@@ -209,7 +209,7 @@ def _percentile(values: list[float], q: float) -> float:
 def _raw_producer(cfg: Any, records: list[tuple[bytes, bytes]], topic: str) -> dict[str, Any]:
     from kafka import KafkaProducer
 
-    from attune.collector.producer import producer_settings
+    from attune.ingest.producer import producer_settings
 
     producer = KafkaProducer(**producer_settings(cfg))
     producer.partitions_for(topic)  # metadata first, like the warmed-up collector
@@ -235,7 +235,7 @@ def _collector_records(cfg: Any, events: list[dict[str, Any]], n: int) -> list[t
     """The exact (key, value) records the collector writes for ``n`` of the events."""
     from datetime import UTC, datetime
 
-    from attune.collector.ingest import BatchProcessor
+    from attune.ingest.pipeline import BatchProcessor
     from attune.secrets import Pseudonymizer, pseudonym_key
 
     processor = BatchProcessor(Pseudonymizer(pseudonym_key(cfg)))
@@ -276,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-topics", action="store_true")
     args = parser.parse_args(argv)
 
-    from attune.collector.process import collector_process, isolated_config
-    from attune.config import TopicConfig, load_config
+    from attune.collector.process import collector_process
+    from attune.config import TopicConfig, isolated_config, load_config
     from attune.events_cli import read_topic
     from attune.replay import dataset_events
     from attune.secrets import create_write_key

@@ -16,7 +16,7 @@ Modules, from the outside in:
 * :mod:`attune.api.targeting` – content slots and messages;
 * :mod:`attune.api.keys` – read keys and per-key token-bucket rate limits;
 * :mod:`attune.api.experiments` – deterministic A/B assignment;
-* :mod:`attune.api.process` – run the API or the model server as a child process.
+* :mod:`attune.api.process` – run the API as a child process (demo, tests, benchmarks).
 
 The API talks to models only through the TF Serving protocol, so the official
 ``tensorflow/serving`` server and ``attune serve models`` are interchangeable by configuration.

@@ -1,10 +1,10 @@
 """Events the API sends to Kafka: feedback (awaited) and impressions (in the background).
 
 Both go through the collector's own path, so they are indistinguishable from events an app
-posts to ``POST /v1/events``: :class:`attune.collector.ingest.BatchProcessor` validates them
+posts to ``POST /v1/events``: :class:`attune.ingest.pipeline.BatchProcessor` validates them
 against the event schema and pseudonymizes the ids, the consent state the collector keeps in
 Redis is applied (:meth:`ValidatedBatch.plan`: no analytics consent, not stored), and
-:class:`attune.collector.producer.KafkaSink` produces them with the idempotent ``acks=all``
+:class:`attune.ingest.producer.KafkaSink` produces them with the idempotent ``acks=all``
 producer, keyed by the pseudonymized user, to the events topic. Their source is ``api.source``.
 
 Impressions never delay a response: :meth:`EventSender.log_impression` puts the event on a
@@ -23,10 +23,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from attune.collector.consent import ConsentStore
-from attune.collector.ingest import BatchProcessor
-from attune.collector.producer import KafkaSink, KafkaUnavailable
 from attune.config import AttuneConfig
+from attune.ingest.consent import ConsentStore
+from attune.ingest.pipeline import BatchProcessor
+from attune.ingest.producer import KafkaSink, KafkaUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class EventSender:
         """Validate, apply consent, produce; return (stored, dropped for lack of consent).
 
         Raises :class:`EventRejected` for an invalid event and
-        :class:`attune.collector.producer.KafkaUnavailable` when Kafka does not acknowledge.
+        :class:`attune.ingest.producer.KafkaUnavailable` when Kafka does not acknowledge.
         """
         batch = self.processor.validate(list(raw_events))
         if batch.rejections:

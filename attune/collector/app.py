@@ -49,8 +49,11 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from attune.collector.consent import ConsentStore
-from attune.collector.ingest import (
+from attune.collector.metrics import METRICS_DIR_ENV, CollectorMetrics
+from attune.config import AttuneConfig
+from attune.events import format_time, json_schema
+from attune.ingest.consent import ConsentStore
+from attune.ingest.pipeline import (
     BatchProcessor,
     RequestError,
     dead_letter_record,
@@ -58,10 +61,7 @@ from attune.collector.ingest import (
     parse_body,
     response_status,
 )
-from attune.collector.metrics import METRICS_DIR_ENV, CollectorMetrics
-from attune.collector.producer import KafkaSink, KafkaUnavailable
-from attune.config import AttuneConfig
-from attune.events import format_time, json_schema
+from attune.ingest.producer import KafkaSink, KafkaUnavailable
 from attune.secrets import Pseudonymizer, WriteKeyIndex, load_write_keys, pseudonym_key
 
 log = logging.getLogger(__name__)
@@ -268,6 +268,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await collector.sink.start()
+        try:  # keys of older versions; if Redis is down now, the first read does it
+            await collector.consent.migrate()
+        except Exception as exc:
+            log.warning("consent: could not migrate older keys at start-up: %s", exc)
         if not collector.keys.path.exists():
             log.warning(
                 "no write keys file at %s: every request will get 401; "
@@ -380,7 +384,7 @@ def cmd_serve(cfg: AttuneConfig, args: argparse.Namespace) -> int:
         uvicorn.run(create_app(cfg), **common)
         return 0
 
-    from attune.collector.process import write_config
+    from attune.config import write_config
 
     run_dir = cfg.run_dir / f"collector-{port}"
     metrics_dir = run_dir / "metrics"

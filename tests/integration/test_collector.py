@@ -7,6 +7,8 @@ them are computed here with ``hmac`` from the key this test wrote, not by attune
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import hashlib
 import hmac
 import os
@@ -23,11 +25,14 @@ import httpx
 import orjson
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from attune.client import Tracker
-from attune.collector.process import collector_process, free_port, isolated_config
-from attune.config import AttuneConfig
+from attune.collector.process import collector_process
+from attune.config import AttuneConfig, free_port, isolated_config
 from attune.events_cli import read_topic
+from attune.ingest.consent import ConsentStore, cmd_migrate_keys
+from attune.keys import Keys
 from attune.secrets import create_write_key
 
 pytestmark = pytest.mark.integration
@@ -93,11 +98,30 @@ def env(cfg: AttuneConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     secret = _write_secret(test_cfg)
     key = create_write_key(test_cfg, "it-web")
     create_topics(test_cfg)
+    _write_older_consent(test_cfg, secret)
     try:
         with collector_process(test_cfg) as url:
             yield Env(test_cfg, url, key, secret)
     finally:
         _delete_topics(test_cfg)
+
+
+def _write_older_consent(cfg: AttuneConfig, secret: bytes) -> None:
+    """Consent as an older collector stored it (``consent:<subject>``), before this module's
+    collector starts: dave's says no analytics; erin's too, but she has a newer state under the
+    current name (analytics allowed)."""
+    p = cfg.speed.online_store.key_prefix
+    client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=REDIS_DB)
+    try:
+        dave, erin = (
+            hmac.new(secret, f"{name}-{RUN}".encode(), hashlib.sha256).hexdigest()[:32]
+            for name in ("dave", "erin")
+        )
+        client.set(f"consent:{dave}", b'{"analytics":false}')
+        client.set(f"consent:{erin}", b'{"analytics":false}')
+        client.set(f"{p}:u:{{{erin}}}:consent", b'{"analytics":true}')
+    finally:
+        client.close()
 
 
 def _event(event_id: str, user: str, **extra: Any) -> dict[str, Any]:
@@ -219,10 +243,11 @@ def test_consent_withdrawal_drops_later_behaviour(env: Env) -> None:
     r = env.post(_event(f"after-consent-{RUN}", user))
     assert r.status_code == 200 and r.json() == {"accepted": 0, "dropped": 1, "rejected": []}
     client = redis.Redis(host=env.cfg.redis.host, port=env.cfg.redis.port, db=REDIS_DB)
+    key = f"{env.cfg.speed.online_store.key_prefix}:u:{{{env.pseudo(user)}}}:consent"
     try:
-        assert client.get(f"consent:{env.pseudo(user)}") == b'{"analytics":false}'
+        assert client.get(key) == b'{"analytics":false}'
     finally:
-        client.delete(f"consent:{env.pseudo(user)}")
+        client.delete(key)
         client.close()
     landed = {orjson.loads(x.value)["event_id"] for x in env.records("events")}
     assert f"consent-{RUN}" in landed and f"after-consent-{RUN}" not in landed
@@ -231,6 +256,85 @@ def test_consent_withdrawal_drops_later_behaviour(env: Env) -> None:
         'attune_collector_events_total{outcome="dropped",source="it-web",type="item_view"} 1.0'
         in (metrics)
     )
+
+
+def test_consent_an_older_version_stored_is_moved_when_the_collector_starts(env: Env) -> None:
+    p = env.cfg.speed.online_store.key_prefix
+    dave, erin = env.pseudo(f"dave-{RUN}"), env.pseudo(f"erin-{RUN}")
+    # dave's old state (no analytics) still holds: his event is dropped
+    r = env.post(_event(f"dave-1-{RUN}", f"dave-{RUN}"))
+    assert r.json() == {"accepted": 0, "dropped": 1, "rejected": []}
+    # erin's state under the current name is the newer one (analytics allowed): accepted
+    r = env.post(_event(f"erin-1-{RUN}", f"erin-{RUN}"))
+    assert r.json() == {"accepted": 1, "dropped": 0, "rejected": []}
+    client = redis.Redis(host=env.cfg.redis.host, port=env.cfg.redis.port, db=REDIS_DB)
+    try:
+        assert client.get(f"{p}:u:{{{dave}}}:consent") == b'{"analytics":false}'
+        assert client.get(f"{p}:u:{{{erin}}}:consent") == b'{"analytics":true}'
+        assert client.exists(f"consent:{dave}", f"consent:{erin}") == 0
+    finally:
+        client.delete(f"{p}:u:{{{dave}}}:consent", f"{p}:u:{{{erin}}}:consent")
+        client.close()
+
+
+def test_migrate_keys_command_moves_older_consent_keys_once(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = env.cfg.speed.online_store.key_prefix
+    a, b, c, d = (f"mig-{x}-{RUN}" for x in "abcd")
+    client = redis.Redis(host=env.cfg.redis.host, port=env.cfg.redis.port, db=REDIS_DB)
+    try:
+        client.set(f"consent:{a}", b'{"marketing":false}')  # moved
+        client.set(f"consent:{b}", b'{"analytics":false}', ex=3600)  # moved, with its TTL
+        client.set(f"consent:{c}", b'{"analytics":false}')  # superseded by the newer state:
+        client.set(f"{p}:u:{{{c}}}:consent", b'{"analytics":true}')
+        client.hset(f"consent:{d}", "not", "ours")  # not a string: left alone
+
+        assert cmd_migrate_keys(env.cfg, argparse.Namespace()) == 0
+        out = capsys.readouterr().out
+        assert f"2 key(s) moved from consent:<subject> to {p}:u:{{<subject>}}:consent" in out
+        assert "1 old key(s) deleted because the new one held newer state" in out
+        assert "1 left alone" in out
+        assert client.get(f"{p}:u:{{{a}}}:consent") == b'{"marketing":false}'
+        assert client.get(f"{p}:u:{{{b}}}:consent") == b'{"analytics":false}'
+        assert 3500 < client.ttl(f"{p}:u:{{{b}}}:consent") <= 3600
+        assert client.get(f"{p}:u:{{{c}}}:consent") == b'{"analytics":true}'
+        assert client.exists(f"consent:{a}", f"consent:{b}", f"consent:{c}") == 0
+        assert client.hgetall(f"consent:{d}") == {b"not": b"ours"}
+
+        # idempotent: nothing left to move, nothing changed
+        assert cmd_migrate_keys(env.cfg, argparse.Namespace()) == 0
+        out = capsys.readouterr().out
+        assert "consent: 0 key(s) moved" in out and "0 old key(s) deleted" in out
+        assert client.get(f"{p}:u:{{{a}}}:consent") == b'{"marketing":false}'
+        assert client.get(f"{p}:u:{{{c}}}:consent") == b'{"analytics":true}'
+    finally:
+        client.delete(f"consent:{d}", *(f"{p}:u:{{{x}}}:consent" for x in (a, b, c)))
+        client.close()
+
+
+def test_a_consent_store_migrates_before_its_first_read(env: Env) -> None:
+    """When Redis was down at start-up, the first read moves the older keys first."""
+    p = env.cfg.speed.online_store.key_prefix
+    lazy, late = f"lazy-{RUN}", f"late-{RUN}"
+
+    async def run() -> None:
+        client = aioredis.Redis(host=env.cfg.redis.host, port=env.cfg.redis.port, db=REDIS_DB)
+        store = ConsentStore(client, Keys.from_config(env.cfg))
+        try:
+            await client.set(f"consent:{lazy}", b'{"personalization":false}')
+            got = await store.read_many([lazy, f"nobody-{RUN}"])
+            assert got == {lazy: {"personalization": False}}
+            assert await client.get(f"{p}:u:{{{lazy}}}:consent") == b'{"personalization":false}'
+            assert await client.exists(f"consent:{lazy}") == 0
+            # once per process: what an older version writes after that is left to the command
+            await client.set(f"consent:{late}", b'{"analytics":false}')
+            assert await store.read_many([late]) == {}
+        finally:
+            await client.delete(f"{p}:u:{{{lazy}}}:consent", f"consent:{late}")
+            await store.close()
+
+    asyncio.run(run())
 
 
 def test_health_schema_and_metrics(env: Env) -> None:

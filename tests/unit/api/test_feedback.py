@@ -16,8 +16,8 @@ import pytest
 from starlette.requests import Request
 
 from attune.api.app import FEEDBACK_NAMESPACE, Api, ApiError
-from attune.collector.producer import KafkaUnavailable
 from attune.config import AttuneConfig, PathsConfig
+from attune.ingest.producer import KafkaUnavailable
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 NOW_MS = 1_714_564_800_000  # 2024-05-01T12:00:00Z: 19844 days * 86,400,000 + 12 h

@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from attune.collector.app import create_app
-from attune.collector.producer import KafkaUnavailable
 from attune.config import AttuneConfig, CollectorConfig, PathsConfig
+from attune.ingest.producer import KafkaUnavailable
 from attune.secrets import create_write_key, pseudonym_key
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -51,6 +51,9 @@ class FakeConsent:
     def __init__(self) -> None:
         self.state: dict[str, dict[str, bool]] = {}
         self.reads: list[list[str]] = []
+
+    async def migrate(self) -> None:
+        pass
 
     async def read_many(self, subjects: Sequence[str]) -> dict[str, dict[str, bool]]:
         self.reads.append(list(subjects))

@@ -10,7 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from attune.collector.ingest import (
+from attune.events import Event, StoredEvent, format_time
+from attune.ingest.pipeline import (
     BatchProcessor,
     Rejection,
     RequestError,
@@ -21,7 +22,6 @@ from attune.collector.ingest import (
     response_status,
     stored_record,
 )
-from attune.events import Event, StoredEvent, format_time
 from attune.secrets import Pseudonymizer
 
 KEY = b"k" * 32

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attune.collector.consent import consent_key, decode_state, encode_state
+from attune.ingest.consent import decode_state, encode_state
 
 
 def test_encoding_is_compact_sorted_json_of_explicit_flags() -> None:
@@ -10,7 +10,6 @@ def test_encoding_is_compact_sorted_json_of_explicit_flags() -> None:
         b'{"analytics":false,"marketing":true}'
     )
     assert encode_state({"analytics": False, "colour": True}) == b'{"analytics":false}'
-    assert consent_key("abc") == "consent:abc"
 
 
 def test_decoding_ignores_what_it_does_not_understand() -> None:

@@ -1,6 +1,7 @@
-"""What the collector does to a request body, as pure functions (no network, no clock).
+"""What accepting events does to a request body, as pure functions (no network, no clock).
 
-The request handler in :mod:`attune.collector.app` calls these in order:
+The collector's request handler (:mod:`attune.collector.app`) calls these in order, and the
+personalization API logs its impressions and feedback through the same steps:
 
 1. :func:`parse_body` – bytes -> list of raw events. A body is one event object, a JSON array
    of events, or ``{"batch": [...]}``.
@@ -255,7 +256,7 @@ def stored_record(
     """The JSON object of the :class:`~attune.events.StoredEvent` for ``event``.
 
     Built by hand from the validated event (the hot path: several times faster than
-    constructing a ``StoredEvent`` and dumping it); ``tests/unit/collector`` checks it stays
+    constructing a ``StoredEvent`` and dumping it); ``tests/unit/ingest`` checks it stays
     byte-identical to ``StoredEvent.to_json()``. Like that method it leaves out nulls and
     writes times as ``format_time`` does. Only the fields the app set (plus the ones with a
     non-null default) are looked at: the others are null.

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from attune.collector.producer import (
+from attune.config import AttuneConfig, KafkaConfig
+from attune.ingest.producer import (
     KafkaSink,
     KafkaUnavailable,
     KeyPartitioner,
@@ -15,7 +16,6 @@ from attune.collector.producer import (
     bootstrap_addresses,
     producer_settings,
 )
-from attune.config import AttuneConfig, KafkaConfig
 
 
 def test_ack_resolves_once_all_records_are_acknowledged_from_other_threads() -> None:
