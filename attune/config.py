@@ -1000,3 +1000,72 @@ def load_config(
         return AttuneConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, origin)) from None
+
+
+# ----------------------------------------------------------------------------------------
+# Handing a configuration to another process, and isolated copies (tests, benchmarks)
+
+
+def absolute_config(cfg: AttuneConfig) -> AttuneConfig:
+    """``cfg`` with ``var_dir`` and ``data_dir`` made absolute (a child may run elsewhere)."""
+    paths = cfg.paths.model_copy(
+        update={
+            "var_dir": cfg.paths.var_dir.absolute(),
+            "data_dir": cfg.paths.data_dir.absolute(),
+        }
+    )
+    return cfg.model_copy(update={"paths": paths})
+
+
+def write_config(cfg: AttuneConfig, path: Path) -> Path:
+    """Write ``cfg`` as a YAML config file that :func:`load_config` reads back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = absolute_config(cfg).model_dump(mode="json")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (for tests and benchmarks)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def isolated_config(
+    cfg: AttuneConfig,
+    *,
+    suffix: str,
+    var_dir: Path,
+    redis_db: int,
+    port: int | None = None,
+    **collector: object,
+) -> AttuneConfig:
+    """A copy of ``cfg`` that shares the stack but none of its data (tests, benchmarks).
+
+    Every topic name gets ``.{suffix}``, runtime state (keys, logs) lives in ``var_dir``, consent
+    state in Redis db ``redis_db``, and the collector listens on ``port`` (a free one by
+    default); ``collector`` overrides other collector settings. The Spark jars stay the
+    stack's (an absolute ``spark.jars_dir``), so Spark started from the copy, in this process or
+    a child, finds them.
+    """
+    topics = {
+        role: t.model_copy(update={"name": f"{t.name}.{suffix}"})
+        for role, t in cfg.kafka.topics.items()
+    }
+    base = absolute_config(cfg)
+    return cfg.model_copy(
+        update={
+            "paths": base.paths.model_copy(update={"var_dir": var_dir.absolute()}),
+            "kafka": cfg.kafka.model_copy(update={"topics": topics}),
+            "redis": cfg.redis.model_copy(update={"db": redis_db}),
+            "spark": cfg.spark.model_copy(
+                update={"jars_dir": base.paths.resolve(cfg.spark.jars_dir)}
+            ),
+            "collector": cfg.collector.model_copy(
+                update={"port": port or free_port(), **collector}
+            ),
+        }
+    )

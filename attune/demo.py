@@ -213,13 +213,12 @@ def _batch(cfg: AttuneConfig, landed: int, first_day: date, last_day: date) -> s
     from attune.online_store import OnlineStore
     from spark.job import run_batch
     from spark.quality import DataQualityError
-    from spark.views import ViewKeys
 
     state = _read_state(cfg)
     done = state.get("batch") or {}
     r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
     try:
-        as_of = r.hget(ViewKeys(OnlineStore.from_config(cfg).prefix).meta, "as_of")
+        as_of = r.hget(OnlineStore.from_config(cfg).keys.views_meta, "as_of")
     finally:
         r.close()
     if (
@@ -335,10 +334,11 @@ def _serve_and_show(cfg: AttuneConfig, limit: int | None) -> str:
     import httpx
 
     from attune.api.keys import ensure_read_key
-    from attune.api.process import start_api, start_model_server
+    from attune.api.process import start_api
     from attune.collector.process import collector_process
     from attune.online_store import OnlineStore, wait_for_item
     from attune.secrets import Pseudonymizer, ensure_write_key, pseudonym_key
+    from attune.serving.process import start_model_server
 
     read_key = ensure_read_key(cfg, "demo")
     write_key = ensure_write_key(cfg, "demo")

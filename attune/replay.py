@@ -249,7 +249,7 @@ def publish_catalog(cfg: AttuneConfig, items: list[dict[str, Any]]) -> int:
     import orjson
     from kafka import KafkaProducer
 
-    from attune.collector.producer import producer_settings
+    from attune.ingest.producer import producer_settings
 
     topic = cfg.kafka.topic("catalog").name
     producer = KafkaProducer(**producer_settings(cfg))
@@ -420,9 +420,9 @@ def check_collector(url: str) -> None:
 
 
 def cmd_replay(cfg: AttuneConfig, args: argparse.Namespace) -> int:
-    from attune.collector.process import collector_url
+    from attune.supervisor import local_url
 
-    url = args.collector_url or collector_url(cfg)
+    url = args.collector_url or local_url(cfg.collector.host, cfg.collector.port)
     check_collector(url)
     summary = replay(
         cfg,

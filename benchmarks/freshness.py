@@ -37,13 +37,10 @@ Prints a table and writes ``benchmarks/results/freshness.json`` (git-ignored).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import multiprocessing as mp
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -179,7 +176,7 @@ class Prober:
             if pending:
                 pipe = self.redis.pipeline(transaction=False)
                 for item, (user, _) in pending:
-                    pipe.zscore(self.store.user_key(user, "recent"), item)
+                    pipe.zscore(self.store.keys.user_key(user, "recent"), item)
                 seen = pipe.execute()
                 now = time.monotonic()
                 with self.lock:
@@ -257,14 +254,13 @@ class SpeedLayer:
     """``attune speed start --foreground`` for one config, in its own process group."""
 
     def __init__(self, cfg: Any, name: str) -> None:
-        from attune.collector.process import write_config
         from speed_layer.job import speed_paths
 
         self.cfg = cfg
-        self.config_file = write_config(cfg, cfg.run_dir / f"speed-{name}.yaml")
+        self.name = name
         self.log = cfg.log_dir / f"speed-{name}.log"
         self.status = speed_paths(cfg).status_file
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child: Any = None  # an attune.supervisor.Child once started
 
     def board(self) -> dict[str, Any]:
         try:
@@ -272,15 +268,16 @@ class SpeedLayer:
         except (OSError, ValueError):
             return {}
 
+    def start(self, extra: list[str]) -> None:
+        from speed_layer.control import spawn_speed_layer, wait_running
+
+        config_name = f"speed-{self.name}"
+        self.child = spawn_speed_layer(self.cfg, extra, log=self.log, config_name=config_name)
+        wait_running(self.cfg, self.child, timeout_s=300)
+
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=90)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        if self.child is not None:
+            self.child.stop(90)  # then SIGKILL to its group, JVM included
 
 
 def _group_cpu_s(pgid: int) -> float:
@@ -359,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis
 
-    from attune.collector.process import collector_process, isolated_config
-    from attune.config import AttuneConfig, load_config
+    from attune.collector.process import collector_process
+    from attune.config import AttuneConfig, isolated_config, load_config
     from attune.events import StoredEvent
     from attune.online_store import OnlineStore
     from attune.replay import dataset_events, publish_catalog, read_catalog, resolve_dataset
@@ -441,10 +438,9 @@ def main(argv: list[str] | None = None) -> int:
                     prober.finish(grace_s=1)
                     load_avg = os.getloadavg()[0]
                     print(f"   measuring {args.duration:.0f} s ...", flush=True)
-                    assert layer.proc is not None
-                    cpu0, t0 = _group_cpu_s(layer.proc.pid), time.monotonic()
+                    cpu0, t0 = _group_cpu_s(layer.child.pid), time.monotonic()
                     prober.run(args.duration)
-                    speed_cores = (_group_cpu_s(layer.proc.pid) - cpu0) / (time.monotonic() - t0)
+                    speed_cores = (_group_cpu_s(layer.child.pid) - cpu0) / (time.monotonic() - t0)
                     stop.set()
                     load_stats = out.get(timeout=120)
                     load.join(timeout=30)
@@ -603,40 +599,8 @@ class _speed:
         self.layer, self.extra = layer, extra
 
     def __enter__(self) -> SpeedLayer:
-        from attune.config import CONFIG_ENV, ENV_PREFIX
-
-        layer = self.layer
-        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        env.pop(CONFIG_ENV, None)
-        layer.status.unlink(missing_ok=True)
-        layer.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(layer.log, "ab") as log:
-            layer.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "attune.cli",
-                    "--config",
-                    str(layer.config_file),
-                    "speed",
-                    "start",
-                    "--foreground",
-                    *self.extra,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if layer.proc.poll() is not None:
-                raise RuntimeError(f"the speed layer exited; see {layer.log}")
-            if layer.board().get("state") == "running":
-                return layer
-            time.sleep(0.5)
-        raise RuntimeError(f"the speed layer did not start in 300 s; see {layer.log}")
+        self.layer.start(self.extra)
+        return self.layer
 
     def __exit__(self, *exc: object) -> None:
         self.layer.stop()

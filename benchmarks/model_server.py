@@ -30,14 +30,15 @@ import os
 import platform
 import secrets
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from attune import supervisor
+from attune.config import free_port
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -46,12 +47,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "model_server.json"
 BENCH_MODEL = "bench_ranker"
 CANDIDATES = 50
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_bench_model(root: Path) -> Path:
@@ -214,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     workdir = Path(tempfile.mkdtemp(prefix="attune-bench-serving-"))
-    proc: subprocess.Popen[bytes] | None = None
+    server: supervisor.Child | None = None
     try:
         if args.url:
             rest, grpc_target, model = args.url.rstrip("/"), args.grpc, args.model
@@ -224,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("writing the benchmark model ...", flush=True)
             config = write_bench_model(workdir)
-            rest_port, grpc_port = _free_port(), _free_port()
+            rest_port, grpc_port = free_port(), free_port()
             rest, grpc_target, model = (
                 f"http://127.0.0.1:{rest_port}",
                 f"127.0.0.1:{grpc_port}",
@@ -236,21 +231,18 @@ def main(argv: list[str] | None = None) -> int:
                 "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
                 "--batching" if args.batching else "--no-batching",
             ]  # fmt: skip
-            log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed with the process
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
             print(f"starting attune serve models (log: {workdir / 'server.log'}) ...", flush=True)
-            deadline = time.monotonic() + 180
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"the server exited; see {workdir / 'server.log'}")
-                try:
-                    if httpx.get(f"{rest}/v1/models/{model}", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("the server did not start within 180 s")
-                time.sleep(0.3)
+            try:
+                server = supervisor.start(
+                    cmd,
+                    name="attune serve models",
+                    log=workdir / "server.log",
+                    ready=supervisor.http_probe(f"{rest}/v1/models/{model}"),
+                    ready_timeout_s=180,
+                    cwd=ROOT,
+                )
+            except supervisor.NotReady as exc:
+                raise SystemExit(str(exc)) from None
             server_desc = "attune serve models" + (" --batching" if args.batching else "")
 
         metadata = httpx.get(f"{rest}/v1/models/{model}/metadata", timeout=30).json()
@@ -348,13 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.output}")
         return 0
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if server is not None:
+            server.stop(30)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

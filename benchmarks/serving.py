@@ -310,7 +310,6 @@ def write_redis(cfg: Any, syn: Synthetic, version: str, pseudonymize: Any) -> No
     from tqdm import tqdm
 
     from attune.online_store import BUCKET_HALF_LIVES, SCALE, OnlineStore, OnlineStoreWriter
-    from spark.views import ViewKeys
 
     r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
     store = OnlineStore.from_config(cfg)
@@ -361,7 +360,6 @@ def write_redis(cfg: Any, syn: Synthetic, version: str, pseudonymize: Any) -> No
         bar.update(len({b[0] for b in batch}))
     bar.close()
     writer.refresh_trending()
-    views = ViewKeys(store.prefix)
     rng = np.random.default_rng(7)
     pipe = r.pipeline(transaction=False)
     genre_of = [g[0] for g in syn.item_genres]
@@ -372,7 +370,7 @@ def write_redis(cfg: Any, syn: Synthetic, version: str, pseudonymize: Any) -> No
         mates = by_genre[genre_of[i]]
         picks = rng.choice(mates, size=min(10, len(mates)), replace=False)
         pipe.zadd(
-            views.item_similar(name),
+            store.keys.item_similar(name),
             {
                 syn.items[j]: float(s)
                 for j, s in zip(picks, rng.random(len(picks)), strict=True)
@@ -422,39 +420,20 @@ def train_or_reuse(cfg: Any, inter: Path, items: Path) -> dict[str, Any]:
 def freshness(cfg: Any, api_url: str, read_key: str, n: int, users: int) -> dict[str, Any]:
     import httpx
 
-    from attune.api.process import start_child
     from attune.collector.process import collector_process
     from attune.secrets import create_write_key
-    from speed_layer.job import speed_paths
+    from speed_layer.control import spawn_speed_layer, wait_running
 
     write_key = create_write_key(cfg, "bench-serving")
-    paths = speed_paths(cfg)
     shutil.rmtree(cfg.paths.resolve(cfg.speed.checkpoint_dir), ignore_errors=True)
-    paths.status_file.unlink(missing_ok=True)
     say("starting the speed layer (online query) and the collector for the freshness runs")
-    speed = start_child(
-        cfg,
-        ["speed", "start", "--foreground", "--queries", "online"],
-        "",
-        cfg.log_dir / "bench-speed.log",
-        "bench-speed",
+    speed = spawn_speed_layer(
+        cfg, ["--queries", "online"], log=cfg.log_dir / "bench-speed.log", config_name="bench-speed"
     )
     samples: list[float] = []
     timeouts = 0
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            try:
-                state = json.loads(paths.status_file.read_text()).get("state")
-            except (OSError, ValueError):
-                state = None
-            if state == "running":
-                break
-            if not speed.alive():
-                raise RuntimeError(f"the speed layer exited; see {speed.log_path}")
-            time.sleep(0.5)
-        else:
-            raise RuntimeError(f"the speed layer did not start; see {speed.log_path}")
+        wait_running(cfg, speed, timeout_s=240)
         time.sleep(5)  # let the first micro-batches settle
         rng = np.random.default_rng(11)
         with (
@@ -517,8 +496,7 @@ def freshness(cfg: Any, api_url: str, read_key: str, n: int, users: int) -> dict
 
 
 def bench_config(args: argparse.Namespace) -> Any:
-    from attune.collector.process import free_port, isolated_config
-    from attune.config import AttuneConfig, RateLimitConfig, load_config
+    from attune.config import AttuneConfig, RateLimitConfig, free_port, isolated_config, load_config
 
     base = load_config(None)
     jars = base.paths.resolve(base.spark.jars_dir)
@@ -634,8 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
     from attune.api.keys import ensure_read_key
-    from attune.api.process import start_api, start_model_server
+    from attune.api.process import start_api
     from attune.secrets import Pseudonymizer, pseudonym_key
+    from attune.serving.process import start_model_server
     from attune.stack import create_topics, kafka_admin
 
     started = time.monotonic()

@@ -13,18 +13,16 @@ right even when the process is down.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
-import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from attune import supervisor
 from attune.config import AttuneConfig
 from speed_layer.job import (
     online_checkpoint_name,
@@ -92,34 +90,14 @@ def consumer_lag(
     return batch, rows
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+def _is_speed_layer(cmdline: str) -> bool:
+    return "speed" in cmdline
 
 
 def running_pid(cfg: AttuneConfig) -> int | None:
     """The pid of a live speed-layer process started from this ``var/``, else None."""
-    path = speed_paths(cfg).pid_file
-    try:
-        pid = int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    if not _pid_alive(pid):
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        cmdline = ""
-    return pid if "speed" in cmdline else None
+    record = supervisor.live_record(speed_paths(cfg).pid_file, _is_speed_layer)
+    return record.pid if record is not None else None
 
 
 def status_report(cfg: AttuneConfig) -> dict[str, Any]:
@@ -254,8 +232,7 @@ def cmd_start(cfg: AttuneConfig, args: argparse.Namespace) -> int:
         )
         for chatty in ("kafka", "py4j"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
-        paths.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        paths.pid_file.write_text(str(os.getpid()))
+        supervisor.write_record(paths.pid_file, supervisor.PidRecord.of_this_process())
         try:
             return run_speed_layer(cfg, queries)
         finally:
@@ -265,72 +242,55 @@ def cmd_start(cfg: AttuneConfig, args: argparse.Namespace) -> int:
 
 
 def _start_detached(cfg: AttuneConfig, queries: list[str]) -> int:
-    paths = speed_paths(cfg)
-    paths.log_file.parent.mkdir(parents=True, exist_ok=True)
-    paths.status_file.unlink(missing_ok=True)
-    from attune.collector.process import write_config
+    log = speed_paths(cfg).log_file
+    child = spawn_speed_layer(cfg, ["--queries", ",".join(queries)], log=log, config_name="speed")
+    print(f"starting the speed layer (pid {child.pid}, log {log}) ...", flush=True)
+    try:
+        wait_running(cfg, child)
+    except supervisor.NotReady as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"speed layer running: {', '.join(queries)} (`attune speed status`)")
+    return 0
 
+
+def spawn_speed_layer(
+    cfg: AttuneConfig, args: Sequence[str], *, log: Path, config_name: str
+) -> supervisor.Child:
+    """Start ``attune speed start --foreground ARGS`` for ``cfg`` in its own session (so it
+    outlives the caller), with its output appended to ``log``."""
+    speed_paths(cfg).status_file.unlink(missing_ok=True)
     # The child reads exactly this process's configuration (file, environment overrides and
     # any changes made in code, as tests and the demo make), not whatever its own
     # `--config` / `$ATTUNE_CONFIG` would give.
-    config_file = write_config(cfg, cfg.run_dir / "speed.yaml")
-    cmd = [
-        sys.executable,
-        "-m",
-        "attune.cli",
-        "--config",
-        str(config_file),
-        "speed",
-        "start",
-        "--foreground",
-        "--queries",
-        ",".join(queries),
-    ]
-    with open(paths.log_file, "ab") as log_fh:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=os.getcwd(),
-        )
-    print(f"starting the speed layer (pid {proc.pid}, log {paths.log_file}) ...", flush=True)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            print(
-                f"the speed layer exited with code {proc.returncode}; last log lines:\n"
-                + _tail(paths.log_file),
-                file=sys.stderr,
-            )
-            return 1
-        state = _board_state(paths.status_file)
-        if state == "running":
-            print(f"speed layer running: {', '.join(queries)} (`attune speed status`)")
-            return 0
-        if state == "failed":
-            break
-        time.sleep(0.5)
-    print(
-        "the speed layer did not report running in time; last log lines:\n" + _tail(paths.log_file),
-        file=sys.stderr,
+    cmd, env = supervisor.attune_command(
+        cfg, ["speed", "start", "--foreground", *args], config_name
     )
-    return 1
+    return supervisor.spawn(cmd, name="the speed layer", log=log, env=env, detached=True)
 
 
-def _board_state(path: Path) -> str | None:
+def wait_running(
+    cfg: AttuneConfig, child: supervisor.Child, timeout_s: float = START_TIMEOUT_S
+) -> float:
+    """Wait until ``child`` reports its queries running on the status board; raises
+    :class:`attune.supervisor.NotReady` with its log when it fails, exits or takes too long."""
+    status = speed_paths(cfg).status_file
+
+    def probe() -> str | None:
+        state = board_state(status)
+        if state == "failed":
+            raise supervisor.GaveUp(f"it reported a failure in {status}")
+        return None if state == "running" else f"state {state or 'not reported yet'}"
+
+    return child.wait_ready(probe, timeout_s, poll_s=0.5)
+
+
+def board_state(path: Path) -> str | None:
+    """The ``state`` on the speed layer's status board ``path`` (None before it is written)."""
     try:
         return str(json.loads(path.read_text()).get("state"))
     except (OSError, ValueError):
         return None
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def stop_speed_layer(cfg: AttuneConfig, timeout_s: float = 60.0) -> bool:
@@ -338,13 +298,7 @@ def stop_speed_layer(cfg: AttuneConfig, timeout_s: float = 60.0) -> bool:
     pid = running_pid(cfg)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _pid_alive(pid):
-        time.sleep(0.2)
-    if _pid_alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+    supervisor.stop(pid, "the speed layer", timeout_s, group=True)
     speed_paths(cfg).pid_file.unlink(missing_ok=True)
     return True
 

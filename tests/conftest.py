@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,14 +46,6 @@ def in_ci() -> bool:
 _stack_problem: list[str | None] = []  # cached result of the full check: [None] = healthy
 
 
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def stack_problem(cfg: AttuneConfig) -> str | None:
     """Why the local stack cannot serve integration tests, or None when it can.
 
@@ -63,6 +54,7 @@ def stack_problem(cfg: AttuneConfig) -> str | None:
     test stopped without restarting.
     """
     from attune.stack import bootstrap_addresses, component_status
+    from attune.supervisor import port_open
 
     if not _stack_problem:
         try:
@@ -78,9 +70,9 @@ def stack_problem(cfg: AttuneConfig) -> str | None:
             )
     if _stack_problem[0] is not None:
         return _stack_problem[0]
-    if not any(_port_open(h, p) for h, p in bootstrap_addresses(cfg)):
+    if not any(port_open(h, p) for h, p in bootstrap_addresses(cfg)):
         return f"Kafka at {cfg.kafka.bootstrap_servers} stopped answering"
-    if not _port_open(cfg.redis.host, cfg.redis.port):
+    if not port_open(cfg.redis.host, cfg.redis.port):
         return f"Redis at {cfg.redis.host}:{cfg.redis.port} stopped answering"
     return None
 

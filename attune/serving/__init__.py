@@ -11,7 +11,8 @@ between this server and the official ``tensorflow/serving`` image by configurati
 * :mod:`attune.serving.batching` - optional merging of concurrent requests;
 * :mod:`attune.serving.core` - what REST and gRPC share; :mod:`attune.serving.rest`,
   :mod:`attune.serving.grpc_service` - the two front ends;
-* :mod:`attune.serving.metrics` - Prometheus metrics; :mod:`attune.serving.server` - the process.
+* :mod:`attune.serving.metrics` - Prometheus metrics; :mod:`attune.serving.server` - the process;
+* :mod:`attune.serving.process` - run the server as a child process (demo, tests, benchmarks).
 
 TensorFlow is imported only where models are loaded or tensors cross gRPC; this package sets
 ``TF_USE_LEGACY_KERAS=1`` first, as every attune process that imports TensorFlow does.

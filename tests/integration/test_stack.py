@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from attune import stack
-from attune.config import AttuneConfig, TopicConfig
-from attune.stack import StackError
+from attune import stack, supervisor
+from attune.config import AttuneConfig, TopicConfig, free_port
+from attune.stack import StackError, kafka
+from attune.stack import redis as stack_redis
 
 pytestmark = pytest.mark.integration
 
@@ -76,8 +76,13 @@ def _topic_state(cfg: AttuneConfig, names: list[str]) -> dict[str, tuple[int, in
     return state
 
 
+def _read_pid(pid_file: Path) -> int | None:
+    record = supervisor.read_record(pid_file)
+    return record.pid if record is not None else None
+
+
 def _ours(pid_file: Path, name: str) -> int:
-    pid = stack._read_pid(pid_file)
+    pid = _read_pid(pid_file)
     if pid is None:
         pytest.skip(f"{name} was not started by `attune stack up` here; cannot restart it")
     return pid
@@ -111,9 +116,9 @@ def test_broker_does_not_create_topics_on_demand(cfg: AttuneConfig) -> None:
 
     _ours(stack.stack_paths(cfg).kafka_pid, "Kafka")
     with stack.kafka_admin(cfg) as admin:
-        broker = ConfigResource(ConfigResourceType.BROKER, str(stack.NODE_ID))
+        broker = ConfigResource(ConfigResourceType.BROKER, str(kafka.NODE_ID))
         configs = admin.describe_configs([broker], config_filter="all")["broker"]
-    assert configs[str(stack.NODE_ID)]["auto.create.topics.enable"]["value"] == "false"
+    assert configs[str(kafka.NODE_ID)]["auto.create.topics.enable"]["value"] == "false"
     name = f"attune.test.undeclared-{uuid.uuid4().hex[:8]}"
     consumer = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap_servers)
     try:
@@ -126,14 +131,14 @@ def test_broker_does_not_create_topics_on_demand(cfg: AttuneConfig) -> None:
 
 def test_up_twice_changes_nothing(cfg: AttuneConfig) -> None:
     paths = stack.stack_paths(cfg)
-    pids_before = (stack._read_pid(paths.kafka_pid), stack._read_pid(paths.redis_pid))
+    pids_before = (_read_pid(paths.kafka_pid), _read_pid(paths.redis_pid))
     result = _attune("stack", "up")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     for topic in cfg.kafka.topics.values():
         assert f"topic {topic.name} exists as declared" in out
     assert "created topic" not in out and "formatting" not in out
-    assert (stack._read_pid(paths.kafka_pid), stack._read_pid(paths.redis_pid)) == pids_before
+    assert (_read_pid(paths.kafka_pid), _read_pid(paths.redis_pid)) == pids_before
     if pids_before[0] is not None:
         assert f"Kafka already running (pid {pids_before[0]})" in out
 
@@ -168,7 +173,7 @@ def test_kafka_restart_is_fast_and_keeps_records(cfg: AttuneConfig, scratch_topi
 
     start = time.monotonic()
     stack.kafka_down(cfg)
-    assert stack._kafka_pid(cfg) is None
+    assert kafka.kafka_pid(cfg) is None
     stack.kafka_up(with_scratch)  # waits until the scratch topic has a leader again
     elapsed = time.monotonic() - start
     print(f"kafka down + up: {elapsed:.1f}s")
@@ -196,7 +201,7 @@ def test_kafka_restart_is_fast_and_keeps_records(cfg: AttuneConfig, scratch_topi
 
 def test_redis_restart_keeps_the_online_store(cfg: AttuneConfig) -> None:
     _ours(stack.stack_paths(cfg).redis_pid, "Redis")
-    client = stack._redis_client(cfg)
+    client = stack_redis.redis_client(cfg)
     key = f"attune:test:stack:{uuid.uuid4().hex}"
     try:
         assert client.config_get("appendonly") == {"appendonly": "yes"}
@@ -205,7 +210,7 @@ def test_redis_restart_keeps_the_online_store(cfg: AttuneConfig) -> None:
         client.close()
         stack.redis_down(cfg)
         stack.redis_up(cfg)
-        client = stack._redis_client(cfg)
+        client = stack_redis.redis_client(cfg)
         assert client.get(key) == b"survives"
     finally:
         client.delete(key)
@@ -215,29 +220,22 @@ def test_redis_restart_keeps_the_online_store(cfg: AttuneConfig) -> None:
 def test_a_redis_attune_did_not_start_is_used_and_left_running(tmp_path: Path) -> None:
     server = shutil.which("redis-server")
     assert server, "redis-server should be installed by `attune stack up`"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    port = free_port()
+    other = AttuneConfig.model_validate(
+        {"paths": {"var_dir": str(tmp_path / "var")}, "redis": {"port": port}}
     )
-    try:
-        other = AttuneConfig.model_validate(
-            {"paths": {"var_dir": str(tmp_path / "var")}, "redis": {"port": port}}
-        )
-        deadline = time.monotonic() + 10
-        while stack._redis_not_ready(other) is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
+    with supervisor.running(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        name="a Redis of someone else",
+        log=tmp_path / "redis.out",
+        ready=lambda: stack_redis.redis_not_ready(other),
+        ready_timeout_s=10,
+    ) as proc:
         stack.redis_up(other)
         paths = stack.stack_paths(other)
         assert paths.redis_external.exists() and not paths.redis_pid.exists()
         [status] = [s for s in stack.component_status(other) if s.component == "redis"]
         assert status.healthy and "not started by attune" in status.detail
         stack.redis_down(other)
-        assert proc.poll() is None  # still running
-        assert stack._redis_not_ready(other) is None
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        assert proc.alive()  # still running
+        assert stack_redis.redis_not_ready(other) is None

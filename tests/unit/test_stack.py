@@ -6,23 +6,16 @@ import argparse
 import base64
 import json
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from attune import stack
-from attune.config import AttuneConfig, TopicConfig, load_config
-from attune.stack import ComponentStatus, ExistingTopic, StackError, plan_topics
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from attune import stack, supervisor
+from attune.config import AttuneConfig, TopicConfig, free_port, load_config
+from attune.stack import ComponentStatus, ExistingTopic, StackError, common, kafka, plan_topics
+from attune.stack import cli as stack_cli
+from attune.stack import redis as stack_redis
 
 
 def _cfg(tmp_path: Path, **env: str) -> AttuneConfig:
@@ -154,14 +147,14 @@ def test_class_archive_is_made_once_and_renamed_when_jars_change(tmp_path: Path)
     (paths.kafka_jars / "kafka_2.13-4.1.1.jar").write_bytes(b"v1")
     archive = stack.kafka_class_archive(paths)
     # no archive yet: the broker is asked to write one when it exits
-    assert stack._class_sharing_flags(paths) == [f"-XX:ArchiveClassesAtExit={archive}"]
+    assert kafka.class_sharing_flags(paths) == [f"-XX:ArchiveClassesAtExit={archive}"]
     archive.write_bytes(b"archive")
-    assert stack._class_sharing_flags(paths) == ["-Xshare:auto", f"-XX:SharedArchiveFile={archive}"]
+    assert kafka.class_sharing_flags(paths) == ["-Xshare:auto", f"-XX:SharedArchiveFile={archive}"]
     # other jars: another name, and the old archive is removed
     (paths.kafka_jars / "kafka_2.13-4.1.1.jar").write_bytes(b"v2, longer")
     renamed = stack.kafka_class_archive(paths)
     assert renamed != archive
-    assert stack._class_sharing_flags(paths) == [f"-XX:ArchiveClassesAtExit={renamed}"]
+    assert kafka.class_sharing_flags(paths) == [f"-XX:ArchiveClassesAtExit={renamed}"]
     assert not archive.exists()
 
 
@@ -179,101 +172,75 @@ def test_bootstrap_addresses() -> None:
 
 
 # ----------------------------------------------------------------------------------------
-# Processes
+# The stack's pid records: one process per address and data folder (the process handling
+# itself is tested in test_supervisor.py)
 
 
-def test_owned_pid_removes_stale_pid_files(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    pid_file = tmp_path / "x.pid"
-    pid_file.write_text(f"{done.stdout.strip()} 127.0.0.1:1\n")  # that process has exited
-    assert stack._owned_pid(pid_file, lambda cmd: True, "127.0.0.1:1") is None
-    assert not pid_file.exists()
-
-
-def _sleeper(tmp_path: Path, address: str) -> tuple[int, Path]:
+def _sleeper(tmp_path: Path, address: str) -> tuple[supervisor.Child, Path]:
     pid_file = tmp_path / "sleeper.pid"
-    pid = stack._spawn(
+    child = supervisor.spawn(
         [sys.executable, "-c", "import time; time.sleep(60)", "attune-test-sleeper"],
-        tmp_path / "sleeper.out",
-        pid_file,
-        tmp_path,
-        address,
+        name="sleeper",
+        log=tmp_path / "sleeper.out",
+        detached=True,
+        pid_file=pid_file,
+        address=address,
     )
-    return pid, pid_file
+    return child, pid_file
 
 
 def _is_sleeper(cmdline: str) -> bool:
     return "attune-test-sleeper" in cmdline
 
 
-def test_owned_pid_checks_the_program(tmp_path: Path) -> None:
-    pid, pid_file = _sleeper(tmp_path, "127.0.0.1:7001")
+def test_owned_pid_checks_the_program_and_the_address(tmp_path: Path) -> None:
+    child, pid_file = _sleeper(tmp_path, "127.0.0.1:7001")
     try:
-        assert pid_file.read_text() == f"{pid} 127.0.0.1:7001\n"
-        assert stack._owned_pid(pid_file, _is_sleeper, "127.0.0.1:7001") == pid
+        assert common.owned_pid(pid_file, _is_sleeper, "127.0.0.1:7001") == child.pid
         # a live pid running another program (e.g. reused after a reboot) is not ours
-        assert stack._owned_pid(pid_file, lambda cmd: "redis-server" in cmd, "x") is None
+        assert common.owned_pid(pid_file, lambda cmd: "redis-server" in cmd, "x") is None
         assert not pid_file.exists()
     finally:
-        stack._stop(pid, "sleeper", timeout_s=5)
-    assert not stack._pid_alive(pid)
+        child.stop(5)
 
 
 def test_a_caller_with_other_ports_does_not_disown_a_live_process(tmp_path: Path) -> None:
-    pid, pid_file = _sleeper(tmp_path, "127.0.0.1:7001")
+    child, pid_file = _sleeper(tmp_path, "127.0.0.1:7001")
     try:
         # status/down with another address: not theirs, but the record stays for its owner
-        assert stack._owned_pid(pid_file, _is_sleeper, "127.0.0.1:7002") is None
+        assert common.owned_pid(pid_file, _is_sleeper, "127.0.0.1:7002") is None
         assert pid_file.exists()
         # up with another address refuses instead of starting a second server on the same data
         with pytest.raises(
             StackError, match=r"records a sleeper attune started for 127\.0\.0\.1:7001"
         ):
-            stack._recorded_for(pid_file, _is_sleeper, "127.0.0.1:7002", "sleeper")
-        assert stack._recorded_for(pid_file, _is_sleeper, "127.0.0.1:7001", "sleeper") == pid
+            common.recorded_for(pid_file, _is_sleeper, "127.0.0.1:7002", "sleeper")
+        assert common.recorded_for(pid_file, _is_sleeper, "127.0.0.1:7001", "sleeper") == child.pid
     finally:
-        stack._stop(pid, "sleeper", timeout_s=5)
+        child.stop(5)
 
 
-def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
-    pid = stack._spawn(
-        [sys.executable, "-c", code], tmp_path / "o.out", tmp_path / "o.pid", tmp_path, "-"
-    )
-    time.sleep(0.5)  # let it install the handler
-    start = time.monotonic()
-    stack._stop(pid, "stubborn", timeout_s=1)
-    assert not stack._pid_alive(pid)
-    assert 1 <= time.monotonic() - start < 5
+def test_a_broker_started_by_an_earlier_version_is_still_found(tmp_path: Path) -> None:
+    # before pid records were JSON, the stack wrote "PID ADDRESS"
+    child, pid_file = _sleeper(tmp_path, "unused")
+    try:
+        pid_file.write_text(f"{child.pid} 127.0.0.1:7001\n")
+        assert common.owned_pid(pid_file, _is_sleeper, "127.0.0.1:7001") == child.pid
+    finally:
+        child.stop(5)
 
 
-def test_wait_until_returns_when_ready() -> None:
-    answers = iter(["starting", "starting", None])
-    waited = stack._wait_until("thing", lambda: next(answers), timeout_s=10)
-    assert 0.4 < waited < 5  # two polls of 0.25 s before the third says ready
-
-
-def test_wait_until_fails_with_the_log_tail(tmp_path: Path) -> None:
-    log = tmp_path / "thing.log"
-    log.write_text("".join(f"line {i}\n" for i in range(100)))
-    with pytest.raises(StackError) as err:
-        stack._wait_until("thing", lambda: "port not open", timeout_s=0.3, logs=[log])
-    message = str(err.value)
-    assert "thing: not ready after 0s (port not open)" in message
-    assert "  | line 99" in message and "  | line 70" in message  # the last 30 lines
-    assert "line 69\n" not in message
-
-
-def test_wait_until_stops_at_once_when_the_process_died() -> None:
-    start = time.monotonic()
-    with pytest.raises(StackError, match="exited during start-up"):
-        stack._wait_until("thing", lambda: "no answer", timeout_s=60, alive=lambda: False)
-    assert time.monotonic() - start < 2
+def test_wait_until_fails_with_a_stack_error_and_progress_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    child, _ = _sleeper(tmp_path, "-")
+    try:
+        with pytest.raises(StackError, match=r"^thing: not ready after 4s \(port not open\)"):
+            common.wait_until("thing", lambda: "port not open", 3.6, child.pid, logs=[])
+    finally:
+        child.stop(5)
+    # a progress line every 3 s, as `attune stack up` prints them
+    assert "stack: waiting for thing: port not open (3s of at most 4s)" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------------------
@@ -283,43 +250,45 @@ def test_wait_until_stops_at_once_when_the_process_died() -> None:
 def test_kafka_up_refuses_when_clients_would_not_reach_the_broker(tmp_path: Path) -> None:
     cfg = _cfg(
         tmp_path,
-        ATTUNE__KAFKA__BOOTSTRAP_SERVERS=f"127.0.0.1:{_free_port()}",
-        ATTUNE__KAFKA__BROKER__PORT=str(_free_port()),
+        ATTUNE__KAFKA__BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+        ATTUNE__KAFKA__BROKER__PORT=str(free_port()),
     )
     with pytest.raises(StackError, match="Make them agree"):
         stack.kafka_up(cfg)
 
 
 def test_kafka_up_without_jars_says_make_jars(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     cfg = _cfg(
         tmp_path,
         ATTUNE__KAFKA__BOOTSTRAP_SERVERS=f"127.0.0.1:{port}",
         ATTUNE__KAFKA__BROKER__PORT=str(port),
-        ATTUNE__KAFKA__BROKER__CONTROLLER_PORT=str(_free_port()),
+        ATTUNE__KAFKA__BROKER__CONTROLLER_PORT=str(free_port()),
     )
     with pytest.raises(StackError, match=r"make jars"):
         stack.kafka_up(cfg)
 
 
 def test_create_topics_without_kafka_says_so(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, ATTUNE__KAFKA__BOOTSTRAP_SERVERS=f"127.0.0.1:{_free_port()}")
+    cfg = _cfg(tmp_path, ATTUNE__KAFKA__BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
     with pytest.raises(StackError, match=r"cannot reach Kafka at 127\.0\.0\.1:\d+ to create"):
         stack.create_topics(cfg)
 
 
 def test_redis_up_unmanaged_and_absent(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, ATTUNE__REDIS__PORT=str(_free_port()), ATTUNE__REDIS__MANAGE="false")
+    cfg = _cfg(tmp_path, ATTUNE__REDIS__PORT=str(free_port()), ATTUNE__REDIS__MANAGE="false")
     with pytest.raises(StackError, match=r"redis\.manage is false"):
         stack.redis_up(cfg)
 
 
 def test_redis_install_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_which = stack.shutil.which
+    real_which = stack_redis.shutil.which
     monkeypatch.setattr(
-        stack.shutil, "which", lambda name: None if name == "redis-server" else real_which(name)
+        stack_redis.shutil,
+        "which",
+        lambda name: None if name == "redis-server" else real_which(name),
     )
-    monkeypatch.setattr(stack.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(stack_redis.os, "geteuid", lambda: 1000)
     if real_which("apt-get") is None:
         pytest.skip("no apt-get on this machine")
     with pytest.raises(StackError, match="installing needs root"):
@@ -350,8 +319,8 @@ def _fake_status(healthy: bool) -> list[ComponentStatus]:
 def test_status_json_and_exit_code(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], healthy: bool, code: int
 ) -> None:
-    monkeypatch.setattr(stack, "component_status", lambda cfg: _fake_status(healthy))
-    assert stack.cmd_status(AttuneConfig(), argparse.Namespace(json=True)) == code
+    monkeypatch.setattr(stack_cli, "component_status", lambda cfg: _fake_status(healthy))
+    assert stack_cli.cmd_status(AttuneConfig(), argparse.Namespace(json=True)) == code
     assert json.loads(capsys.readouterr().out) == [
         {"component": "kafka", "address": "127.0.0.1:9092", "healthy": True, "detail": "ok"},
         {
@@ -364,8 +333,8 @@ def test_status_json_and_exit_code(
 
 
 def test_status_table(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(stack, "component_status", lambda cfg: _fake_status(False))
-    assert stack.cmd_status(AttuneConfig(), argparse.Namespace(json=False)) == 1
+    monkeypatch.setattr(stack_cli, "component_status", lambda cfg: _fake_status(False))
+    assert stack_cli.cmd_status(AttuneConfig(), argparse.Namespace(json=False)) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         "kafka  127.0.0.1:9092  up    ok",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -26,6 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
+from attune import supervisor
+from attune.config import free_port
 from tests.integration.serving import conformance_models as cm
 
 pytestmark = pytest.mark.integration
@@ -44,33 +45,21 @@ class Target:
     official: bool  # a real TF Serving rather than attune's server
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_ready(rest: str, proc: subprocess.Popen[bytes] | None, log: Path | None) -> None:
+def _ready(rest: str) -> supervisor.Probe:
     """Until toy 1 and 2 and rolling are AVAILABLE (what the model config asks for)."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text()[-3000:] if log else ""
-            pytest.fail(f"the model server exited with {proc.returncode}:\n{tail}")
+
+    def probe() -> str | None:
         try:
             toy = httpx.get(f"{rest}/v1/models/{cm.TOY}", timeout=2)
             rolling = httpx.get(f"{rest}/v1/models/{cm.ROLLING}", timeout=2)
             states = {s["version"]: s["state"] for s in toy.json().get("model_version_status", [])}
             if states == {"1": "AVAILABLE", "2": "AVAILABLE"} and rolling.status_code == 200:
-                return
-            last = f"{toy.status_code} {toy.text[:300]}"
+                return None
+            return f"{toy.status_code} {toy.text[:300]}"
         except httpx.HTTPError as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        time.sleep(0.3)
-    pytest.fail(f"the model server at {rest} was not ready in {READY_TIMEOUT_S:.0f} s: {last}")
+            return f"{type(exc).__name__}: {exc}"
+
+    return probe
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +75,15 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         for name, version in ((cm.TOY, 1), (cm.TOY, 2), (cm.ROLLING, 1)):
             if not (repo / name / str(version) / "saved_model.pb").is_file():
                 pytest.fail(f"{repo} lacks {name}/{version}: write the conformance models first")
-        _wait_ready(TF_SERVING_URL, None, None)
+        supervisor.wait_ready(
+            f"TF Serving at {TF_SERVING_URL}", _ready(TF_SERVING_URL), READY_TIMEOUT_S
+        )
         yield Target(TF_SERVING_URL, TF_SERVING_GRPC or None, repo, official=True)
         return
 
     repo = tmp_path_factory.mktemp("conformance") / "repo"
     config = cm.write_repository(repo)
-    rest_port, grpc_port = _free_port(), _free_port()
+    rest_port, grpc_port = free_port(), free_port()
     log = repo.parent / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATTUNE__SERVING__")}
     cmd = [
@@ -100,19 +91,17 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         "--model-config-file", str(config), "--host", "127.0.0.1",
         "--rest-port", str(rest_port), "--grpc-port", str(grpc_port), "--no-batching",
     ]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     rest = f"http://127.0.0.1:{rest_port}"
-    try:
-        _wait_ready(rest, proc, log)
+    with supervisor.running(
+        cmd,
+        name=f"the model server at {rest}",
+        log=log,
+        env=env,
+        ready=_ready(rest),
+        ready_timeout_s=READY_TIMEOUT_S,
+        stop_timeout_s=30,
+    ):
         yield Target(rest, f"127.0.0.1:{grpc_port}", repo, official=False)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -19,19 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-from attune.config import AttuneConfig
+from attune.config import AttuneConfig, free_port
 from attune.serving.server import ModelServer, ServerOptions
 from tests.integration.serving import conformance_models as cm
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _options(cfg: AttuneConfig, **changes: Any) -> ServerOptions:
@@ -39,8 +31,8 @@ def _options(cfg: AttuneConfig, **changes: Any) -> ServerOptions:
     return replace(
         base,
         host="127.0.0.1",
-        rest_port=_free_port(),
-        grpc_port=_free_port(),
+        rest_port=free_port(),
+        grpc_port=free_port(),
         poll_interval_s=0.2,
         **changes,
     )
@@ -123,7 +115,7 @@ def test_repository_models_at_their_promoted_or_latest_version(http: httpx.Clien
 
 
 def test_a_promotion_switches_the_served_version(http: httpx.Client, repository: Path) -> None:
-    from models.repository import ModelRepository
+    from attune.model_repository import ModelRepository
 
     # what the promotion gate does when alpha 2 beats alpha 1
     ModelRepository(repository).set_served("alpha", 2, {"metric": "ndcg@10", "value": 0.5})

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import date
@@ -22,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from attune.config import AttuneConfig
+from attune import supervisor
+from attune.config import AttuneConfig, free_port
 from spark.tables import Lake
 from tests.integration.spark.conftest import publish
 from tests.unit.spark.fixtures import at, ev, write_bronze
@@ -36,35 +34,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _spark_class(*args: str, log: Path) -> subprocess.Popen[bytes]:
+def _spark_class(*args: str, log: Path) -> supervisor.Child:
     import pyspark
 
     home = Path(pyspark.__file__).parent
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_DAEMON_MEMORY": "256m"}
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [str(home / "bin" / "spark-class"), *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    name = "the Spark " + args[0].rsplit(".", 1)[-1].lower()  # "the Spark master"
+    cmd = [str(home / "bin" / "spark-class"), *args]
+    return supervisor.spawn(cmd, name=name, log=log, env=env, detached=True)
 
 
 def _master_state(ui_port: int) -> dict[str, Any]:
@@ -75,7 +52,7 @@ def _master_state(ui_port: int) -> dict[str, Any]:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[str, int]]:
     """``(master URL, master web UI port)`` of a running master with one alive worker."""
-    port, ui, worker_ui = _free_port(), _free_port(), _free_port()
+    port, ui, worker_ui = free_port(), free_port(), free_port()
     master = _spark_class(
         "org.apache.spark.deploy.master.Master",
         "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui),
@@ -89,23 +66,22 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, int]]:
         "--webui-port", str(worker_ui), "--work-dir", str(tmp_path / "work"),
         log=tmp_path / "worker.log",
     )  # fmt: skip
+
+    def worker_alive() -> str | None:
+        try:
+            state = _master_state(ui)
+        except OSError as exc:
+            return f"master web UI: {exc}"
+        if any(w.get("state") == "ALIVE" for w in state.get("workers", [])):
+            return None
+        return "no ALIVE worker yet"
+
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                state = _master_state(ui)
-                if any(w.get("state") == "ALIVE" for w in state.get("workers", [])):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or master.poll() is not None:
-                logs = (tmp_path / "master.log").read_text()[-2000:]
-                raise RuntimeError(f"the standalone cluster did not come up:\n{logs}")
-            time.sleep(1)
+        master.wait_ready(worker_alive, 120, poll_s=1)
         yield url, ui
     finally:
-        _stop(worker)
-        _stop(master)
+        worker.stop(20)
+        master.stop(20)
 
 
 def _env(cfg: AttuneConfig, master: str) -> dict[str, str]:

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from attune.collector.process import isolated_config
-from attune.config import AttuneConfig
+from attune.config import AttuneConfig, isolated_config
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -125,7 +124,7 @@ def speed_layer_thread(
     cfg: AttuneConfig, spark: SparkSession, queries: tuple[str, ...] = ("bronze", "online")
 ) -> Iterator[threading.Event]:
     """Run the speed layer in this process (on the tests' Spark session) until the block ends."""
-    from speed_layer.control import _board_state
+    from speed_layer.control import board_state
     from speed_layer.job import run_speed_layer, speed_paths
 
     stop = threading.Event()
@@ -139,11 +138,11 @@ def speed_layer_thread(
     status = speed_paths(cfg).status_file
     try:
         wait_until(
-            lambda: _board_state(status) in ("running", "failed", "stopped"),
+            lambda: board_state(status) in ("running", "failed", "stopped"),
             180,
             "the speed layer to start",
         )
-        assert _board_state(status) == "running", status.read_text()
+        assert board_state(status) == "running", status.read_text()
         yield stop
     finally:
         stop.set()

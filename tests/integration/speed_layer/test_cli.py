@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
-from attune.collector.process import write_config
-from attune.config import CONFIG_ENV, ENV_PREFIX, AttuneConfig
+from attune import supervisor
+from attune.config import CONFIG_ENV, ENV_PREFIX, AttuneConfig, write_config
 from attune.online_store import OnlineStore
 from attune.stack import create_topics
 from speed_layer.job import speed_paths
@@ -76,7 +76,9 @@ def test_start_status_stop(setup: tuple[AttuneConfig, Path]) -> None:
     started = attune(config, "speed", "start")
     assert started.returncode == 0, started.stdout + started.stderr
     assert "speed layer running: bronze, online" in started.stdout
-    pid = int(speed_paths(c).pid_file.read_text())
+    record = supervisor.read_record(speed_paths(c).pid_file)
+    assert record is not None
+    pid = record.pid
     again = attune(config, "speed", "start")
     assert f"already running (pid {pid})" in again.stdout
 

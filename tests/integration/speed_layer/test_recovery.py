@@ -14,12 +14,7 @@ key prefix. Afterwards:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -28,14 +23,15 @@ from typing import Any
 
 import pytest
 
-from attune.collector.process import collector_process, write_config
-from attune.config import CONFIG_ENV, ENV_PREFIX, AttuneConfig
+from attune import supervisor
+from attune.collector.process import collector_process
+from attune.config import AttuneConfig
 from attune.events_cli import read_topic
 from attune.online_store import OnlineStore
 from attune.replay import dataset_events, replay
 from attune.secrets import create_write_key
 from attune.stack import create_topics
-from speed_layer.control import committed_offsets, end_offsets
+from speed_layer.control import committed_offsets, end_offsets, spawn_speed_layer, wait_running
 from speed_layer.job import speed_paths
 from tests.integration.speed_layer.helpers import (
     delete_prefix,
@@ -81,55 +77,23 @@ class SpeedProcess:
     """``attune speed start --foreground`` as a child in its own process group."""
 
     def __init__(self, cfg: AttuneConfig, name: str) -> None:
-        self.config_file = write_config(cfg, cfg.run_dir / "speed-test.yaml")
+        self.cfg = cfg
         self.log = cfg.log_dir / f"speed-{name}.log"
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.status = speed_paths(cfg).status_file
+        self.child: supervisor.Child | None = None
 
     def start(self) -> None:
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) and k != CONFIG_ENV
-        }
-        self.status.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "attune.cli", "--config", str(self.config_file)]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*cmd, "speed", "start", "--foreground"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-
-        def running() -> bool:
-            assert self.proc is not None
-            assert self.proc.poll() is None, f"the speed layer exited; see {self.log}"
-            try:
-                return json.loads(self.status.read_text()).get("state") == "running"
-            except (OSError, ValueError):
-                return False
-
-        wait_until(running, 240, f"the speed layer to start (log {self.log})", poll_s=0.5)
+        self.child = spawn_speed_layer(self.cfg, [], log=self.log, config_name="speed-test")
+        wait_running(self.cfg, self.child, timeout_s=240)
 
     def kill(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
+        """SIGKILL to the whole group: the Python driver and its JVM die at once."""
+        assert self.child is not None
+        self.child.kill()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        # Stop any Spark JVM the driver left behind.
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        # SIGTERM, then SIGKILL to the group, which also ends any JVM the driver left behind
+        if self.child is not None:
+            self.child.stop(120)
 
 
 @pytest.fixture
