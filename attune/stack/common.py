@@ -94,3 +94,34 @@ def wait_until(
 def stop(pid: int, name: str) -> supervisor.Stopped:
     """Stop a component the stack started (SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``)."""
     return supervisor.stop(pid, name, STOP_TIMEOUT_S, say=say)
+
+
+def stop_component(
+    name: str,
+    pid_file: Path,
+    program: Callable[[str], bool],
+    address: str,
+    external_marker: Path,
+) -> supervisor.Stopped | None:
+    """Stop the ``name`` process the stack started to serve ``address``; leave any other alone.
+
+    Returns how it stopped, or None when there was nothing of ours to stop: a process recorded
+    for another address (another config's; it shares nothing with this one), one that attune
+    found already running and did not start (``external_marker``), or none at all.
+    """
+    pid = owned_pid(pid_file, program, address)
+    if pid is None:
+        other = supervisor.live_record(pid_file, program)
+        if other is not None:
+            say(
+                f"the {name} attune started (pid {other.pid}) serves {other.address}, not "
+                f"{address}; leaving it running (stop it with its own config)"
+            )
+        elif external_marker.exists():
+            say(f"{name} was not started by attune; leaving it running")
+            external_marker.unlink(missing_ok=True)
+        else:
+            say(f"{name} is not running (no live pid in {pid_file})")
+        return None
+    say(f"stopping {name} (pid {pid})")
+    return stop(pid, name)

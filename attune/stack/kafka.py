@@ -29,7 +29,7 @@ from attune.stack.common import (
     recorded_for,
     same_endpoint,
     say,
-    stop,
+    stop_component,
     wait_until,
 )
 from attune.stack.paths import StackPaths, stack_paths
@@ -385,22 +385,11 @@ def kafka_up(cfg: AttuneConfig) -> None:
 def kafka_down(cfg: AttuneConfig) -> None:
     """Stop the broker ``kafka_up`` started (SIGTERM, then SIGKILL); leave any other alone."""
     paths = stack_paths(cfg)
-    pid = kafka_pid(cfg)
-    if pid is None:
-        other = supervisor.live_record(paths.kafka_pid, _is_our_kafka(paths))
-        if other is not None:
-            say(
-                f"the Kafka broker attune started (pid {other.pid}) serves {other.address}, "
-                f"not {_kafka_address(cfg)}; leaving it running (stop it with its own config)"
-            )
-        elif paths.kafka_external.exists():
-            say("Kafka was not started by attune; leaving it running")
-            paths.kafka_external.unlink(missing_ok=True)
-        else:
-            say("Kafka is not running (no live pid in var/run/kafka.pid)")
-        return
-    say(f"stopping Kafka (pid {pid})")
-    if stop(pid, "Kafka") is supervisor.Stopped.KILLED:
+    how = stop_component(
+        "Kafka", paths.kafka_pid, _is_our_kafka(paths), _kafka_address(cfg), paths.kafka_external
+    )
+    if how is supervisor.Stopped.KILLED:
         # killed, perhaps while writing its class archive: drop it, the next clean stop redoes it
         kafka_class_archive(paths).unlink(missing_ok=True)
-    paths.kafka_pid.unlink(missing_ok=True)
+    if how is not None:
+        paths.kafka_pid.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from attune.stack.common import (
     resolve_ip,
     say,
     started_by,
-    stop,
+    stop_component,
     wait_until,
 )
 from attune.stack.paths import StackPaths, stack_paths
@@ -196,23 +196,11 @@ def redis_up(cfg: AttuneConfig) -> None:
 def redis_down(cfg: AttuneConfig) -> None:
     """Stop the redis-server ``redis_up`` started (it writes its files on SIGTERM)."""
     paths = stack_paths(cfg)
-    pid = redis_pid(cfg)
-    if pid is None:
-        other = supervisor.live_record(paths.redis_pid, _is_redis)
-        if other is not None:
-            say(
-                f"the Redis attune started (pid {other.pid}) serves {other.address}, not "
-                f"{_redis_address(cfg)}; leaving it running (stop it with its own config)"
-            )
-        elif paths.redis_external.exists():
-            say("Redis was not started by attune; leaving it running")
-            paths.redis_external.unlink(missing_ok=True)
-        else:
-            say("Redis is not running (no live pid in var/run/redis.pid)")
-        return
-    say(f"stopping Redis (pid {pid})")
-    stop(pid, "Redis")
-    paths.redis_pid.unlink(missing_ok=True)
+    how = stop_component(
+        "Redis", paths.redis_pid, _is_redis, _redis_address(cfg), paths.redis_external
+    )
+    if how is not None:
+        paths.redis_pid.unlink(missing_ok=True)
 
 
 def redis_status(cfg: AttuneConfig) -> ComponentStatus:
