@@ -310,6 +310,35 @@ def http_probe(url: str, timeout_s: float = 2.0) -> Probe:
     return probe
 
 
+def http_workers_probe(url: str, workers: int, timeout_s: float = 2.0) -> Probe:
+    """Ready when ``workers`` distinct worker processes have answered ``GET url`` with 200.
+
+    For a server of N worker processes sharing one listening socket (uvicorn ``--workers``):
+    the first worker to answer is not the server being ready, and load sent then lands on the
+    workers that happen to be up. The endpoint names its worker in a JSON ``worker_pid``; each
+    probe opens a new connection, which the kernel hands to a worker waiting in accept.
+    """
+    ready_pids: set[int] = set()
+
+    def probe() -> str | None:
+        for _ in range(4 * workers):  # a few connections per poll, so waiting stays short
+            try:
+                status, body = http_get(url, timeout_s)
+            except NoAnswer as exc:
+                return str(exc)
+            if status != 200:
+                return f"{status} {body[:200]}"
+            try:
+                ready_pids.add(int(json.loads(body)["worker_pid"]))
+            except (ValueError, KeyError, TypeError):
+                return f"no worker_pid in the answer of {url}: {body[:200]}"
+            if len(ready_pids) >= workers:
+                return None
+        return f"{len(ready_pids)} of {workers} worker processes ready"
+
+    return probe
+
+
 # ----------------------------------------------------------------------------------------
 # Waiting for readiness
 

@@ -323,7 +323,12 @@ def create_app(
         redis_ok = await collector.consent.ping()
         kafka = collector.sink.health()
         ready = collector.sink.ready and redis_ok
-        body = {"ready": ready, "kafka": kafka, "redis": {"reachable": redis_ok}}
+        body = {
+            "ready": ready,
+            "kafka": kafka,
+            "redis": {"reachable": redis_ok},
+            "worker_pid": os.getpid(),  # with collector.workers > 1: which worker answered
+        }
         return _json(200 if ready else 503, body)
 
     @app.get("/metrics", summary="Prometheus metrics")

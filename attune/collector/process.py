@@ -41,7 +41,7 @@ def collector_process(
         name=f"the collector at {url}",
         log=log_path or cfg.log_dir / f"{name}.log",
         env=env,
-        ready=supervisor.http_probe(f"{url}/readyz"),
+        ready=supervisor.http_workers_probe(f"{url}/readyz", cfg.collector.workers),
         ready_timeout_s=ready_timeout_s,
         # in-flight requests wait up to ack_timeout_s for Kafka before the collector exits
         stop_timeout_s=cfg.collector.ack_timeout_s + 10,

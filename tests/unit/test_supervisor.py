@@ -92,6 +92,58 @@ def test_http_probe_until_200(tmp_path: Path) -> None:
     assert not child.alive()  # stopped when the block ended
 
 
+# Two worker processes accepting on one listening socket, like uvicorn --workers 2; each
+# answers {"worker_pid": <its pid>}. The parent prints the port, then waits for its workers.
+TWO_WORKERS = """
+import json, os, socket, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Answer(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"worker_pid": os.getpid()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+sock.listen(16)
+print(sock.getsockname()[1], flush=True)
+for _ in range(2):
+    if os.fork() == 0:
+        server = HTTPServer(sock.getsockname(), Answer, bind_and_activate=False)
+        server.socket = sock
+        server.serve_forever()
+os.wait()
+"""
+
+
+def test_a_multi_worker_server_is_ready_once_every_worker_answered() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TWO_WORKERS], stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None
+        url = f"http://127.0.0.1:{int(proc.stdout.readline())}/readyz"
+        # the two workers answer with their own pids: both must be seen for 2 of 2
+        two = supervisor.http_workers_probe(url, workers=2)
+        deadline = time.monotonic() + 20
+        while (reason := two()) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reason is None
+        # a third worker never answers: the probe says how many are ready, never None
+        three = supervisor.http_workers_probe(url, workers=3)
+        answers = [three() for _ in range(20)]
+        assert None not in answers
+        assert answers[-1] == "2 of 3 worker processes ready"
+    finally:
+        supervisor.stop(proc.pid, "two workers", 5, group=True)  # the workers too
+
+
 def test_a_child_that_dies_before_ready_fails_at_once_with_exit_code_and_log(
     tmp_path: Path,
 ) -> None:
