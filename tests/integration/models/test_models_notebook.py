@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,10 @@ from attune.config import AttuneConfig
 
 pytestmark = pytest.mark.integration
 
-NOTEBOOK = Path(__file__).resolve().parents[3] / "notebooks" / "02_train_and_evaluate.ipynb"
+ROOT = Path(__file__).resolve().parents[3]
+NOTEBOOK = ROOT / "notebooks" / "02_train_and_evaluate.ipynb"
+# The plots the run drew, kept for a person to look at (var/ is git-ignored).
+ARTEFACTS = ROOT / "var" / "test-artefacts" / "notebooks"
 
 
 def test_notebook_executes(cfg: AttuneConfig, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -48,5 +52,9 @@ def test_notebook_executes(cfg: AttuneConfig, tmp_path: Path, monkeypatch) -> No
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "| tfrs-retrieval |" in text
-    assert any("image/png" in o.get("data", {}) for o in outputs)
+    images = [o["data"]["image/png"] for o in outputs if "image/png" in o.get("data", {})]
+    assert images
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images, 1):
+        (ARTEFACTS / f"{NOTEBOOK.stem}-{i}.png").write_bytes(base64.b64decode(image))
     assert (tmp_path / "repo" / "retrieval" / "1" / "saved_model.pb").exists()
