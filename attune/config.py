@@ -293,6 +293,38 @@ class OnlineStoreConfig(_Section):
     )
 
 
+SpeedQuery = Literal["bronze", "online"]
+SPEED_QUERIES: tuple[SpeedQuery, ...] = ("bronze", "online")
+
+
+class WatchdogConfig(_Section):
+    """``attune speed watchdog`` (every few minutes): when the speed layer counts as unhealthy."""
+
+    max_lag_events: int = Field(
+        100_000,
+        ge=0,
+        description="A query further behind the end of the events topic than this many events "
+        "is not keeping up.",
+    )
+    max_staleness: timedelta = Field(
+        timedelta(minutes=10),
+        description="A query without progress for this long while events wait for it is stuck.",
+    )
+    restart: bool = Field(True, description="Start the speed layer when it is not running.")
+    queries: list[SpeedQuery] = Field(
+        default_factory=lambda: list(SPEED_QUERIES),
+        min_length=1,
+        description="The queries that must be active (and that a restart starts).",
+    )
+
+    @field_validator("max_staleness")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("must be a positive duration, e.g. PT10M or 600")
+        return v
+
+
 class SpeedConfig(_Section):
     """The speed layer: Structured Streaming from the events topic to Redis and Delta bronze."""
 
@@ -355,6 +387,7 @@ class SpeedConfig(_Section):
     )
     features: FeaturesConfig = FeaturesConfig()
     online_store: OnlineStoreConfig = OnlineStoreConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
 
 
 class BotFilterConfig(_Section):
@@ -578,6 +611,50 @@ class ALSConfig(_Section):
     blocks: int = Field(2, ge=1, description="User and item blocks (parallelism).")
 
 
+class GateConfig(_Section):
+    """The retraining gate's floor (``attune models retrain``, models/repository.py): besides
+    beating the served version by ``models.promotion_margin``, a candidate must reach this share
+    of the best baseline (popularity, recent popularity) on the same metric and holdout."""
+
+    min_baseline_ratio: float = Field(
+        0.9,
+        ge=0,
+        description="Promote only when candidate >= ratio x best baseline (0 = no floor). "
+        "Measured on MovieTweetings-100K (NDCG@10, 10 % temporal holdout): healthy models "
+        "0.995-1.049 x recent popularity (3 seeds), random scores 0.003-0.007, all-time "
+        "popularity 0.45.",
+    )
+
+
+class RetrainConfig(_Section):
+    """``attune models retrain``: the run folder, waiting for the model server, the smoke test."""
+
+    runs_dir: Path = Field(
+        Path("runs/retrain"),
+        description="Run folders <runs_dir>/<UTC timestamp>/ when --run-dir is not given "
+        "(under var_dir if relative).",
+    )
+    serving_timeout_s: float = Field(
+        300.0, gt=0, description="How long await-serving waits for a published version."
+    )
+    smoke_read_key: str = Field(
+        "retrain",
+        min_length=1,
+        description="Name of the API read key the smoke test uses (`attune keys create-read "
+        "NAME` creates it).",
+    )
+    smoke_timeout_s: float = Field(
+        10.0, gt=0, description="Time budget of the smoke test's recommendation request."
+    )
+    smoke_window_s: float = Field(
+        60.0,
+        gt=0,
+        description="How long the smoke test keeps asking (once a second) for an answer from the "
+        "model: a freshly loaded model's first predictions can miss the API's budget, and the "
+        "API's breaker may need its reset time.",
+    )
+
+
 class ModelsConfig(_Section):
     """Training, evaluation, the model repository and the promotion gate (models/)."""
 
@@ -632,6 +709,8 @@ class ModelsConfig(_Section):
     retrieval: RetrievalConfig = RetrievalConfig()
     ranking: RankingConfig = RankingConfig()
     als: ALSConfig = ALSConfig()
+    gate: GateConfig = GateConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
 
 class ServingBatchingConfig(_Section):
@@ -872,6 +951,36 @@ class ApiConfig(_Section):
     messages: list[MessageConfig] = Field(default_factory=_default_messages)
 
 
+class AirflowConfig(_Section):
+    """``attune airflow up``: a local Airflow 3 (API server with the UI, scheduler, DAG
+    processor) on the project's DAG folder, with an embedded metadata database."""
+
+    host: str = Field("127.0.0.1", description="Where the API server (and the UI) listens.")
+    port: int = Field(8280, ge=1, le=65535, description="The API server's (and the UI's) port.")
+    log_server_port: int = Field(
+        8281, ge=1, le=65535, description="Where the scheduler serves task logs to the UI."
+    )
+    home: Path = Field(Path("airflow"), description="AIRFLOW_HOME (relative: under var_dir).")
+    dags_folder: Path = Field(
+        Path("dags"), description="The DAG folder (relative: to the working directory)."
+    )
+    sql_alchemy_conn: str | None = Field(
+        None,
+        description="Metadata database URL; null = SQLite in <home>/airflow.db (Airflow 3.3 runs "
+        "its LocalExecutor on SQLite). A PostgreSQL URL for a shared deployment.",
+    )
+    parallelism: int = Field(2, ge=1, description="Task instances running at once.")
+    admin_user: str = Field("admin", min_length=1, description="The UI's admin user.")
+    credentials_file: Path = Field(
+        Path("secrets/airflow-admin.json"),
+        description="Generated once (mode 0600): the admin's password (relative: under var_dir).",
+    )
+    start_timeout_s: float = Field(180.0, gt=0, description="How long `up` waits for health.")
+    dag_refresh_s: int = Field(
+        10, ge=1, description="How often the DAG processor looks for new or changed DAG files."
+    )
+
+
 class AttuneConfig(_Section):
     """The whole configuration. Every field has a default, so an empty file is valid."""
 
@@ -887,6 +996,7 @@ class AttuneConfig(_Section):
     models: ModelsConfig = ModelsConfig()
     serving: ServingConfig = ServingConfig()
     api: ApiConfig = ApiConfig()
+    airflow: AirflowConfig = AirflowConfig()
 
     # Convenience resolved paths -------------------------------------------------------
     @property
