@@ -1,4 +1,4 @@
-"""The ``attune models`` command group: ``train``, ``evaluate`` and ``list``.
+"""The ``attune models`` command group: ``train``, ``retrain``, ``evaluate`` and ``list``.
 
 Only argparse lives here, so building the ``attune`` parser stays fast; the handlers are lazy
 ``"module:function"`` targets that import TensorFlow and Spark when they run.
@@ -58,7 +58,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
 def add_models_parser(
     sub: Any, handler: Callable[[str], Callable[[Any, argparse.Namespace], int | None]]
 ) -> None:
-    """Add ``models train|evaluate|list`` to the ``attune`` subparsers ``sub``."""
+    """Add ``models train|retrain|evaluate|list`` to the ``attune`` subparsers ``sub``."""
     models = sub.add_parser("models", help="train, evaluate and list recommendation models")
     models_sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -73,6 +73,39 @@ def add_models_parser(
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--json", metavar="OUT", help="write the run's summary as JSON")
     train.set_defaults(handler=handler("models.train:cmd_train"))
+
+    retrain = models_sub.add_parser(
+        "retrain",
+        help="train -> evaluate -> gate -> publish -> await-serving -> smoke -> record",
+        description="The retraining run as steps; each reads what earlier steps wrote in the "
+        "run folder and writes <step>.json there, so each may run in its own process (one "
+        "Airflow task per step). No --step: every step, in order, in this process. Exit codes: "
+        "0 done; 1 the run failed after publishing (version not available, smoke test failed: "
+        "the previous versions are served again); 2 a problem the message says how to fix; "
+        "3 the gate passed no model. The data options apply to the train step (default: the "
+        "gold tables).",
+    )
+    retrain.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="the run folder (default for a run that starts with train: "
+        "<var>/runs/retrain/<UTC time>; the other steps need it)",
+    )
+    retrain.add_argument(
+        "--step",
+        action="extend",
+        nargs="+",
+        choices=["train", "evaluate", "gate", "publish", "await-serving", "smoke", "record"],
+        metavar="STEP",
+        help="run only these steps (repeatable; run in the order above): train, evaluate, gate, "
+        "publish, await-serving, smoke, record",
+    )
+    retrain.add_argument(
+        "--json", action="store_true", help="print the steps' outputs as JSON (progress: stderr)"
+    )
+    retrain.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_data_arguments(retrain, required=False)
+    retrain.set_defaults(handler=handler("models.retrain:cmd_retrain"))
 
     ev = models_sub.add_parser(
         "evaluate",
@@ -120,6 +153,21 @@ def add_models_parser(
     ls = models_sub.add_parser("list", help="published versions and the served one per model")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(handler=handler("models.cli:cmd_list"))
+
+    rb = models_sub.add_parser(
+        "rollback",
+        help="serve the version served before the current one (or --to VERSION) again",
+        description="Without --to: the version that was served before the current one "
+        "(promotions.jsonl); with --to: that published version. Recorded in promotions.jsonl "
+        "as 'rollback by operator'. Exit codes: 0 done (or already served); 1 refused, "
+        "nothing changed.",
+    )
+    rb.add_argument(
+        "--model", choices=["retrieval", "ranking"], help="only this model (default: both)"
+    )
+    rb.add_argument("--to", type=int, metavar="VERSION", help="serve this published version")
+    rb.add_argument("--json", action="store_true", help="machine-readable output")
+    rb.set_defaults(handler=handler("models.rollback:cmd_rollback"))
 
 
 def cmd_list(cfg: AttuneConfig, args: argparse.Namespace) -> int:

@@ -7,6 +7,13 @@ rule on top: publishing is not serving; a version becomes the served one only th
 configured margin (relative: ``new >= served * (1 + margin)``; the first version of a model is
 promoted as there is nothing to beat). Every decision is logged and appended to
 ``<repository>/promotions.jsonl`` (:func:`record`, :func:`promotions`).
+
+The retraining run (:mod:`models.retrain`) gates with :func:`decide_with_baseline`: the same rule
+plus a floor, ``new >= min_baseline_ratio * best baseline`` on the same metric and holdout, so a
+model that beats a weak served version but not popularity is never served (nor is the first
+version of a model that is worse than popularity). There the decision is taken before anything is
+published, and recorded at the end of the run with what happened after it (publication, the
+model server, the smoke test).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from attune.model_repository import ModelRepository, utc_now
@@ -26,10 +33,16 @@ PROMOTIONS_FILE = "promotions.jsonl"
 
 @dataclass(frozen=True)
 class Decision:
-    """One promotion-gate decision."""
+    """One promotion-gate decision.
+
+    ``version`` is the candidate's published version (``None``: a retraining candidate that was
+    not published because it failed the gate). ``baseline`` is the best baseline's value on the
+    metric and ``min_baseline_ratio`` the floor applied (retraining runs only); ``details`` holds
+    what the run adds (run folder, data version, publication, smoke test).
+    """
 
     model: str
-    version: int
+    version: int | None
     promoted: bool
     metric: str
     candidate: float | None
@@ -38,6 +51,10 @@ class Decision:
     margin: float
     reason: str
     decided_at: str
+    baseline: float | None = None
+    baseline_name: str | None = None
+    min_baseline_ratio: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +86,35 @@ def decide(candidate: float | None, served: float | None, margin: float) -> tupl
     if candidate > served and candidate >= needed:
         return True, f"{candidate:.6f} >= {needed:.6f} (served {served:.6f} x (1 + {margin}))"
     return False, f"{candidate:.6f} < {needed:.6f} needed (served {served:.6f} x (1 + {margin}))"
+
+
+def decide_with_baseline(
+    candidate: float | None,
+    served: float | None,
+    margin: float,
+    baseline: float | None,
+    min_baseline_ratio: float,
+    baseline_name: str = "best baseline",
+) -> tuple[bool, str]:
+    """The retraining gate's rule: :func:`decide` (beat the served version by ``margin``; no
+    served version: nothing to beat) and a floor: ``candidate >= min_baseline_ratio * baseline``,
+    where ``baseline`` is the best baseline's value on the same metric and holdout.
+
+    A floor of 0 is no floor. With a floor, an unmeasured baseline (None/NaN) fails: the
+    candidate cannot be shown to be worth serving."""
+    promoted, reason = decide(candidate, served, margin)
+    if not promoted:
+        return False, reason
+    assert candidate is not None  # decide promotes measured candidates only
+    if min_baseline_ratio <= 0:
+        return True, f"{reason}; no baseline floor (min_baseline_ratio 0)"
+    if baseline is None or baseline != baseline:
+        return False, f"{reason}, but no baseline was measured to check the floor against"
+    floor = baseline * min_baseline_ratio
+    against = f"{baseline_name} {baseline:.6f} x {min_baseline_ratio}"
+    if candidate >= floor:
+        return True, f"{reason}; {candidate:.6f} >= {floor:.6f} ({against})"
+    return False, f"{candidate:.6f} < {floor:.6f} needed to be worth serving ({against})"
 
 
 def gate(

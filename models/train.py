@@ -16,6 +16,9 @@ version read is recorded) or any interactions file, and then:
 
 The ranking model is gated on re-ranking the candidates of the *new* retrieval model, so both of
 its versions are compared on identical candidate lists.
+
+Steps 1 and 2 are :func:`train_models`; ``attune models retrain`` (:mod:`models.retrain`) runs the
+same function as the first of its separate steps, and gates before publishing instead.
 """
 
 from __future__ import annotations
@@ -27,24 +30,30 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from attune.config import AttuneConfig
 from attune.model_repository import ModelRepository
 from models.data import DataError, Dataset, load_delta
-from models.evaluate import clean_json, load_from_args, prepare
+from models.evaluate import Prepared, clean_json, load_from_args, prepare
 from models.features import TrainingData
 from models.metrics import summarize
 from models.repository import Decision, gate
 from models.scoring import EvalTask, build_eval_task, metrics_for
 
+if TYPE_CHECKING:
+    from models.ranking import TrainedRanking
+    from models.retrieval import TrainedRetrieval
+
 log = logging.getLogger(__name__)
 
 RETRIEVAL_NAME = "retrieval"
 RANKING_NAME = "ranking"
+MODEL_NAMES: tuple[str, ...] = (RETRIEVAL_NAME, RANKING_NAME)
 
 
 def parse_metric(name: str) -> tuple[str, int]:
@@ -152,25 +161,81 @@ class TrainResult:
         }
 
 
-def run_training(
+@dataclass
+class TrainedModels:
+    """Both models of one training run, before anything is exported or published: what
+    ``attune models train`` publishes and ``attune models retrain``'s train step exports."""
+
+    dataset: Dataset
+    prep: Prepared
+    data: TrainingData
+    task: EvalTask
+    retrieval: TrainedRetrieval
+    ranking: TrainedRanking
+    metrics: dict[str, dict[str, Any]]
+    seconds: dict[str, float]
+
+    def metadata(self, cfg: AttuneConfig) -> dict[str, dict[str, Any]]:
+        """Per model, the metadata published with it (data version, holdout, parameters, ...)."""
+        from models.export import RANKING_SIGNATURES, RETRIEVAL_SIGNATURES
+
+        mc = cfg.models
+        common = {
+            "data": self.dataset.version.as_dict(),
+            "holdout": self.prep.split.describe(),
+            "prior_half_life_days": self.prep.prior_half_life_days,
+            "seed": mc.seed,
+            "positive_threshold": mc.positive_threshold,
+            "training_seconds": self.seconds,
+            "feature_space": self.retrieval.space.describe(),
+        }
+        return {
+            RETRIEVAL_NAME: {
+                **common,
+                "model": "tfrs two-tower retrieval",
+                "signatures": list(RETRIEVAL_SIGNATURES),
+                "params": mc.retrieval.model_dump(),
+                "metrics": {"holdout": self.metrics.get(RETRIEVAL_NAME)},
+            },
+            RANKING_NAME: {
+                **common,
+                "model": "tfrs deep & cross ranking",
+                "signatures": list(RANKING_SIGNATURES),
+                "params": mc.ranking.model_dump(),
+                "metrics": {"holdout": self.metrics.get(RANKING_NAME)},
+            },
+        }
+
+    def export(self, cfg: AttuneConfig, name: str, path: Path) -> None:
+        """Write model ``name`` as a SavedModel to ``path`` (which must not exist yet)."""
+        from models.export import save_ranking, save_retrieval
+
+        if name == RETRIEVAL_NAME:
+            save_retrieval(self.retrieval, path, cfg.models.retrieval.top_k)
+        elif name == RANKING_NAME:
+            save_ranking(self.ranking, path)
+        else:
+            raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
+
+
+def train_models(
     cfg: AttuneConfig,
     dataset: Dataset,
     *,
-    publish: bool = True,
-    run_gate: bool = True,
     progress: bool = True,
     say: Callable[[str], None] = print,
-) -> TrainResult:
-    """Train, export, publish and gate both models (see the module docstring)."""
-    from models.export import save_ranking, save_retrieval
+) -> TrainedModels:
+    """Steps 1 and 2 of the module docstring: hold out the newest interactions, pick the prior's
+    half-life on validation, train retrieval and ranking on the rest, and measure both (in
+    memory) on the holdout."""
     from models.ranking import TwoStage, train_ranking
     from models.retrieval import train_retrieval
+    from models.scoring import rank_top_k
 
     mc = cfg.models
     _, metric_k = parse_metric(mc.promotion_metric)
     k = max(mc.k, metric_k)
     seed = mc.seed
-    started = time.monotonic()
     prep = prepare(
         cfg, dataset, "temporal", mc.holdout_fraction, mc.positive_threshold, mc.k, seed, say
     )
@@ -185,8 +250,6 @@ def run_training(
         data, mc.ranking, prep.prior_half_life_days, seed, space=retrieval.space, progress=progress
     )
     seconds = {"retrieval": round(retrieval.seconds, 2), "ranking": round(ranking.seconds, 2)}
-    from models.scoring import rank_top_k
-
     metrics: dict[str, dict[str, Any]] = {}
     if len(task.users):
         metrics[RETRIEVAL_NAME] = metrics_for(
@@ -198,50 +261,37 @@ def run_training(
             say(f"  {name:<10} holdout NDCG@{k} {m['ndcg']:.4f}  Recall@{k} {m['recall']:.4f}")
     else:
         say("  the holdout has no scorable users: no metrics, the gate will not promote")
-    result = TrainResult(dataset.version.as_dict(), metrics, seconds=seconds)
+    return TrainedModels(dataset, prep, data, task, retrieval, ranking, metrics, seconds)
+
+
+def run_training(
+    cfg: AttuneConfig,
+    dataset: Dataset,
+    *,
+    publish: bool = True,
+    run_gate: bool = True,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train, export, publish and gate both models (see the module docstring)."""
+    started = time.monotonic()
+    trained = train_models(cfg, dataset, progress=progress, say=say)
+    result = TrainResult(dataset.version.as_dict(), trained.metrics, seconds=dict(trained.seconds))
     if not publish:
         result.seconds["total"] = round(time.monotonic() - started, 2)
         return result
     repo = repository(cfg)
-    common = {
-        "data": dataset.version.as_dict(),
-        "holdout": prep.split.describe(),
-        "prior_half_life_days": prep.prior_half_life_days,
-        "seed": seed,
-        "positive_threshold": mc.positive_threshold,
-        "training_seconds": seconds,
-        "feature_space": retrieval.space.describe(),
-    }
-    from models.export import RANKING_SIGNATURES, RETRIEVAL_SIGNATURES
-
-    result.versions[RETRIEVAL_NAME] = repo.publish(
-        RETRIEVAL_NAME,
-        lambda p: save_retrieval(retrieval, p, mc.retrieval.top_k),
-        {
-            **common,
-            "model": "tfrs two-tower retrieval",
-            "signatures": list(RETRIEVAL_SIGNATURES),
-            "params": mc.retrieval.model_dump(),
-            "metrics": {"holdout": metrics.get(RETRIEVAL_NAME)},
-        },
-    )
-    result.versions[RANKING_NAME] = repo.publish(
-        RANKING_NAME,
-        lambda p: save_ranking(ranking, p),
-        {
-            **common,
-            "model": "tfrs deep & cross ranking",
-            "signatures": list(RANKING_SIGNATURES),
-            "params": mc.ranking.model_dump(),
-            "metrics": {"holdout": metrics.get(RANKING_NAME)},
-        },
-    )
+    metadata = trained.metadata(cfg)
+    for name in MODEL_NAMES:
+        result.versions[name] = repo.publish(
+            name, partial(trained.export, cfg, name), metadata[name]
+        )
     say(
         f"published {RETRIEVAL_NAME} v{result.versions[RETRIEVAL_NAME]} and "
         f"{RANKING_NAME} v{result.versions[RANKING_NAME]} in {repo.root}"
     )
     if run_gate:
-        result.decisions = promote(cfg, repo, data, task, result.versions)
+        result.decisions = promote(cfg, repo, trained.data, trained.task, result.versions)
     result.seconds["total"] = round(time.monotonic() - started, 2)
     return result
 
@@ -303,7 +353,8 @@ def promote(
 # CLI
 
 
-def _load(cfg: AttuneConfig, args: argparse.Namespace) -> Dataset:
+def load_training_data(cfg: AttuneConfig, args: argparse.Namespace) -> Dataset:
+    """The gold Delta tables (the version read is recorded), or ``--interactions FILE``."""
     if args.interactions:
         return load_from_args(cfg, args)
     lake = cfg.lake_root.rstrip("/")
@@ -325,7 +376,7 @@ def cmd_train(cfg: AttuneConfig, args: argparse.Namespace) -> int:
     for noisy in ("py4j", "tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        dataset = _load(cfg, args)
+        dataset = load_training_data(cfg, args)
         print(
             f"data: {dataset.version.interactions} ({dataset.version.version}), "
             f"{dataset.version.rows} interactions, {dataset.version.users} users"
