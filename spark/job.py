@@ -3,6 +3,7 @@
 ``attune batch run --date 2013-03-01`` runs the stages in order; ``--stage`` (repeatable)
 runs only some of them:
 
+``quality``      the data-quality gate on bronze for the date (a failed check stops the run)
 ``silver``       erasures, then cleansed events for the late window, items and users
 ``gold``         features, training examples, co-occurrence, segments, experiment metrics
 ``views``        drift report, then batch views and corrections written to Redis
@@ -32,7 +33,12 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from spark import gold, maintenance, silver, views
+from spark import gold, maintenance, quality, silver, views
+from spark.command import (  # (defined there: the other commands share them)
+    batch_spark_conf,
+    parse_date,
+    use_this_python_for_workers,
+)
 from spark.context import RunContext, Stage
 from spark.tables import Lake
 
@@ -43,7 +49,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PIPELINE: tuple[Stage, ...] = (silver.STAGE, gold.STAGE, views.STAGE, maintenance.STAGE)
+PIPELINE: tuple[Stage, ...] = (
+    quality.STAGE,
+    silver.STAGE,
+    gold.STAGE,
+    views.STAGE,
+    maintenance.STAGE,
+)
 """Every stage, in the order a run goes through them."""
 STAGES = tuple(stage.name for stage in PIPELINE)
 
@@ -72,17 +84,6 @@ class BatchReport:
         }
 
 
-def parse_date(text: str, what: str = "--date") -> date:
-    from attune.config import ConfigError
-
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(
-            f"{what} {text!r} is not a date: use YYYY-MM-DD, e.g. 2013-03-01"
-        ) from None
-
-
 def ordered_stages(requested: Sequence[str] | None) -> list[str]:
     from attune.config import ConfigError
 
@@ -92,32 +93,6 @@ def ordered_stages(requested: Sequence[str] | None) -> list[str]:
     if unknown:
         raise ConfigError(f"unknown stage {unknown[0]!r}: expected one of {', '.join(STAGES)}")
     return [s for s in STAGES if s in requested]
-
-
-def batch_spark_conf(cfg: AttuneConfig) -> dict[str, str]:
-    conf = {
-        "spark.sql.adaptive.enabled": "true",
-        # Delta's VACUUM lists files with this many tasks (Spark's default is 10,000).
-        "spark.sql.sources.parallelPartitionDiscovery.parallelism": "16",
-    }
-    conf.update(cfg.batch.spark_conf)
-    return conf
-
-
-def use_this_python_for_workers(session: SparkSession | None = None) -> None:
-    """Make Python workers run this interpreter (its virtualenv has redis, attune, ...).
-
-    PySpark starts workers with ``$PYSPARK_PYTHON``, else whatever ``python3`` is on the PATH,
-    which outside an activated virtualenv lacks the packages the views' executors import. The
-    ``spark.pyspark.python`` setting only applies under ``spark-submit``. Set the variable
-    before a session exists; for a session built elsewhere, point its context at this
-    interpreter (read each time a Python function is shipped).
-    """
-    import os
-
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    if session is not None:
-        session.sparkContext.pythonExec = os.environ["PYSPARK_PYTHON"]
 
 
 def run_batch(

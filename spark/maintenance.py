@@ -66,6 +66,59 @@ def temporary_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
                 spark.conf.set(k, old)
 
 
+def vacuum_tables(spark: SparkSession, retention: timedelta, tables: dict[str, str]) -> float:
+    """VACUUM ``tables`` (``{Lake field: path}``) with ``retention`` (see the module docstring:
+    the retention check, and the table property Delta 4 reads); returns the retention in hours.
+
+    Shared by the maintenance stage and ``attune privacy vacuum`` (:mod:`spark.privacy`).
+    """
+    from delta.tables import DeltaTable
+
+    hours = retention.total_seconds() / 3600
+    conf = {
+        # Delta lists a table's files with this many tasks (default 10,000: minutes of task
+        # overhead per table on a small machine; a handful of tasks list a table just as well).
+        "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(
+            max(2, spark.sparkContext.defaultParallelism)
+        )
+    }
+    if retention < DELTA_MIN_RETENTION:
+        log.warning(
+            "VACUUM retention %.1f h is under Delta's 7-day minimum: time travel and readers "
+            "older than that may fail; turning Delta's retention check off for this VACUUM",
+            hours,
+        )
+        conf["spark.databricks.delta.retentionDurationCheck.enabled"] = "false"
+    # Delta 4 takes the retention from the table property delta.deletedFileRetentionDuration
+    # (ignoring VACUUM's argument unless it is 0): set it where it differs. A metadata commit,
+    # made only when the configured retention changes.
+    wanted = f"interval {int(retention.total_seconds())} seconds"
+    for name, path in tables.items() if hours > 0 else ():
+        detail = DeltaTable.forPath(spark, path).detail().select("properties").first()
+        props = (detail[0] if detail is not None else None) or {}
+        current = props.get("delta.deletedFileRetentionDuration")
+        if current == wanted or (current is None and retention == DELTA_MIN_RETENTION):
+            continue
+        if name in ("bronze", "quarantine"):
+            # a metadata commit would fail the speed layer's concurrent appends: leave it
+            log.warning(
+                "%s keeps its file retention %s (VACUUM retention %s is configured); set "
+                "delta.deletedFileRetentionDuration on it while the speed layer is stopped",
+                path,
+                current or "7 days (default)",
+                wanted,
+            )
+        else:
+            spark.sql(
+                f"ALTER TABLE delta.`{path.replace('`', '``')}` SET TBLPROPERTIES "
+                f"('delta.deletedFileRetentionDuration' = '{wanted}')"
+            )  # fmt: skip
+    with temporary_conf(spark, conf), ThreadPoolExecutor(max_workers=4) as pool:
+        # Each VACUUM is a few small Spark jobs; running some side by side hides their latency.
+        list(pool.map(lambda path: DeltaTable.forPath(spark, path).vacuum(hours), tables.values()))
+    return hours
+
+
 def run_maintenance(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
     """Retention, OPTIMIZE and VACUUM over every table of the lake that exists (see above)."""
     from delta.tables import DeltaTable
@@ -121,49 +174,8 @@ def run_maintenance(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
             )
         )
 
-    hours = m.vacuum_retention.total_seconds() / 3600
-    conf = {
-        # Delta lists a table's files with this many tasks (default 10,000: minutes of task
-        # overhead per table on a small machine; a handful of tasks list a table just as well).
-        "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(
-            max(2, spark.sparkContext.defaultParallelism)
-        )
-    }
-    if m.vacuum_retention < DELTA_MIN_RETENTION:
-        log.warning(
-            "VACUUM retention %.1f h is under Delta's 7-day minimum: time travel and readers "
-            "older than that may fail; turning Delta's retention check off for this VACUUM",
-            hours,
-        )
-        conf["spark.databricks.delta.retentionDurationCheck.enabled"] = "false"
     started = time.monotonic()
-    # Delta 4 takes the retention from the table property delta.deletedFileRetentionDuration
-    # (ignoring VACUUM's argument unless it is 0): set it where it differs. A metadata commit,
-    # made only when the configured retention changes.
-    wanted = f"interval {int(m.vacuum_retention.total_seconds())} seconds"
-    for name, path in tables.items() if hours > 0 else ():
-        detail = DeltaTable.forPath(spark, path).detail().select("properties").first()
-        props = (detail[0] if detail is not None else None) or {}
-        current = props.get("delta.deletedFileRetentionDuration")
-        if current == wanted or (current is None and m.vacuum_retention == DELTA_MIN_RETENTION):
-            continue
-        if name in ("bronze", "quarantine"):
-            # a metadata commit would fail the speed layer's concurrent appends: leave it
-            log.warning(
-                "%s keeps its file retention %s (VACUUM retention %s is configured); set "
-                "delta.deletedFileRetentionDuration on it while the speed layer is stopped",
-                path,
-                current or "7 days (default)",
-                wanted,
-            )
-        else:
-            spark.sql(
-                f"ALTER TABLE delta.`{path.replace('`', '``')}` SET TBLPROPERTIES "
-                f"('delta.deletedFileRetentionDuration' = '{wanted}')"
-            )  # fmt: skip
-    with temporary_conf(spark, conf), ThreadPoolExecutor(max_workers=4) as pool:
-        # Each VACUUM is a few small Spark jobs; running some side by side hides their latency.
-        list(pool.map(lambda path: DeltaTable.forPath(spark, path).vacuum(hours), tables.values()))
+    hours = vacuum_tables(spark, m.vacuum_retention, tables)
     out["vacuum"] = {"tables": len(tables), "retention_hours": hours}
     ctx.progress(
         f"maintenance: VACUUM of {len(tables)} tables (retention {hours:g} h) in "

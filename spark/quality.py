@@ -28,7 +28,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
-from spark.context import CheckResult, RunContext
+from spark.context import CheckResult, RunContext, Stage, StageInputs, StageOutputs
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, Row
@@ -136,7 +136,7 @@ def check_bronze(ctx: RunContext, bronze: DataFrame) -> None:
     q = ctx.cfg.batch.quality
     day = ctx.run_date
     table = ctx.lake.bronze
-    stage = "silver"
+    stage = "quality"
     problems = schema_problems(bronze.schema, bronze_schema())
     results = [
         CheckResult(
@@ -357,3 +357,32 @@ def check_training_examples(ctx: RunContext, examples: DataFrame) -> Row:
     ]
     record(ctx, results)
     return stats
+
+
+# ----------------------------------------------------------------------------------------
+# The stage
+
+
+def run_quality_gate(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
+    """The gate before silver: bronze's schema, null rates, duplicates and volume on the date.
+
+    A failed check raises :class:`DataQualityError` before anything is written downstream."""
+    from spark.tables import read_table
+
+    version = ctx.version_of(inputs["bronze"])
+    check_bronze(ctx, read_table(ctx.spark, inputs["bronze"], version))
+    flush(ctx, "quality")
+    checks = [r for r in ctx.checks if r.stage == "quality"]
+    ctx.progress(f"quality: {len(checks)} checks on bronze v{version} passed")
+    return {"bronze_version": version, "checks": {r.check: round(r.value, 6) for r in checks}}
+
+
+STAGE = Stage(
+    "quality",
+    run_quality_gate,
+    needs=("bronze",),
+    missing=(
+        "no bronze table at {path}: start the speed layer (`attune speed start`) so events "
+        "reach the lake, then run the batch"
+    ),
+)

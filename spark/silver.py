@@ -392,7 +392,6 @@ def run_silver(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
     start = window_start(day, cfg.batch.late_days, ctx.since)
     bronze_version = ctx.version_of(inputs["bronze"])
     bronze = read_table(spark, inputs["bronze"], bronze_version)
-    quality.check_bronze(ctx, bronze)
 
     window = bronze.where(date_between("event_date", start, day))
     all_requests = erasure.all_requests(spark, lake)

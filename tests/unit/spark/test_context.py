@@ -29,9 +29,10 @@ def test_window_start_covers_late_days_or_an_earlier_from() -> None:
 
 
 def test_the_pipeline_is_one_stage_per_stage_name_in_run_order() -> None:
-    assert STAGES == ("silver", "gold", "views", "maintenance")
+    assert STAGES == ("quality", "silver", "gold", "views", "maintenance")
     assert [s.name for s in PIPELINE] == list(STAGES)
     assert {s.name: s.needs for s in PIPELINE} == {
+        "quality": ("bronze",),
         "silver": ("bronze",),
         "gold": ("silver_events", "silver_items"),
         "views": ("gold_user_features", "gold_item_cooccurrence"),
