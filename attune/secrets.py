@@ -45,6 +45,33 @@ def pseudonym_key(cfg: AttuneConfig) -> bytes:
     return key
 
 
+def airflow_secrets(cfg: AttuneConfig) -> tuple[Path, dict[str, str]]:
+    """The local Airflow's admin password and signing keys, generated once (mode 0600).
+
+    Returns the credentials file (``airflow.credentials_file``: ``{user: password}``, the
+    format of Airflow's simple auth manager, which reads it directly) and the signing keys
+    (``jwt_secret``, ``secret_key``, ``fernet_key``) from the file beside it.
+    """
+    import base64
+    import json
+
+    creds = cfg.paths.resolve(cfg.airflow.credentials_file)
+    users: dict[str, str] = json.loads(creds.read_text()) if creds.exists() else {}
+    if cfg.airflow.admin_user not in users:
+        users[cfg.airflow.admin_user] = secrets.token_urlsafe(18)
+        _write_private(creds, (json.dumps(users, indent=2) + "\n").encode())
+    keys_path = creds.with_name(creds.stem + "-signing.json")
+    if not keys_path.exists():
+        fresh = {
+            "jwt_secret": secrets.token_hex(32),
+            "secret_key": secrets.token_hex(32),
+            "fernet_key": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        }
+        _write_private(keys_path, (json.dumps(fresh, indent=2) + "\n").encode())
+    keys: dict[str, str] = json.loads(keys_path.read_text())
+    return creds, {"password": users[cfg.airflow.admin_user], **keys}
+
+
 def profile_key(cfg: AttuneConfig) -> bytes:
     """The AES-256 key (32 bytes) that encrypts personal profile fields in the lake.
 
