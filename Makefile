@@ -3,6 +3,7 @@
 #   make demo    set up everything, then run the end-to-end demo (`attune demo`)
 #   make test    set up everything, run the checks (make lint), start the local stack, run the
 #                whole test suite, stop the stack
+#   make notebook  set up everything, then JupyterLab over notebooks/ on 127.0.0.1:8888
 #
 # Needs: Python 3.11 as `python3` (override with PYTHON=...), Java 17, Maven 3.8, and network
 # access to PyPI, Maven Central and (for redis-server, installed by `attune stack up`) Debian.
@@ -25,6 +26,7 @@ STAMPS := $(VAR)/stamps
 SPARK_JARS := $(CURDIR)/$(VAR)/jars/spark
 KAFKA_JARS := $(CURDIR)/$(VAR)/jars/kafka
 PYTEST_ARGS ?=
+NOTEBOOK_PORT ?= 8888
 # Maven 3.8 prints colour resets even with -B -q; strip them from the log (pipefail keeps errors).
 NO_ANSI := 2>&1 | sed -e 's/\x1b\[[0-9;]*m//g'
 
@@ -41,16 +43,18 @@ JARS_STAMP := $(STAMPS)/jars-$(JARS_HASH)
 SETUP_CHECK := $(if $(wildcard $(VENV)/bin/attune),,FORCE)
 JARS_CHECK := $(if $(and $(wildcard $(SPARK_JARS)/delta-spark_*.jar),$(wildcard $(KAFKA_JARS)/kafka_2.13-*.jar)),,FORCE)
 
-.PHONY: help setup jars test lint demo stack-up stack-down stack-status FORCE
+.PHONY: help setup jars browser test lint demo notebook stack-up stack-down stack-status FORCE
 
 help:
 	@echo "make demo          set up, then run the end-to-end demo (attune demo)"
 	@echo "make test          set up, lint, start the stack, run unit + integration tests, stop it"
 	@echo "make setup         .venv with the pinned requirements.lock and attune (editable)"
 	@echo "make jars          Spark and Kafka jars from Maven Central into var/jars/"
+	@echo "make browser       Chromium from Debian (the tests' UI screenshots)"
 	@echo "make lint          ruff check, ruff format --check, mypy (every package), lint-imports"
+	@echo "make notebook      set up, then JupyterLab over notebooks/ on 127.0.0.1:$(NOTEBOOK_PORT)"
 	@echo "make stack-up | stack-down | stack-status"
-	@echo "variables: PYTHON=$(PYTHON) PYTEST_ARGS='$(PYTEST_ARGS)'"
+	@echo "variables: PYTHON=$(PYTHON) PYTEST_ARGS='$(PYTEST_ARGS)' NOTEBOOK_PORT=$(NOTEBOOK_PORT)"
 
 setup: $(SETUP_STAMP)
 
@@ -90,9 +94,19 @@ $(JARS_STAMP): jvm/spark/pom.xml jvm/kafka/pom.xml $(JARS_CHECK)
 	@mkdir -p $(STAMPS) && touch $@
 	@echo "jars: done ($$(ls $(SPARK_JARS) | wc -l) Spark jars, $$(ls $(KAFKA_JARS) | wc -l) Kafka jars)"
 
+# Debian's Chromium, driven by Playwright for the UI screenshots the tests keep (Playwright
+# never downloads a browser of its own here). Needs root and apt-get, like redis-server.
+browser:
+	@if ! command -v chromium >/dev/null; then \
+	  command -v apt-get >/dev/null || { echo "browser: install Chromium (the UI tests need it)" >&2; exit 1; }; \
+	  echo "browser: installing Chromium from Debian's packages"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null; \
+	fi
+
 # The checks run first: a lint error, a type error or a broken layer contract fails the run
 # before the (much longer) test suite starts.
-test: setup lint jars
+test: setup lint jars browser
 	scripts/test.sh $(PYTEST_ARGS)
 
 # mypy checks the packages listed in [tool.mypy] (attune, speed_layer, spark, models);
@@ -105,6 +119,15 @@ lint: setup
 
 demo: setup jars
 	$(VENV)/bin/attune demo
+
+# The kernel is this .venv's Python, with TF_USE_LEGACY_KERAS exported above. Spark finds the
+# jars by itself: spark.jars_dir (default var/jars/spark) is taken from the repository root,
+# where each notebook moves first. The URL printed (with its token) opens the lab; Ctrl-C stops.
+# Jupyter refuses to run as root unless told (our machines and CI are root): only then is it told.
+notebook: setup jars
+	exec $(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(NOTEBOOK_PORT) \
+	  --port-retries=0 --ServerApp.root_dir=$(CURDIR)/notebooks \
+	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
 stack-up: setup jars
 	$(VENV)/bin/attune stack up
