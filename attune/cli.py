@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp_status = speed_sub.add_parser("status", help="queries, last progress, consumer lag")
     sp_status.add_argument("--json", action="store_true", help="machine-readable output")
     sp_status.set_defaults(handler=_handler("speed_layer.control:cmd_status"))
+    sp_watch = speed_sub.add_parser(
+        "watchdog",
+        help="alive, keeping up, making progress? start it when it is not running "
+        "(exit 0 healthy or restarted, 1 unhealthy; thresholds: speed.watchdog)",
+    )
+    sp_watch.add_argument("--json", action="store_true", help="machine-readable output")
+    sp_watch.set_defaults(handler=_handler("speed_layer.watchdog:cmd_watchdog"))
 
     # attune keys create SOURCE
     keys = sub.add_parser("keys", help="manage collector write keys")
@@ -168,9 +175,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_models_parser(sub, _handler)
 
+    # attune airflow up | down | status | trigger
+    af = sub.add_parser("airflow", help="a local Airflow 3 running the project's DAGs (dags/)")
+    af_sub = af.add_subparsers(dest="action", required=True, metavar="ACTION")
+    af_up = af_sub.add_parser(
+        "up", help="start the API server + UI, scheduler and DAG processor; print the UI's URL"
+    )
+    af_up.set_defaults(handler=_handler("attune.stack.cli:cmd_airflow_up"))
+    af_down = af_sub.add_parser("down", help="stop what `airflow up` started")
+    af_down.set_defaults(handler=_handler("attune.stack.cli:cmd_airflow_down"))
+    af_status = af_sub.add_parser("status", help="health of each Airflow component")
+    af_status.add_argument("--json", action="store_true", help="machine-readable output")
+    af_status.set_defaults(handler=_handler("attune.stack.cli:cmd_airflow_status"))
+    af_trig = af_sub.add_parser("trigger", help="unpause and trigger a DAG run")
+    af_trig.add_argument("dag", metavar="DAG", help="the DAG id, e.g. attune_nightly")
+    af_trig.add_argument("--date", help="logical date YYYY-MM-DD (default: now)")
+    af_trig.add_argument("--conf", help="run parameters as a JSON object")
+    af_trig.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    af_trig.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds --wait waits (default 3600)"
+    )
+    af_trig.set_defaults(handler=_handler("attune.stack.cli:cmd_airflow_trigger"))
+
     # attune demo
     demo = sub.add_parser("demo", help="end to end on the embedded defaults")
     demo.add_argument("--limit", type=int, help="replay only the first N ratings")
+    demo.add_argument(
+        "--direct",
+        action="store_true",
+        help="run the nightly batch and the retraining in this process instead of through "
+        "Airflow (`attune airflow up`)",
+    )
     demo.set_defaults(handler=_handler("attune.demo:cmd_demo"))
 
     # attune batch run --date YYYY-MM-DD [--stage ...]
@@ -181,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     b_run.add_argument(
         "--stage",
         action="append",
-        choices=["silver", "gold", "views", "maintenance"],
+        choices=["quality", "silver", "gold", "views", "maintenance"],
         help="run only this stage (repeatable; default: all, in order)",
     )
     b_run.add_argument(
@@ -193,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     b_run.add_argument("--json", action="store_true", help="print the run report as JSON")
     b_run.set_defaults(handler=_handler("spark.job:cmd_run"))
 
-    # attune privacy erase --user ID
+    # attune privacy erase --user ID | apply | vacuum | verify
     privacy = sub.add_parser("privacy", help="data-subject requests (right to erasure)")
     privacy_sub = privacy.add_subparsers(dest="action", required=True, metavar="ACTION")
     erase = privacy_sub.add_parser(
@@ -204,6 +239,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--anonymous-id", action="append", metavar="ID", help="an anonymous (visitor) id"
     )
     erase.set_defaults(handler=_handler("spark.erasure:cmd_erase"))
+    p_apply = privacy_sub.add_parser(
+        "apply", help="apply pending erasure requests to every Delta table now (idempotent)"
+    )
+    p_apply.add_argument(
+        "--date", metavar="YYYY-MM-DD", help="the 'as of' date (UTC; default: today)"
+    )
+    p_apply.add_argument("--json", action="store_true", help="print the result as JSON")
+    p_apply.set_defaults(handler=_handler("spark.privacy:cmd_apply"))
+    p_vacuum = privacy_sub.add_parser(
+        "vacuum", help="VACUUM the tables whose erased rows' files are past the retention"
+    )
+    p_vacuum.add_argument("--json", action="store_true", help="print the result as JSON")
+    p_vacuum.set_defaults(handler=_handler("spark.privacy:cmd_vacuum"))
+    p_verify = privacy_sub.add_parser(
+        "verify",
+        help="count what applied erasures left in Delta and Redis; report in "
+        "var/reports/privacy/; exit 1 when anything is left",
+    )
+    p_verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    p_verify.set_defaults(handler=_handler("spark.privacy:cmd_verify"))
+
+    # attune experiments report [--date YYYY-MM-DD]
+    experiments = sub.add_parser("experiments", help="results of the recommendation experiments")
+    exp_sub = experiments.add_subparsers(dest="action", required=True, metavar="ACTION")
+    e_report = exp_sub.add_parser(
+        "report",
+        help="per variant, the day and since the start, from gold/experiment_metrics "
+        "(table; JSON in var/reports/experiments/; gold/experiment_report)",
+    )
+    e_report.add_argument(
+        "--date",
+        metavar="YYYY-MM-DD",
+        help="report date (default: the latest date the nightly batch has built)",
+    )
+    e_report.add_argument("--json", action="store_true", help="print the report as JSON")
+    e_report.set_defaults(handler=_handler("spark.experiments:cmd_report"))
 
     return parser
 

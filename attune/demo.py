@@ -8,22 +8,28 @@ Stages, each timed (a summary table closes the run):
 3. **speed layer** – ``attune speed start`` (detached; left running if it already was), then
    waits until both queries have consumed the whole events topic (lag, rate and ETA printed):
    the users' features are in Redis;
-4. **batch** – ``attune batch run`` for the last day of the replayed data, re-deriving silver
-   from its first day: gold tables, batch views in Redis;
-5. **train** – ``attune models train`` on the gold tables, published and gated; skipped when the
-   latest published models were trained on exactly the current gold table versions;
-6. **serve** – ``attune serve models`` and ``attune serve api`` as child processes;
+4. **serve** – ``attune serve models`` and ``attune serve api`` as child processes, before any
+   model exists (the API answers from its fallbacks; the server loads each model when it is
+   published), so the retraining's smoke test goes through the real API;
+5. **airflow** – ``attune airflow up``: a local Airflow 3 on ``dags/`` (its UI's URL and admin
+   password are printed);
+6. **nightly + retrain (airflow)** – triggers ``attune_nightly`` for the last day of the
+   replayed data (silver re-derived from its first day), follows it task by task, then follows
+   the ``attune_retrain`` run that the gold Asset triggered: train, evaluate, gate, publish,
+   await serving, smoke test, record. With ``--direct`` the same two jobs run in this process
+   instead (``attune batch run`` + ``attune models retrain``), without Airflow;
 7. **recommendations** – for the three users with the most ratings: their top 5 with reasons
-   and the answering source; then a scripted click on the first user's top item is posted to
-   the collector, the demo waits until the speed layer applied it, and shows the first user's
-   recommendations again: the clicked item has left the list and the reasons follow it.
+   and the answering source, and how much their lists overlap; then a scripted click on the
+   first user's top item is posted to the collector, the demo waits until the speed layer
+   applied it, and shows the first user's recommendations again: the clicked item has left the
+   list and the reasons follow it.
 
 Re-running is idempotent: replayed event ids are deterministic, so before replaying the demo
 reads the events topic and sends only the events whose ids are not there yet; the batch runs
 only when the dataset's events in the topic are not those the last batch saw (recorded in
-``var/run/demo.json``); training only when the gold tables changed since the latest published
-models. The scripted click is a new event each run (it is new behaviour of the user, on whatever
-is their top item now).
+``var/run/demo.json``); the retraining only when the gold tables changed since the latest
+published models. The scripted click is a new event each run (it is new behaviour of the user,
+on whatever is their top item now).
 """
 
 from __future__ import annotations
@@ -71,13 +77,30 @@ def cmd_demo(cfg: AttuneConfig, args: argparse.Namespace) -> int:
 
     stages = _Stages()
     limit = getattr(args, "limit", None)
+    direct = bool(getattr(args, "direct", False))
     stages.run("stack", stack_up, cfg)
     landed, first_day, last_day = stages.run("replay", _replay, cfg, limit)
     started_speed = stages.run("speed layer", _speed_layer, cfg)
     try:
-        stages.run("batch", _batch, cfg, landed, first_day, last_day)
-        stages.run("train", _train, cfg)
-        stages.run("serve + show", _serve_and_show, cfg, limit)
+        servers = stages.run("serve", _start_servers, cfg)
+        try:
+            if direct:
+                stages.run("batch", _batch, cfg, landed, first_day, last_day)
+                stages.run("retrain", _retrain, cfg)
+            else:
+                stages.run("airflow", _airflow_up, cfg)
+                stages.run(
+                    "nightly + retrain (airflow)",
+                    _orchestrated,
+                    cfg,
+                    landed,
+                    first_day,
+                    last_day,
+                )
+            stages.run("recommendations", _show_and_click, cfg, limit, servers[1].url)
+        finally:
+            for child in reversed(servers):
+                child.stop()
     finally:
         if started_speed:
             from speed_layer.control import stop_speed_layer
@@ -85,6 +108,10 @@ def cmd_demo(cfg: AttuneConfig, args: argparse.Namespace) -> int:
             _say("stopping the speed layer the demo started (`attune speed start` restarts it)")
             stop_speed_layer(cfg)
     stages.summary()
+    if not direct:
+        from attune.stack.airflow import ui_url
+
+        _say(f"Airflow keeps running: its UI is {ui_url(cfg)} (`attune airflow down` stops it)")
     return 0
 
 
@@ -203,38 +230,48 @@ def _read_state(cfg: AttuneConfig) -> dict[str, Any]:
         return {}
 
 
-def _batch(cfg: AttuneConfig, landed: int, first_day: date, last_day: date) -> str:
-    """Run the batch for ``last_day`` unless the last run covered the same replayed events.
-
-    Only the dataset's events count: the demo's own later events (the scripted click, the
-    API's impressions) are from today, outside the replayed dates the batch is about."""
+def _batch_done(cfg: AttuneConfig, landed: int, last_day: date) -> bool:
+    """Whether the last batch run covered exactly these replayed events (and its views are in
+    Redis). Only the dataset's events count: the demo's own later events (the scripted click,
+    the API's impressions) are from today, outside the replayed dates the batch is about."""
     import redis
 
     from attune.online_store import OnlineStore
-    from spark.job import run_batch
-    from spark.quality import DataQualityError
 
-    state = _read_state(cfg)
-    done = state.get("batch") or {}
+    done = _read_state(cfg).get("batch") or {}
     r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
     try:
         as_of = r.hget(OnlineStore.from_config(cfg).keys.views_meta, "as_of")
     finally:
         r.close()
-    if (
+    return (
         done.get("date") == last_day.isoformat()
         and done.get("dataset_events") == landed
         and as_of == last_day.isoformat().encode()
-    ):
+    )
+
+
+def _batch_finished(cfg: AttuneConfig, landed: int, last_day: date) -> None:
+    state = _read_state(cfg)
+    state["batch"] = {"date": last_day.isoformat(), "dataset_events": landed}
+    _state_path(cfg).parent.mkdir(parents=True, exist_ok=True)
+    _state_path(cfg).write_text(json.dumps(state, indent=2) + "\n")
+
+
+def _batch(cfg: AttuneConfig, landed: int, first_day: date, last_day: date) -> str:
+    """Run the batch for ``last_day`` in this process unless the last run covered the same
+    replayed events."""
+    from spark.job import run_batch
+    from spark.quality import DataQualityError
+
+    if _batch_done(cfg, landed, last_day):
         return f"views for {last_day} already in Redis for these {landed:,} events: not re-run"
     _say(f"batch run for {last_day}, silver re-derived from {first_day}")
     try:
         report = run_batch(cfg, last_day, since=first_day, say=_say)
     except DataQualityError as exc:
         raise ConfigError(f"the batch stopped on a data-quality check: {exc}") from None
-    state["batch"] = {"date": last_day.isoformat(), "dataset_events": landed}
-    _state_path(cfg).parent.mkdir(parents=True, exist_ok=True)
-    _state_path(cfg).write_text(json.dumps(state, indent=2) + "\n")
+    _batch_finished(cfg, landed, last_day)
     return ", ".join(f"{s.stage} {s.seconds:.0f} s" for s in report.stages)
 
 
@@ -249,41 +286,133 @@ def _delta_version(path: str) -> int | None:
     return max(versions) if versions else None
 
 
-def _train(cfg: AttuneConfig) -> str:
-    from models.data import load_delta
-    from models.train import RANKING_NAME, RETRIEVAL_NAME, repository, run_training
+def _models_current(cfg: AttuneConfig) -> str | None:
+    """Why retraining would be pointless (the latest published models were trained on the
+    current gold tables and are served), or None when it is needed."""
+    from models.train import RANKING_NAME, RETRIEVAL_NAME, repository
 
     lake = cfg.lake_root.rstrip("/")
-    inter = f"{lake}/{cfg.models.training_examples_table}"
-    items = f"{lake}/{cfg.models.items_table}"
-    iv, tv = _delta_version(inter), _delta_version(items)
+    iv = _delta_version(f"{lake}/{cfg.models.training_examples_table}")
+    tv = _delta_version(f"{lake}/{cfg.models.items_table}")
     if iv is None:
-        raise ConfigError(
-            f"no gold training examples at {inter}: the batch stage did not write them"
-        )
+        raise ConfigError(f"no gold training examples in {lake}: the batch did not write them")
     label = f"delta:{iv}" + (f"+{tv}" if tv is not None else "")
     repo = repository(cfg)
     served = {n: repo.served_version(n) for n in (RETRIEVAL_NAME, RANKING_NAME)}
     latest = {n: max(repo.versions(n), default=None) for n in served}
-    # the latest published versions were trained on this very data: training again would only
-    # publish the same candidates for the gate to judge again (served or not, it decided)
-    if all(v is not None for v in served.values()) and all(latest.values()):
-        trained_on = {
-            (repo.metadata(n, v).get("data") or {}).get("version")
-            for n, v in latest.items()
-            if v is not None
-        }
-        if trained_on == {label}:
-            return f"latest models {latest} were trained on gold {label}: serving {served}"
-    dataset = load_delta(cfg, inter, items if tv is not None else None)
-    _say(
-        f"training on gold {dataset.version.version}: {dataset.version.rows:,} interactions, "
-        f"{dataset.version.users:,} users, {dataset.version.items_count:,} items"
-    )
-    result = run_training(cfg, dataset, progress=True, say=_say)
-    for d in result.decisions:
-        _say(f"gate {d.model} v{d.version}: {'promoted' if d.promoted else 'kept'} ({d.reason})")
-    return f"trained {result.versions}"
+    if any(v is None for v in served.values()) or not all(latest.values()):
+        return None
+    trained_on = {
+        (repo.metadata(n, v).get("data") or {}).get("version")
+        for n, v in latest.items()
+        if v is not None
+    }
+    if trained_on == {label}:
+        return f"latest models {latest} were trained on gold {label}: serving {served}"
+    return None
+
+
+def _retrain(cfg: AttuneConfig) -> str:
+    """``attune models retrain`` (every step) in this process, unless the models are current."""
+    from models.retrain import EXIT_NOTHING_PASSED, EXIT_OK, default_run_dir, run_steps
+
+    current = _models_current(cfg)
+    if current:
+        return current
+    run_dir = default_run_dir(cfg)
+    _say(f"retraining (run folder {run_dir})")
+    code, results = run_steps(cfg, run_dir, say=_say)
+    if code not in (EXIT_OK, EXIT_NOTHING_PASSED):
+        raise ConfigError(f"the retraining failed (exit {code}); see {run_dir}")
+    published = (results.get("publish") or {}).get("published") or results.get("publish")
+    return f"gate passed: {code == EXIT_OK}; published {published}"
+
+
+def _start_servers(cfg: AttuneConfig) -> list[Any]:
+    """The model server (whatever the repository holds, maybe nothing yet) and the API."""
+    from attune.api.keys import ensure_read_key
+    from attune.api.process import start_api
+    from attune.serving.process import start_model_server
+
+    ensure_read_key(cfg, "demo")
+    ensure_read_key(cfg, cfg.models.retrain.smoke_read_key)
+    _say(f"starting the model server (log {cfg.log_dir / 'models-demo.log'})")
+    models = start_model_server(cfg, models=(), log_path=cfg.log_dir / "models-demo.log")
+    try:
+        _say(f"starting the personalization API (log {cfg.log_dir / 'api-demo.log'})")
+        api = start_api(cfg, log_path=cfg.log_dir / "api-demo.log")
+    except BaseException:
+        models.stop()
+        raise
+    return [models, api]
+
+
+# ----------------------------------------------------------------------------------------
+# Through Airflow
+
+
+def _airflow_up(cfg: AttuneConfig) -> str:
+    from attune.stack.airflow import airflow_up
+
+    return f"UI {airflow_up(cfg)}"
+
+
+def _orchestrated(cfg: AttuneConfig, landed: int, first_day: date, last_day: date) -> str:
+    """Trigger ``attune_nightly`` for ``last_day``, follow it, then follow the ``attune_retrain``
+    run its gold Asset triggered; each task's state and time is printed as it changes."""
+    from attune.stack.airflow_client import AirflowClient
+
+    nightly, retrain = "attune_nightly", "attune_retrain"
+    with AirflowClient.from_config(cfg) as client:
+        client.wait_for_dags([nightly, retrain], say=_say)
+        if _batch_done(cfg, landed, last_day):
+            current = _models_current(cfg)
+            if current:
+                return f"batch for {last_day} done and {current}: nothing triggered"
+            client.set_paused(retrain, False)
+            run_id = client.trigger(retrain)
+            _say(f"triggered {retrain} ({run_id}): the batch is done, the models are not")
+            result = client.wait_run(retrain, run_id, RETRAIN_TIMEOUT_S, say=_say)
+            return _summary([result])
+        client.set_paused(retrain, False)  # the gold Asset schedules it
+        for old in client.runs(nightly, limit=100):
+            if old["logical_date"] and old["logical_date"].startswith(last_day.isoformat()):
+                _say(f"removing the earlier {nightly} run for {last_day} ({old['dag_run_id']})")
+                client.request("DELETE", f"/api/v2/dags/{nightly}/dagRuns/{old['dag_run_id']}")
+        before = {r["dag_run_id"] for r in client.runs(retrain, limit=100)}
+        run_id = client.trigger(nightly, last_day, {"since": first_day.isoformat()})
+        _say(f"triggered {nightly} for {last_day} ({run_id}); silver from {first_day}")
+        first = client.wait_run(nightly, run_id, NIGHTLY_TIMEOUT_S, say=_say, drop_scheduled=True)
+        if first.state != "success":
+            raise ConfigError(
+                f"{nightly} {first.state}: see {client.base}/dags/{nightly} and "
+                f"var/reports/airflow/failures.jsonl"
+            )
+        _batch_finished(cfg, landed, last_day)
+        retrain_id = client.next_run(retrain, before, timeout_s=120)
+        _say(f"{retrain} triggered by the gold training set ({retrain_id})")
+        second = client.wait_run(retrain, retrain_id, RETRAIN_TIMEOUT_S, say=_say)
+        return _summary([first, second])
+
+
+NIGHTLY_TIMEOUT_S = 3600.0
+RETRAIN_TIMEOUT_S = 3600.0
+
+
+def _summary(results: list[Any]) -> str:
+    """Each run's tasks with state and time; fails the demo when a run failed."""
+    for result in results:
+        _say(f"{result.dag_id} {result.state} in {result.seconds:.0f} s:")
+        for t in sorted(result.tasks, key=lambda t: t.task_id):
+            took = f"{t.seconds:7.1f} s" if t.seconds else "        "
+            print(f"  {t.task_id:<16} {t.state or '-':<10} {took}", flush=True)
+    failed = [r for r in results if r.state != "success"]
+    if failed:
+        raise ConfigError(
+            f"{failed[0].dag_id} run {failed[0].run_id} {failed[0].state}; its task logs are in "
+            "the Airflow UI, what failed and what to do in var/reports/airflow/failures.jsonl"
+        )
+    return ", ".join(f"{r.dag_id} {r.seconds:.0f} s" for r in results)
 
 
 # ----------------------------------------------------------------------------------------
@@ -327,67 +456,71 @@ def _show(http: Any, url: str, key: str, user: str, k: int = 5) -> list[str]:
     return [i["item_id"] for i in body["items"]]
 
 
-def _serve_and_show(cfg: AttuneConfig, limit: int | None) -> str:
+def _overlap(tops: dict[str, list[str]]) -> str:
+    """How much the users' lists overlap: shared items per pair, and 1 - mean Jaccard."""
+    from itertools import combinations
+
+    pairs = list(combinations(tops, 2))
+    if not pairs:
+        return "one user: no overlap to measure"
+    shares = []
+    parts = []
+    for a, b in pairs:
+        common = set(tops[a]) & set(tops[b])
+        union = set(tops[a]) | set(tops[b])
+        shares.append(len(common) / len(union) if union else 0.0)
+        parts.append(f"{a}/{b} {len(common)} shared")
+    return f"{', '.join(parts)}; personalization {1 - sum(shares) / len(shares):.2f}"
+
+
+def _show_and_click(cfg: AttuneConfig, limit: int | None, api_url: str) -> str:
     import uuid
     from datetime import UTC, datetime
 
     import httpx
 
     from attune.api.keys import ensure_read_key
-    from attune.api.process import start_api
     from attune.collector.process import collector_process
     from attune.online_store import OnlineStore, wait_for_item
     from attune.secrets import Pseudonymizer, ensure_write_key, pseudonym_key
-    from attune.serving.process import start_model_server
 
     read_key = ensure_read_key(cfg, "demo")
     write_key = ensure_write_key(cfg, "demo")
-    _say(f"starting the model server (log {cfg.log_dir / 'models-demo.log'})")
-    models = start_model_server(cfg, log_path=cfg.log_dir / "models-demo.log")
-    try:
-        _say(f"starting the personalization API (log {cfg.log_dir / 'api-demo.log'})")
-        api = start_api(cfg, log_path=cfg.log_dir / "api-demo.log")
-        try:
-            users = _demo_users(cfg, limit)
-            with httpx.Client(timeout=30) as http:
-                _say(f"recommendations for the {len(users)} users with the most ratings:")
-                tops = {u: _show(http, api.url, read_key, u) for u in users}
-                user = users[0]
-                clicked = tops[user][0]
-                log_path = cfg.log_dir / "collector-demo.log"
-                with collector_process(cfg, log_path=log_path) as curl:
-                    event = {
-                        "event_id": uuid.uuid4().hex,
-                        "type": "click",
-                        "user_id": user,
-                        "timestamp": datetime.now(UTC).isoformat(),
-                        "items": [{"item_id": clicked}],
-                        "context": {"placement": "home", "device": "web"},
-                    }
-                    r = http.post(
-                        f"{curl}/v1/events", json=event, headers={"X-Write-Key": write_key}
-                    )
-                    if r.status_code != 200:
-                        raise ConfigError(f"the collector answered {r.status_code}: {r.text}")
-                    acked = time.monotonic()
-                    _say(f"scripted click: user {user} clicked {clicked} (collector: {r.json()})")
-                    pseudonym = Pseudonymizer(pseudonym_key(cfg))(user)
-                    store = OnlineStore.from_config(cfg)
-                    if not wait_for_item(_redis(cfg), pseudonym, clicked, store, timeout_s=60):
-                        raise ConfigError("the click did not reach Redis within 60 s")
-                    reached = time.monotonic() - acked
-                _say(f"the click reached Redis {reached:.2f} s after the collector's ack; now:")
-                after = _show(http, api.url, read_key, user)
-                gone = clicked not in after
-                new = [i for i in after if i not in tops[user]]
-                _say(
-                    f"after the click: {clicked} {'left' if gone else 'is still in'} the list; "
-                    f"{len(new)} new item(s) in the top 5"
-                )
-        finally:
-            api.stop()
-    finally:
-        models.stop()
+    users = _demo_users(cfg, limit)
+    with httpx.Client(timeout=30) as http:
+        _say(f"recommendations for the {len(users)} users with the most ratings:")
+        tops = {u: _show(http, api_url, read_key, u) for u in users}
+        _say(f"overlap of their top 5: {_overlap(tops)}")
+        user = users[0]
+        clicked = tops[user][0]
+        log_path = cfg.log_dir / "collector-demo.log"
+        with collector_process(cfg, log_path=log_path) as curl:
+            event = {
+                "event_id": uuid.uuid4().hex,
+                "type": "click",
+                "user_id": user,
+                "timestamp": datetime.now(UTC).isoformat(),
+                "items": [{"item_id": clicked}],
+                "context": {"placement": "home", "device": "web"},
+            }
+            r = http.post(f"{curl}/v1/events", json=event, headers={"X-Write-Key": write_key})
+            if r.status_code != 200:
+                raise ConfigError(f"the collector answered {r.status_code}: {r.text}")
+            acked = time.monotonic()
+            _say(f"scripted click: user {user} clicked {clicked} (collector: {r.json()})")
+            pseudonym = Pseudonymizer(pseudonym_key(cfg))(user)
+            store = OnlineStore.from_config(cfg)
+            if not wait_for_item(_redis(cfg), pseudonym, clicked, store, timeout_s=60):
+                raise ConfigError("the click did not reach Redis within 60 s")
+            reached = time.monotonic() - acked
+        _say(f"the click reached Redis {reached:.2f} s after the collector's ack; now:")
+        after = _show(http, api_url, read_key, user)
+    gone = clicked not in after
+    new = [i for i in after if i not in tops[user]]
+    _say(
+        f"after the click: {clicked} {'left' if gone else 'is still in'} the list; "
+        f"{len(new)} new item(s) in the top 5"
+    )
     return f"click reached Redis in {reached:.2f} s; list changed: {gone or bool(new)}"
 
 

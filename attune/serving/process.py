@@ -2,7 +2,8 @@
 
 The child gets the parent's configuration exactly (:func:`attune.supervisor.attune_command`),
 its output goes to a log file, and :func:`start_model_server` returns once every requested
-model has a version in state AVAILABLE.
+model has a version in state AVAILABLE (with ``models=()``, once it answers at all: a server
+started before the first training, which loads each model when it is published).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ def models_available(url: str, models: Sequence[str]) -> supervisor.Probe:
     """Ready when the server at ``url`` reports an AVAILABLE version of each of ``models``."""
 
     def probe() -> str | None:
+        if not models:
+            try:
+                supervisor.http_get(f"{url}/v1/models/retrieval")
+            except supervisor.NoAnswer as exc:
+                return str(exc)
+            return None
         for name in models:
             try:
                 status, body = supervisor.http_get(f"{url}/v1/models/{name}")
@@ -47,7 +54,7 @@ def start_model_server(
 ) -> supervisor.Child:
     """Start ``attune serve models`` and wait until every model in ``models`` is AVAILABLE."""
     url = model_server_rest_url(cfg)
-    if supervisor.http_answers(f"{url}/v1/models/{models[0]}"):
+    if supervisor.http_answers(f"{url}/v1/models/{models[0] if models else 'retrieval'}"):
         raise ConfigError(f"a model server already answers at {url}; stop it first")
     name = f"models-{cfg.serving.rest_port}"
     cmd, env = supervisor.attune_command(cfg, ["serve", "models"], name)
