@@ -6,6 +6,8 @@ import hashlib
 import hmac
 import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from attune.config import AttuneConfig, isolated_config
+from attune.config import CONFIG_ENV, ENV_PREFIX, AttuneConfig, isolated_config
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -148,3 +150,15 @@ def speed_layer_thread(
         stop.set()
         thread.join(timeout=120)
     assert result == [0], f"the speed layer ended with {result}; see {status}"
+
+
+def attune(config: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``attune --config CONFIG ARGS`` in a child, without the caller's attune overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) and k != CONFIG_ENV}
+    return subprocess.run(
+        [sys.executable, "-m", "attune.cli", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +12,12 @@ import pytest
 from kafka import KafkaProducer
 
 from attune import supervisor
-from attune.config import CONFIG_ENV, ENV_PREFIX, AttuneConfig, write_config
+from attune.config import AttuneConfig, write_config
 from attune.online_store import OnlineStore
 from attune.stack import create_topics
 from speed_layer.job import speed_paths
 from tests.integration.speed_layer.helpers import (
+    attune,
     delete_prefix,
     delete_topics,
     redis_client,
@@ -31,17 +29,6 @@ from tests.unit.speed_layer.events import minutes, stored
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RUN = uuid.uuid4().hex[:8]
-
-
-def attune(config: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) and k != CONFIG_ENV}
-    return subprocess.run(
-        [sys.executable, "-m", "attune.cli", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
 
 
 @pytest.fixture

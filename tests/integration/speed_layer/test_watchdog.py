@@ -3,34 +3,20 @@ then healthy; with restarts off, dead is a failure that says what to do."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from attune.config import CONFIG_ENV, ENV_PREFIX, AttuneConfig, write_config
+from attune.config import AttuneConfig, write_config
 from attune.stack import create_topics
 from speed_layer.job import speed_paths
-from tests.integration.speed_layer.helpers import delete_topics, speed_config, wait_until
+from tests.integration.speed_layer.helpers import attune, delete_topics, speed_config, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 RUN = uuid.uuid4().hex[:8]
-
-
-def attune(config: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) and k != CONFIG_ENV}
-    return subprocess.run(
-        [sys.executable, "-m", "attune.cli", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
 
 
 @pytest.fixture
