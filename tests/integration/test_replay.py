@@ -169,15 +169,26 @@ def test_events_summary_cli_counts_this_topic(env: Env, tmp_path: Path) -> None:
     assert sum(summary["events"]["by_partition"].values()) == len(events)
 
 
-# The whole demo twice (replay, speed layer, batch, training, serving): about 290 s on a loaded
-# 2-core machine, so the suite's default 300 s limit is too tight for this one test.
+# The whole demo twice (replay, speed layer, serving, and the nightly batch and retraining
+# through its own Airflow, on free ports): several minutes on a loaded 2-core machine, so the
+# suite's default 300 s limit is too tight for this one test. The demo leaves Airflow running
+# for its user; the test stops it.
 @pytest.mark.timeout(900)
 def test_demo_replays_once_then_skips(cfg: AttuneConfig, tmp_path: Path) -> None:
+    from attune.config import free_port
     from attune.demo import cmd_demo
     from attune.stack import create_topics
+    from attune.stack.airflow import airflow_down
 
-    demo_cfg = isolated_config(
+    base = isolated_config(
         cfg, suffix=f"test-demo-{RUN}", var_dir=tmp_path / "var", redis_db=REDIS_DB
+    )
+    demo_cfg = base.model_copy(
+        update={
+            "airflow": base.airflow.model_copy(
+                update={"port": free_port(), "log_server_port": free_port()}
+            )
+        }
     )
     create_topics(demo_cfg)
     try:
@@ -200,4 +211,5 @@ def test_demo_replays_once_then_skips(cfg: AttuneConfig, tmp_path: Path) -> None
         assert second == first  # nothing of the dataset was sent again
         assert len(clicks) == 2  # the click is new behaviour: posted again
     finally:
+        airflow_down(demo_cfg)
         _delete_topics(demo_cfg)
