@@ -324,8 +324,7 @@ def _retrain(cfg: AttuneConfig) -> str:
     code, results = run_steps(cfg, run_dir, say=_say)
     if code not in (EXIT_OK, EXIT_NOTHING_PASSED):
         raise ConfigError(f"the retraining failed (exit {code}); see {run_dir}")
-    published = (results.get("publish") or {}).get("published") or results.get("publish")
-    return f"gate passed: {code == EXIT_OK}; published {published}"
+    return f"gate passed: {code == EXIT_OK}; published {results.get('publish')}"
 
 
 def _start_servers(cfg: AttuneConfig) -> list[Any]:
