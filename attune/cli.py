@@ -208,6 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_handler("attune.demo:cmd_demo"))
 
+    # attune dashboard [--host H] [--port P]
+    dash = sub.add_parser(
+        "dashboard",
+        help="the Streamlit results dashboard (experiments, models, live, data quality); prints "
+        "its URL and runs until Ctrl-C (exit 0; 1 if Streamlit dies, 2 if it cannot start)",
+    )
+    dash.add_argument("--host", help="listen address (default: dashboard.host)")
+    dash.add_argument("--port", type=int, help="listen port (default: dashboard.port)")
+    dash.set_defaults(handler=_handler("attune.dashboard:cmd_dashboard"))
+
     # attune batch run --date YYYY-MM-DD [--stage ...]
     batch = sub.add_parser("batch", help="the nightly batch layer: bronze -> silver -> gold")
     batch_sub = batch.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -260,13 +270,51 @@ def build_parser() -> argparse.ArgumentParser:
     p_verify.add_argument("--json", action="store_true", help="print the report as JSON")
     p_verify.set_defaults(handler=_handler("spark.privacy:cmd_verify"))
 
-    # attune experiments report [--date YYYY-MM-DD]
-    experiments = sub.add_parser("experiments", help="results of the recommendation experiments")
+    # attune experiments list | show ID | start ID [--force] | stop ID | report [--date D]
+    experiments = sub.add_parser(
+        "experiments",
+        help="the experiments declared in experiments.file: their state (list, show), "
+        "start and stop, and their results (report)",
+    )
     exp_sub = experiments.add_subparsers(dest="action", required=True, metavar="ACTION")
+    e_list = exp_sub.add_parser(
+        "list",
+        help="every declared experiment with its status (draft, scheduled, running, "
+        "stopped) and allocation (exit 1: Redis not reachable)",
+    )
+    e_list.add_argument("--json", action="store_true", help="machine-readable output")
+    e_list.set_defaults(handler=_handler("attune.experiments.cli:cmd_list"))
+    e_show = exp_sub.add_parser(
+        "show",
+        help="one experiment: declaration, status, planned users per arm, allocation, history "
+        "(exit 2: unknown id)",
+    )
+    e_show.add_argument("id", metavar="ID", help="the experiment id")
+    e_show.add_argument("--json", action="store_true", help="machine-readable output")
+    e_show.set_defaults(handler=_handler("attune.experiments.cli:cmd_show"))
+    e_start = exp_sub.add_parser(
+        "start",
+        help="record an experiment as running with its declared allocation (exit 2: unknown "
+        "id; 3: refused, e.g. it runs with another allocation than the file's)",
+    )
+    e_start.add_argument("id", metavar="ID", help="the experiment id")
+    e_start.add_argument(
+        "--force",
+        action="store_true",
+        help="re-record the allocation of a running experiment (or start a stopped one again); "
+        "users between the old and new boundaries change arm",
+    )
+    e_start.set_defaults(handler=_handler("attune.experiments.cli:cmd_start"))
+    e_stop = exp_sub.add_parser(
+        "stop", help="record an experiment as stopped (exit 2: unknown id; 3: never started)"
+    )
+    e_stop.add_argument("id", metavar="ID", help="the experiment id")
+    e_stop.set_defaults(handler=_handler("attune.experiments.cli:cmd_stop"))
     e_report = exp_sub.add_parser(
         "report",
-        help="per variant, the day and since the start, from gold/experiment_metrics "
-        "(table; JSON in var/reports/experiments/; gold/experiment_report)",
+        help="every experiment's metrics, intervals, guardrails and verdict from "
+        "gold/experiment_users (table, verdicts first; JSON in experiments.reports_dir; "
+        "gold/experiment_results); exit 1: gold not built for the date",
     )
     e_report.add_argument(
         "--date",

@@ -848,25 +848,6 @@ class RulesConfig(_Section):
     )
 
 
-class VariantConfig(_Section):
-    """One arm of the recommendations experiment."""
-
-    weight: float = Field(1.0, ge=0, description="Share of users, relative to the other arms.")
-    ranking: bool = Field(True, description="Re-rank with the ranking model (else retrieval).")
-    model_label: str | None = Field(
-        None, description="TF Serving version label to call (e.g. canary); None = served."
-    )
-
-
-class ExperimentConfig(_Section):
-    """A/B assignment: a deterministic hash of (experiment, user) picks the variant."""
-
-    name: str = Field("recs", pattern=r"^[A-Za-z0-9_.-]+$")
-    variants: dict[str, VariantConfig] = Field(
-        default_factory=lambda: {"control": VariantConfig()}, min_length=1
-    )
-
-
 class ContentRule(_Section):
     """One rule of a content slot; the first whose conditions all hold picks the variant."""
 
@@ -946,9 +927,62 @@ class ApiConfig(_Section):
     model_server: ModelClientConfig = ModelClientConfig()
     candidates: CandidatesConfig = CandidatesConfig()
     rules: RulesConfig = RulesConfig()
-    experiment: ExperimentConfig = ExperimentConfig()
+    rule_sets: dict[str, RulesConfig] = Field(
+        default_factory=dict,
+        description="Named rule sets an experiment's variant can apply instead of api.rules "
+        "(variants.<name>.rules in the experiments file).",
+    )
     content_slots: dict[str, list[ContentRule]] = Field(default_factory=_default_content_slots)
     messages: list[MessageConfig] = Field(default_factory=_default_messages)
+
+
+class ExperimentsConfig(_Section):
+    """Experiments: where they are declared, how the API follows their state, how they are
+    analysed (docs in attune/experiments/spec.py and config/experiments.yaml)."""
+
+    file: Path | None = Field(
+        Path("config/experiments.yaml"),
+        description="The declarations (relative: to the working directory, like "
+        "airflow.dags_folder); null = no experiments. A named file that does not exist is an "
+        "error.",
+    )
+    refresh_s: float = Field(
+        10.0,
+        gt=0,
+        description="How often the API re-reads the running state from Redis (and the file, "
+        "when it changed).",
+    )
+    attribution_window: timedelta = Field(
+        timedelta(minutes=30),
+        description="Clicks, carts, purchases, dwell and dismissals carrying a recommendation "
+        "id count for its impression when they come at most this long after it.",
+    )
+    cuped_days: int = Field(
+        14,
+        ge=0,
+        description="Days before a user's first exposure whose events are CUPED's "
+        "covariate (0 = no CUPED).",
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=0.5, description="Significance level of experiments that set none."
+    )
+    correction: Literal["holm", "bh"] = Field(
+        "holm",
+        description="Multiple-testing correction across an experiment's metrics and arms: Holm "
+        "(family-wise error) or Benjamini-Hochberg (false discovery rate).",
+    )
+    reports_dir: Path = Field(
+        Path("reports/experiments"),
+        description="Daily report JSON (<date>.json, latest.json) the dashboard reads (under "
+        "var_dir if relative).",
+    )
+
+    @field_validator("attribution_window")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("must be a positive duration, e.g. PT30M or 1800")
+        return v
 
 
 class AirflowConfig(_Section):
@@ -981,6 +1015,33 @@ class AirflowConfig(_Section):
     )
 
 
+class DashboardConfig(_Section):
+    """``attune dashboard``: the Streamlit results dashboard (dashboards/). It reads report files,
+    the model repository, Redis and the services' ``/metrics``; it never starts Spark."""
+
+    host: str = Field("127.0.0.1", description="Where the dashboard listens.")
+    port: int = Field(
+        8502,
+        ge=1,
+        le=65535,
+        description="The dashboard's port (Streamlit's usual 8501 is the model server's REST "
+        "port, serving.rest_port).",
+    )
+    cache_ttl_s: float = Field(
+        30.0, gt=0, description="How long a read (report, repository, Redis, metrics) is reused."
+    )
+    start_timeout_s: float = Field(
+        60.0, gt=0, description="How long `attune dashboard` waits for Streamlit to answer."
+    )
+    rate_window_s: float = Field(
+        1.0,
+        gt=0,
+        le=30,
+        description="The live page scrapes each /metrics twice, this far apart, for its rates "
+        "(events/s) and the API's p99 over that window.",
+    )
+
+
 class AttuneConfig(_Section):
     """The whole configuration. Every field has a default, so an empty file is valid."""
 
@@ -996,7 +1057,9 @@ class AttuneConfig(_Section):
     models: ModelsConfig = ModelsConfig()
     serving: ServingConfig = ServingConfig()
     api: ApiConfig = ApiConfig()
+    experiments: ExperimentsConfig = ExperimentsConfig()
     airflow: AirflowConfig = AirflowConfig()
+    dashboard: DashboardConfig = DashboardConfig()
 
     # Convenience resolved paths -------------------------------------------------------
     @property
@@ -1055,11 +1118,22 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return tree
 
 
+MOVED_KEYS = {
+    "api.experiment": "moved to the experiments file (experiments.file, by default "
+    "config/experiments.yaml): declare the experiment there (its variants keep weight, ranking "
+    "and model_label; see the example in config/experiments.yaml), start it with `attune "
+    "experiments start ID`, and remove api.experiment from this file",
+}
+"""Keys of older versions that are gone, with where they went (reported instead of 'unknown')."""
+
+
 def _format_errors(exc: ValidationError, origin: str) -> str:
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and where in MOVED_KEYS:
+            lines.append(f"  {where}: {MOVED_KEYS[where]}")
+        elif err["type"] == "extra_forbidden":
             lines.append(
                 f"  {where}: unknown key; check the spelling against config/attune.example.yaml"
             )
@@ -1117,14 +1191,19 @@ def load_config(
 
 
 def absolute_config(cfg: AttuneConfig) -> AttuneConfig:
-    """``cfg`` with ``var_dir`` and ``data_dir`` made absolute (a child may run elsewhere)."""
+    """``cfg`` with ``var_dir``, ``data_dir`` and ``experiments.file`` made absolute (a child may
+    run elsewhere)."""
     paths = cfg.paths.model_copy(
         update={
             "var_dir": cfg.paths.var_dir.absolute(),
             "data_dir": cfg.paths.data_dir.absolute(),
         }
     )
-    return cfg.model_copy(update={"paths": paths})
+    exp_file = cfg.experiments.file
+    experiments = cfg.experiments.model_copy(
+        update={"file": None if exp_file is None else exp_file.absolute()}
+    )
+    return cfg.model_copy(update={"paths": paths, "experiments": experiments})
 
 
 def write_config(cfg: AttuneConfig, path: Path) -> Path:

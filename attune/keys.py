@@ -50,7 +50,14 @@ key                          type  written by         read by                 ex
 ``P:meta``                   hash  both scripts       trending script         never
 ``P:seg:<segment>:popular``  zset  batch views stage  (no reader yet)         next run
 ``P:views``                  hash  batch views stage  ``attune demo``         never
+``P:exp:state``              hash  experiments CLI    API, experiments CLI    never
+``P:exp:history``            list  experiments CLI    experiments CLI         never
+``P:exp:live:<d>``           hash  write script       ``read_live_counts``    3 days
+``P:exp:live:<d>:users:*``   hll   write script       ``read_live_counts``    3 days
 ===========================  ====  =================  ======================  =========
+
+``<d>`` is a UTC event date (``YYYY-MM-DD``); ``users:*`` is one HyperLogLog per
+``<experiment>|<variant>`` (:mod:`attune.experiments.live`).
 
 "write script" and "trending script" are the online store's Lua scripts, run by the speed layer
 and by the batch views stage when it re-applies what the stream missed; "feature reader" is
@@ -200,6 +207,26 @@ class Keys:
     def views_meta(self) -> str:
         """What the last batch views run wrote (``as_of``, counts)."""
         return f"{self.prefix}:views"
+
+    @property
+    def experiments_state(self) -> str:
+        """Experiment id -> its running state as JSON (:mod:`attune.experiments.state`)."""
+        return f"{self.prefix}:exp:state"
+
+    @property
+    def experiments_history(self) -> str:
+        """Every start, forced re-start and stop of an experiment, oldest first (JSON)."""
+        return f"{self.prefix}:exp:history"
+
+    def experiment_live(self, day: str) -> str:
+        """Today's partial counts (``day`` = ``YYYY-MM-DD``, UTC event date): field
+        ``<experiment>|<variant>|<impressions|clicks|purchases>`` -> n
+        (:mod:`attune.experiments.live`)."""
+        return f"{self.prefix}:exp:live:{day}"
+
+    def experiment_live_users(self, day: str, experiment: str, variant: str) -> str:
+        """HyperLogLog of the users a variant showed an impression to on ``day``."""
+        return f"{self.prefix}:exp:live:{day}:users:{experiment}|{variant}"
 
 
 _MARK = "\x00{}\x00"  # stands for an id while a builder is traced; never part of a key

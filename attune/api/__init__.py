@@ -15,7 +15,8 @@ Modules, from the outside in:
   (validation, consent, pseudonyms, the idempotent Kafka producer);
 * :mod:`attune.api.targeting` – content slots and messages;
 * :mod:`attune.api.keys` – read keys and per-key token-bucket rate limits;
-* :mod:`attune.api.experiments` – deterministic A/B assignment;
+* :mod:`attune.experiments` (the core package the API uses) – experiment declarations,
+  assignment by hashing, running state, interleaving;
 * :mod:`attune.api.process` – run the API as a child process (demo, tests, benchmarks).
 
 The API talks to models only through the TF Serving protocol, so the official

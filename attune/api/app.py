@@ -47,8 +47,11 @@ from attune.api.model_client import GuardedModels, ModelClient, open_model_clien
 from attune.api.recommender import Recommender, RecRequest, RecResult
 from attune.api.store import ApiStore
 from attune.api.targeting import Profile, eligible_messages, pick_content
-from attune.config import AttuneConfig
+from attune.config import AttuneConfig, ConfigError
 from attune.events import format_time
+from attune.experiments.assignment import Assigner
+from attune.experiments.spec import experiments_of, experiments_path, load_experiments
+from attune.experiments.state import parse_states, status_of
 from attune.ingest.consent import ConsentStore
 from attune.ingest.producer import KafkaSink, KafkaUnavailable
 from attune.secrets import Pseudonymizer, pseudonym_key
@@ -216,6 +219,13 @@ class Api:
         self.models: GuardedModels | None = None
         self.recommender: Recommender | None = None
         self.clock = clock
+        # experiment declarations now (a bad file stops the start-up), the state from Redis
+        # at start and then every experiments.refresh_s (a changed file is re-read then too)
+        self.experiments_path = experiments_path(cfg)
+        self._experiments_mtime = self._mtime()
+        self.experiments = experiments_of(cfg)
+        self._experiment_state_raw: dict[Any, Any] | None = None
+        self._experiment_warnings: list[str] = []
         from attune.api.events import EventSender
 
         self.sender = EventSender(
@@ -244,7 +254,18 @@ class Api:
                 model, outcome
             ).inc(),
         )
-        self.recommender = Recommender(self.cfg, self.store, self.models, self.clock)
+        self.recommender = Recommender(
+            self.cfg,
+            self.store,
+            self.models,
+            self.clock,
+            experiments=self.experiments,
+            observe=self._observe_variant,
+        )
+        try:
+            await self.refresh_experiments()
+        except Exception as exc:  # Redis may be down now: no experiment runs until it answers
+            log.warning("experiments: could not read the running state at start-up: %s", exc)
         await self._warm_up(client)
         try:  # keys of older versions; if Redis is down now, the first consent read does it
             await self.consent.migrate()
@@ -257,6 +278,7 @@ class Api:
             log.warning("could not read the catalog mirror yet: %s", exc)
         await self.sender.start()
         self._tasks.append(asyncio.create_task(self._refresh_catalog(), name="catalog"))
+        self._tasks.append(asyncio.create_task(self._refresh_experiments(), name="experiments"))
 
     async def _warm_up(self, client: ModelClient, rounds: int = 3) -> None:
         """A few calls to each model before taking traffic: the first calls of a fresh
@@ -291,6 +313,66 @@ class Api:
             await self.models.close()
         await self.store.close()
         await self.consent.close()
+
+    def _observe_variant(self, experiment: str, variant: str, outcome: str, seconds: float) -> None:
+        self.metrics.variant_requests.labels(experiment, variant, outcome).inc()
+        self.metrics.variant_latency.labels(experiment, variant).observe(seconds)
+
+    def _mtime(self) -> int | None:
+        if self.experiments_path is None:
+            return None
+        try:
+            return self.experiments_path.stat().st_mtime_ns
+        except OSError:
+            return None
+
+    async def refresh_experiments(self) -> None:
+        """Re-read the experiments' running state from Redis, and the declarations file when
+        it changed (an invalid file is logged and the previous declarations kept)."""
+        assert self.recommender is not None
+        raw = dict(await self.store.experiment_states())
+        decls = self.experiments
+        mtime = self._mtime()
+        if self.experiments_path is not None and mtime != self._experiments_mtime:
+            self._experiments_mtime = mtime
+            try:
+                decls = await asyncio.to_thread(
+                    load_experiments, self.experiments_path, self.cfg.api.rule_sets
+                )
+            except ConfigError as exc:
+                log.error("experiments: the file changed but is invalid; kept the last: %s", exc)
+            else:
+                log.info("experiments: re-read %s", self.experiments_path)
+        if raw == self._experiment_state_raw and decls is self.experiments:
+            return
+        states, problems = parse_states(raw)
+        assigner = Assigner(decls, states)
+        self.recommender.set_experiments(assigner)
+        self.experiments, self._experiment_state_raw = decls, raw
+        warnings = problems + assigner.warnings
+        if warnings != self._experiment_warnings:
+            for w in warnings:
+                log.warning("experiments: %s", w)
+        self._experiment_warnings = warnings
+
+    async def _refresh_experiments(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.experiments.refresh_s)
+            try:
+                await self.refresh_experiments()
+            except Exception as exc:
+                log.warning("experiments: refreshing the running state failed: %s", exc)
+
+    def running_experiments(self) -> list[str]:
+        if self.recommender is None:
+            return []
+        assigner = self.recommender.assigner
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        return [
+            e.id
+            for e in assigner.decls.experiments
+            if status_of(e, assigner.running.get(e.id), now) == "running"
+        ]
 
     async def _refresh_catalog(self) -> None:
         while True:
@@ -386,7 +468,9 @@ class Api:
             "type": "impression",
             "timestamp": format_time(datetime.fromtimestamp(self.clock(), UTC)),
             "items": [
-                {"item_id": it.item_id, "position": pos} for pos, it in enumerate(result.items)
+                {"item_id": it.item_id, "position": pos}
+                | ({"team": it.team} if it.team is not None else {})
+                for pos, it in enumerate(result.items)
             ],
             "recommendation_id": result.recommendation_id,
         }
@@ -646,6 +730,10 @@ def create_app(
             },
             "kafka": api.sender.sink.health(),
             "catalog_items": len(api.store.catalog.items),
+            "experiments": {
+                "declared": len(api.experiments.experiments),
+                "running": api.running_experiments(),
+            },
         }
         return _json(200 if body["ready"] else 503, body)
 

@@ -52,6 +52,22 @@ class ApiMetrics:
             ["source", "variant"],
             registry=r,
         )
+        self.variant_latency = Histogram(
+            "attune_api_variant_seconds",
+            "Recommendation time (features to rules) by experiment and variant, for the "
+            "api_latency_p99_ms guardrail (none/default: no experiment; holdout/holdout).",
+            ["experiment", "variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.variant_requests = Counter(
+            "attune_api_variant_requests",
+            "Recommendation requests by experiment, variant and outcome (ok, degraded: a model "
+            "call failed and a fallback answered, error: the request failed); the error_rate "
+            "guardrail is error / all.",
+            ["experiment", "variant", "outcome"],
+            registry=r,
+        )
         self.model_calls = Counter(
             "attune_api_model_calls",
             "Model server calls by model and outcome.",

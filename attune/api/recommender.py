@@ -2,7 +2,13 @@
 
 1. **features** – one pipelined Redis read (:meth:`attune.api.store.ApiStore.read_request`):
    the user's online features, batch view, feedback, consent, trending and popular lists;
-2. **variant** – ``assign_variant(experiment, user)`` picks the arm (ranking on/off, model label);
+2. **experiments** – :class:`attune.experiments.assignment.Assigner` puts the user in the
+   holdout, or in at most one running experiment per layer (declarations from
+   ``experiments.file``, running state from Redis, re-read every ``experiments.refresh_s``);
+   the variant says what changes: ranking on/off, model label, rule set (``api.rule_sets``),
+   candidate sources. An interleaving experiment runs steps 3-6 for both its rankers and merges
+   the two lists by team draft (:func:`attune.experiments.interleaving.team_draft`), each item
+   tagged with the ranker (``team``) it came from;
 3. **retrieval** – the retrieval model through the TF Serving protocol, with the user's recent
    items (the request's seed item first) as its sequence input; meanwhile the batch layer's
    co-occurrence neighbours of the seed and latest items are read from Redis;
@@ -24,20 +30,31 @@ Users without any history skip the model (it would only see an empty sequence) a
 ``popular`` list; as soon as their session has an item the model and the neighbours of the
 session's items take over. Every list is filled up to ``k`` with trending and popular items
 that pass the same rules.
+
+A variant's ``candidate_sources`` (:data:`attune.experiments.spec.CANDIDATE_SOURCES`) keeps only
+the sources it lists; left out, ``retrieval`` means no retrieval call (ranking orders the rest
+of the pool), ``neighbours`` no seed neighbours in the pool, ``trending`` no trending items in
+the pool or the fill, ``popular`` no popular fill, ``batch`` and ``session`` no such fallback;
+without any of retrieval, neighbours and trending the model path is skipped. A list may then
+end shorter than ``k``. An interleaved response reports ranker a's ``source`` and both
+rankers' ``degraded``.
+
+Every request ends with ``observe(experiment, variant, outcome, seconds)`` for each experiment
+the user is in (else ``none/default`` or ``holdout/holdout``): the API's per-variant latency and
+error metrics, which the guardrails ``api_latency_p99_ms`` and ``error_rate`` read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from attune.api.experiments import assign_variant
 from attune.api.model_client import GuardedModels, ModelUnavailable
 from attune.api.rules import (
     Candidate,
@@ -47,7 +64,23 @@ from attune.api.rules import (
     blocked_by,
 )
 from attune.api.store import ApiStore, RequestData
-from attune.config import AttuneConfig, VariantConfig
+from attune.config import AttuneConfig, ConfigError, RulesConfig
+from attune.experiments.assignment import (
+    Assigner,
+    Assignment,
+    UserContext,
+    combined_variant,
+    new_token,
+    recommendation_id,
+)
+from attune.experiments.spec import (
+    CANDIDATE_SOURCES,
+    HOLDOUT,
+    NO_EXPERIMENT,
+    ExperimentsFile,
+    VariantSpec,
+    check_rule_sets,
+)
 
 VERBS = {
     "item_view": "viewed",
@@ -83,6 +116,7 @@ class RecItem:
     origin: str
     title: str | None = None
     categories: tuple[str, ...] = ()
+    team: str | None = None  # interleaving: the variant (ranker) the item came from
 
 
 @dataclass
@@ -95,6 +129,7 @@ class RecResult:
     degraded: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     removed: dict[str, int] = field(default_factory=dict)
+    assignments: list[Assignment] = field(default_factory=list)
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -119,6 +154,35 @@ class RecResult:
         return out
 
 
+@dataclass(frozen=True)
+class Treatment:
+    """What one request's variant changes in the pipeline (the defaults: everything on)."""
+
+    ranking: bool = True
+    model_label: str | None = None
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    sources: frozenset[str] = frozenset(CANDIDATE_SOURCES)
+
+
+@dataclass
+class _Answer:
+    """One ranker's list before it becomes the response."""
+
+    final: list[Candidate]
+    source: str
+    degraded: str | None
+    stats: RuleStats
+    timings: dict[str, float]
+
+
+MODEL_POOL = frozenset({"retrieval", "neighbours", "trending"})
+"""The sources of the ranking model's pool; without any of them the fallbacks answer."""
+
+Observer = Callable[[str, str, str, float], None]
+"""``(experiment, variant, outcome, seconds)`` after each request; outcome ok | degraded |
+error (the per-variant guardrail metrics)."""
+
+
 class Recommender:
     def __init__(
         self,
@@ -126,20 +190,40 @@ class Recommender:
         store: ApiStore,
         models: GuardedModels,
         clock: Callable[[], float] = time.time,
+        experiments: ExperimentsFile | None = None,
+        observe: Observer | None = None,
     ) -> None:
         self.cfg = cfg
         self.api = cfg.api
         self.store = store
         self.models = models
         self.clock = clock
-        self.weights = {n: v.weight for n, v in self.api.experiment.variants.items()}
+        self.observe = observe
         self.default_personalization = cfg.privacy.default_consent.personalization
-        longest = max(len(n) for n in self.api.experiment.variants)
-        if len(self.api.experiment.name) + longest + 22 > 64:
-            raise ValueError(
-                "api.experiment.name plus the longest variant name must stay within 42 "
-                "characters: recommendation ids are at most 64 (the event schema's limit)"
-            )
+        self.assigner = Assigner(ExperimentsFile(), {})
+        if experiments is not None:
+            self.set_experiments(Assigner(experiments, {}))
+
+    def set_experiments(self, assigner: Assigner) -> None:
+        """Use new declarations or running state (the API's refresh task calls this)."""
+        check_rule_sets(assigner.decls, self.api.rule_sets, "the experiments file")
+        self.assigner = assigner
+
+    def treatment(self, variant: VariantSpec) -> Treatment:
+        rules = self.api.rules
+        if variant.rules is not None:
+            try:
+                rules = self.api.rule_sets[variant.rules]
+            except KeyError:  # checked when the declarations were loaded
+                raise ConfigError(
+                    f"unknown rule set {variant.rules!r}: declare it under api.rule_sets"
+                ) from None
+        sources = (
+            frozenset(variant.candidate_sources)
+            if variant.candidate_sources is not None
+            else frozenset(CANDIDATE_SOURCES)
+        )
+        return Treatment(variant.ranking, variant.model_label, rules, sources)
 
     # -- helpers ----------------------------------------------------------------------
     def _query(self, req: RecRequest, data: RequestData, now_s: int) -> dict[str, np.ndarray]:
@@ -193,18 +277,127 @@ class Recommender:
         return "based on your history" if c.origin == "batch" else "picked for you"
 
     # -- the pipeline -----------------------------------------------------------------
+    def assign(
+        self, req: RecRequest, data: RequestData, now: float
+    ) -> tuple[bool, list[Assignment]]:
+        """(in the holdout, the user's experiments) for this request."""
+        assigner = self.assigner
+        if assigner.in_holdout(req.subject):
+            return True, []
+        ctx = UserContext(
+            segment=data.segment, platform=req.device, returning=not data.features.is_empty
+        )
+        return False, assigner.assign(req.subject, ctx, datetime.fromtimestamp(now, UTC))
+
     async def recommend(self, req: RecRequest) -> RecResult:
-        api = self.api
-        cand_cfg = api.candidates
-        timings: dict[str, float] = {}
         started = time.perf_counter()
         now = self.clock()
         data = await self.store.read_request(req.subject, int(now * 1000))
-        t = time.perf_counter()
-        timings["features"] = t - started
+        features_s = time.perf_counter() - started
 
-        variant_name = assign_variant(api.experiment.name, req.subject, self.weights)
-        variant: VariantConfig = api.experiment.variants[variant_name]
+        holdout, assignments = self.assign(req, data, now)
+        rec_id = recommendation_id(assignments, holdout, new_token())
+        experiment, variant_name = rec_id.split(":")[:2]
+        labels = [(a.experiment, a.variant) for a in assignments] or [
+            HOLDOUT if holdout else NO_EXPERIMENT
+        ]
+        outcome = "error"
+        try:
+            result = await self._recommend(req, data, now, assignments, rec_id)
+            result.timings = {"features": features_s, **result.timings}
+            result.timings["total"] = time.perf_counter() - started
+            result.experiment, result.variant = experiment, variant_name
+            result.assignments = assignments
+            outcome = "degraded" if result.degraded else "ok"
+            if not data.consent.get("personalization", self.default_personalization):
+                result.degraded = "no personalization consent"
+            return result
+        finally:
+            if self.observe is not None:
+                seconds = time.perf_counter() - started
+                for exp, var in labels:
+                    self.observe(exp, var, outcome, seconds)
+
+    async def _recommend(
+        self,
+        req: RecRequest,
+        data: RequestData,
+        now: float,
+        assignments: Sequence[Assignment],
+        rec_id: str,
+    ) -> RecResult:
+        if assignments and assignments[0].type == "interleaving":
+            return await self._interleave(req, data, now, assignments, rec_id)
+        variant = combined_variant([a.variant_config for a in assignments if a.variant_config])
+        ans = await self._answer(req, data, now, self.treatment(variant))
+        items = [self._item(c, data, req.seed_item) for c in ans.final]
+        return RecResult(
+            rec_id, "", "", ans.source, items, ans.degraded, ans.timings, ans.stats.removed
+        )
+
+    async def _interleave(
+        self,
+        req: RecRequest,
+        data: RequestData,
+        now: float,
+        assignments: Sequence[Assignment],
+        rec_id: str,
+    ) -> RecResult:
+        """Both rankers' lists (each with the user's other experiments underneath), merged by
+        team draft with the recommendation id as the seed."""
+        from attune.experiments.interleaving import team_draft
+
+        (name_a, var_a), (name_b, var_b) = assignments[0].rankers
+        others = [a.variant_config for a in assignments[1:] if a.variant_config]
+        ans_a, ans_b = await asyncio.gather(
+            self._answer(req, data, now, self.treatment(combined_variant([var_a, *others]))),
+            self._answer(req, data, now, self.treatment(combined_variant([var_b, *others]))),
+        )
+        merged = team_draft(
+            [c.item_id for c in ans_a.final],
+            [c.item_id for c in ans_b.final],
+            req.k,
+            rec_id,
+            teams=(name_a, name_b),
+        )
+        by_id = {c.item_id: c for c in ans_b.final} | {c.item_id: c for c in ans_a.final}
+        items = []
+        for item_id, team in merged:
+            it = self._item(by_id[item_id], data, req.seed_item)
+            it.team = team
+            items.append(it)
+        timings = {
+            stage: max(ans_a.timings.get(stage, 0.0), ans_b.timings.get(stage, 0.0))
+            for stage in {**ans_a.timings, **ans_b.timings}
+        }
+        degraded = "; ".join(
+            f"{name}: {a.degraded}" for name, a in ((name_a, ans_a), (name_b, ans_b)) if a.degraded
+        )
+        removed = dict(ans_a.stats.removed)
+        for rule, n in ans_b.stats.removed.items():
+            removed[rule] = removed.get(rule, 0) + n
+        return RecResult(rec_id, "", "", ans_a.source, items, degraded or None, timings, removed)
+
+    def _item(self, c: Candidate, data: RequestData, seed_item: str | None) -> RecItem:
+        info = self.store.catalog.items.get(c.item_id)
+        return RecItem(
+            c.item_id,
+            c.score,
+            self._reason(c, data, seed_item),
+            c.origin,
+            info.title if info is not None and info.title else None,
+            self.store.catalog.categories(c.item_id),
+        )
+
+    async def _answer(
+        self, req: RecRequest, data: RequestData, now: float, treat: Treatment
+    ) -> _Answer:
+        """Steps 3-6 for one treatment: candidates, ranking, rules."""
+        api = self.api
+        cand_cfg = api.candidates
+        sources = treat.sources
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
         personalize = data.consent.get("personalization", self.default_personalization)
         ex = self._exclusions(req, data)
         categories = self.store.catalog.categories
@@ -219,47 +412,57 @@ class Recommender:
         degraded: str | None = None
         neighbours: dict[str, list[tuple[str, float]]] = {}
         if has_signal:
-            nb_task = asyncio.create_task(self.store.neighbours(seeds, cand_cfg.per_seed))
+            nb_task = (
+                asyncio.create_task(self.store.neighbours(seeds, cand_cfg.per_seed))
+                if "neighbours" in sources or "session" in sources
+                else None
+            )
             query = self._query(req, data, int(now))
-            try:
+            retrieved: list[Candidate] = []
+            if "retrieval" in sources:
                 try:
-                    out = await self.models.predict(
-                        api.model_server.retrieval_model, query, label=variant.model_label
-                    )
-                finally:
-                    t2 = time.perf_counter()
-                    timings["retrieval"] = t2 - t
-                    t = t2
-                ids = out["item_ids"][0][: cand_cfg.retrieval]
-                scores = out["scores"][0][: cand_cfg.retrieval]
-                retrieved = [
-                    Candidate(str(i), float(s), "retrieval")
-                    for i, s in zip(ids, scores, strict=True)
-                    if i
-                ]
-            except ModelUnavailable as exc:
-                degraded = f"retrieval {exc.reason}"
-                retrieved = []
-            neighbours = await nb_task
+                    try:
+                        out = await self.models.predict(
+                            api.model_server.retrieval_model, query, label=treat.model_label
+                        )
+                    finally:
+                        t2 = time.perf_counter()
+                        timings["retrieval"] = t2 - t
+                        t = t2
+                    ids = out["item_ids"][0][: cand_cfg.retrieval]
+                    scores = out["scores"][0][: cand_cfg.retrieval]
+                    retrieved = [
+                        Candidate(str(i), float(s), "retrieval")
+                        for i, s in zip(ids, scores, strict=True)
+                        if i
+                    ]
+                except ModelUnavailable as exc:
+                    degraded = f"retrieval {exc.reason}"
+            if nb_task is not None:
+                neighbours = await nb_task
             t2 = time.perf_counter()
             timings["candidates"] = t2 - t
             t = t2
-            if degraded is None:
+            if degraded is None and sources & MODEL_POOL:
+                pool_neighbours = neighbours if "neighbours" in sources else {}
                 ranked, degraded = await self._rank(
-                    req, data, query, variant, retrieved, neighbours, ex, timings
+                    data, query, treat, retrieved, pool_neighbours, ex, timings
                 )
                 t = time.perf_counter()
                 source = "model"
-        if ranked is None and personalize and data.batch_recs:
+        if ranked is None and personalize and data.batch_recs and "batch" in sources:
             source = "batch"
             ranked = [Candidate(i, s, "batch") for i, s in data.batch_recs]
-        if ranked is None and has_signal and any(neighbours.values()):
+        if ranked is None and has_signal and "session" in sources and any(neighbours.values()):
             source = "session"
             ranked = self._neighbour_candidates(neighbours)
         if ranked is None:
             ranked = []
-        fill = [Candidate(i, None, "trending") for i in data.trending]
-        fill += [Candidate(i, None, "popular") for i in data.popular]
+        fill: list[Candidate] = []
+        if "trending" in sources:
+            fill += [Candidate(i, None, "trending") for i in data.trending]
+        if "popular" in sources:
+            fill += [Candidate(i, None, "popular") for i in data.popular]
 
         stats = RuleStats()
         final = apply_rules(
@@ -267,39 +470,13 @@ class Recommender:
             req.k,
             ex,
             categories,
-            api.rules,
+            treat.rules,
             fill=fill,
             placement=req.placement,
             stats=stats,
         )
-        items = []
-        for c in final:
-            info = self.store.catalog.items.get(c.item_id)
-            items.append(
-                RecItem(
-                    c.item_id,
-                    c.score,
-                    self._reason(c, data, req.seed_item),
-                    c.origin,
-                    info.title if info is not None and info.title else None,
-                    categories(c.item_id),
-                )
-            )
         timings["rules"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - started
-        rec_id = f"{api.experiment.name}:{variant_name}:{uuid.uuid4().hex[:20]}"
-        if not personalize:
-            degraded = "no personalization consent"
-        return RecResult(
-            rec_id,
-            api.experiment.name,
-            variant_name,
-            source,
-            items,
-            degraded,
-            timings,
-            stats.removed,
-        )
+        return _Answer(final, source, degraded, stats, timings)
 
     def _neighbour_candidates(
         self, neighbours: dict[str, list[tuple[str, float]]]
@@ -316,10 +493,9 @@ class Recommender:
 
     async def _rank(
         self,
-        req: RecRequest,
         data: RequestData,
         query: dict[str, np.ndarray],
-        variant: VariantConfig,
+        treat: Treatment,
         retrieved: list[Candidate],
         neighbours: dict[str, list[tuple[str, float]]],
         ex: Exclusions,
@@ -328,7 +504,7 @@ class Recommender:
         api = self.api
         pool: dict[str, Candidate] = {}
         categories = self.store.catalog.categories
-        rules = api.rules
+        rules = treat.rules
 
         def add(c: Candidate) -> None:
             if c.item_id in pool or len(pool) >= api.candidates.max_ranked:
@@ -341,17 +517,21 @@ class Recommender:
         for seed, rows in neighbours.items():
             for item, _s in rows:
                 add(Candidate(item, None, "similar", seed))
-        for item in data.trending[: api.candidates.trending]:
-            add(Candidate(item, None, "trending"))
-        if not variant.ranking or not pool:
-            return [c for c in pool.values() if c.origin == "retrieval"], None
+        if "trending" in treat.sources:
+            for item in data.trending[: api.candidates.trending]:
+                add(Candidate(item, None, "trending"))
+        if not treat.ranking or not pool:
+            # without ranking: the retrieval order (or, without retrieval, the pool's order)
+            if "retrieval" in treat.sources:
+                return [c for c in pool.values() if c.origin == "retrieval"], None
+            return list(pool.values()), None
         started = time.perf_counter()
         ids = list(pool)
         try:
             out = await self.models.predict(
                 api.model_server.ranking_model,
                 {**query, "candidate_ids": np.array([ids], dtype=object)},
-                label=variant.model_label,
+                label=treat.model_label,
             )
         except ModelUnavailable as exc:
             timings["ranking"] = time.perf_counter() - started

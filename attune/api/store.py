@@ -250,6 +250,11 @@ class ApiStore:
         rows = await self.client.zrevrange(self.keys.popular, 0, k - 1, withscores=True)
         return [(_s(m), float(s)) for m, s in rows]
 
+    async def experiment_states(self) -> dict[Any, Any]:
+        """The experiments' running state hash as stored (decoded by
+        :func:`attune.experiments.state.parse_states`)."""
+        return dict(await self.client.hgetall(self.keys.experiments_state))
+
     async def read_features(self, subject: str) -> tuple[UserFeatures, str | None]:
         """Features and segment only (content slots and messages)."""
         pipe = self.client.pipeline(transaction=False)

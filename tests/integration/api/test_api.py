@@ -22,11 +22,15 @@ import httpx
 import orjson
 import pytest
 import redis
+import yaml
 
 from attune.api.keys import create_read_key
 from attune.api.process import api_url, start_api
 from attune.collector.process import collector_process
-from attune.config import AttuneConfig, PinConfig, RateLimitConfig, VariantConfig, free_port
+from attune.config import AttuneConfig, PinConfig, RateLimitConfig, free_port
+from attune.experiments.assignment import assign_variant
+from attune.experiments.spec import load_experiments
+from attune.experiments.state import StateStore, plan_start
 from attune.online_store import OnlineStore, wait_for_item
 from attune.replay import publish_catalog, read_catalog
 from attune.secrets import create_write_key
@@ -156,10 +160,25 @@ def env(cfg: AttuneConfig, spark: Any, tmp_path_factory: pytest.TempPathFactory)
         redis_db=REDIS_DB,
     )
     api = base.api
-    variants = {
-        "control": VariantConfig(weight=1.0),
-        "retrieval_only": VariantConfig(weight=1.0, ranking=False),
-    }
+    # one running A/B experiment "recs" over every user: control ranks, retrieval_only does not
+    experiments_file = base.paths.var_dir / "experiments.yaml"
+    experiments_file.write_text(
+        yaml.safe_dump(
+            {
+                "experiments": [
+                    {
+                        "id": "recs",
+                        "hypothesis": "ranking helps",
+                        "layer": "recs",
+                        "variants": {
+                            "control": {"weight": 1.0},
+                            "retrieval_only": {"weight": 1.0, "ranking": False},
+                        },
+                    }
+                ]
+            }
+        )
+    )
     test_api = api.model_copy(
         update={
             "port": free_port(),
@@ -179,14 +198,16 @@ def env(cfg: AttuneConfig, spark: Any, tmp_path_factory: pytest.TempPathFactory)
                     "pins": {"home": [PinConfig(item_id=PIN, position=0)]},
                 }
             ),
-            "experiment": api.experiment.model_copy(update={"variants": variants}),
         }
     )
     serving = base.serving.model_copy(
         update={"rest_port": free_port(), "grpc_port": free_port(), "poll_interval_s": 0.5}
     )
+    experiments = base.experiments.model_copy(update={"file": experiments_file})
     test_cfg = AttuneConfig.model_validate(
-        base.model_copy(update={"api": test_api, "serving": serving}).model_dump()
+        base.model_copy(
+            update={"api": test_api, "serving": serving, "experiments": experiments}
+        ).model_dump()
     )
     secret = write_secret(test_cfg)
     write_key = create_write_key(test_cfg, "it-api")
@@ -206,6 +227,11 @@ def env(cfg: AttuneConfig, spark: Any, tmp_path_factory: pytest.TempPathFactory)
                 lambda: r.exists(store.keys.item_meta(PIN)), 60, "the catalog mirror in Redis"
             )
             models.append(start_model_server(test_cfg))
+            decls = load_experiments(experiments_file)
+            started = datetime.now(UTC)
+            StateStore.from_config(test_cfg).apply(
+                lambda states: plan_start(decls, states, "recs", started), started
+            )
             child = start_api(test_cfg)
             try:
                 yield Env(
@@ -312,6 +338,15 @@ def test_a_request_returns_k_items_that_obey_every_rule(env: Env) -> None:
     assert body["recommendation_id"].startswith(f"recs:{body['variant']}:")
     assert r.headers["cache-control"] == "private, no-store"
     assert "retrieval;dur=" in r.headers["server-timing"]
+    # the experiment runs (its state was recorded in Redis before the API started), and the
+    # request was measured under its variant (the guardrails' latency and error rate)
+    assert httpx.get(f"{env.url}/readyz", timeout=10).json()["experiments"] == {
+        "declared": 1,
+        "running": ["recs"],
+    }
+    metrics = httpx.get(f"{env.url}/metrics", timeout=10).text
+    variant_label = f'experiment="recs",outcome="ok",variant="{body["variant"]}"'
+    assert f"attune_api_variant_requests_total{{{variant_label}}}" in metrics
     # the pin is first; nothing seen, bought, dismissed, excluded or of a hidden category
     assert got[0] == PIN and body["items"][0]["reason"] == "featured"
     forbidden = set(DRAMAS) | {BOUGHT, DISMISSED, NOT_INTERESTED, EXCLUDED}
@@ -446,8 +481,6 @@ def test_rest_and_grpc_clients_get_the_same_answer(env: Env) -> None:
 
 
 def test_the_api_over_rest_answers_from_the_model(env: Env) -> None:
-    from attune.api.experiments import assign_variant
-
     # a user in the variant that ranks, so both models are called over REST
     weights = {"control": 1.0, "retrieval_only": 1.0}
     user = next(

@@ -4,6 +4,7 @@ how candidates flow through ranking and rules, and that failures degrade instead
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,9 @@ from attune.api.model_client import GuardedModels, ModelUnavailable
 from attune.api.recommender import Recommender, RecRequest
 from attune.api.store import CatalogCache, ItemInfo, RequestData
 from attune.config import AttuneConfig, RulesConfig
+from attune.experiments.assignment import Assigner
+from attune.experiments.spec import parse_experiments
+from attune.experiments.state import RunningState, declared_allocations
 from attune.online_store import RecentItem, UserFeatures
 
 CATALOG = CatalogCache(
@@ -53,9 +57,13 @@ class FakeClient:
         self.fail = fail
         self.fail_ranking = fail_ranking
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.labels: list[str | None] = []
 
     async def predict(self, model: str, inputs: Any, **kw: Any) -> dict[str, np.ndarray]:
         self.calls.append((model, dict(inputs)))
+        self.labels.append(kw.get("label"))
+        if self.fail == "crash":
+            raise RuntimeError("a bug")
         if self.fail == "unavailable" or (model == "ranking" and self.fail_ranking):
             raise ModelUnavailable("unavailable", "test")
         if self.fail == "slow":
@@ -110,8 +118,8 @@ def recommender(
     return Recommender(cfg, store, models, clock=lambda: 1_700_000_000.0), breaker  # type: ignore[arg-type]
 
 
-def run(rec: Recommender, **req: Any) -> Any:
-    return asyncio.run(rec.recommend(RecRequest(subject="u", is_user=True, **{"k": 5, **req})))
+def run(rec: Recommender, subject: str = "u", **req: Any) -> Any:
+    return asyncio.run(rec.recommend(RecRequest(subject=subject, is_user=True, **{"k": 5, **req})))
 
 
 def test_model_path_retrieves_ranks_and_applies_rules() -> None:
@@ -135,7 +143,10 @@ def test_model_path_retrieves_ranks_and_applies_rules() -> None:
     assert int(q["request_time"][0]) == 1_700_000_000
     assert q["segment"][0] == "active"
     assert set(out.timings) >= {"features", "retrieval", "candidates", "ranking", "rules", "total"}
-    assert out.recommendation_id.startswith("recs:control:")
+    # no experiment runs: "none:default:" + 20 hex
+    assert out.recommendation_id.startswith("none:default:")
+    assert len(out.recommendation_id) == 13 + 20
+    assert (out.experiment, out.variant) == ("none", "default")
 
 
 def test_seed_item_goes_first_in_the_sequence() -> None:
@@ -213,16 +224,177 @@ def test_dismissed_and_suppressed_items_are_left_out() -> None:
     assert [i.item_id for i in out.items] == ["r1", "r3", "t1", "pop1", "pop2"]
 
 
-@pytest.mark.parametrize("ranking", [False])
-def test_variant_without_ranking_uses_retrieval_order(ranking: bool) -> None:
+# -- experiments ------------------------------------------------------------------------
+# The clock is 1_700_000_000 s = 2023-11-14T22:13:20Z; the experiments started before that.
+STARTED = datetime(2023, 11, 1, tzinfo=UTC)
+
+
+def run_experiment(
+    rec: Recommender,
+    variants: dict[str, Any],
+    *,
+    running: bool = True,
+    holdout: float = 0.0,
+    **fields: Any,
+) -> None:
+    """Declare experiment e1 (layer recs, all traffic) and, with ``running``, record it as
+    started; a variant of weight 0 never gets anybody, so one positive weight picks the arm."""
+    decls = parse_experiments(
+        {
+            "holdout": {"share": holdout},
+            "experiments": [
+                {"id": "e1", "hypothesis": "h", "layer": "recs", "variants": variants, **fields}
+            ],
+        }
+    )
+    states = {}
+    if running:
+        states["e1"] = RunningState("e1", "running", STARTED, declared_allocations(decls)["e1"])
+    rec.set_experiments(Assigner(decls, states))
+
+
+def test_variant_without_ranking_uses_retrieval_order() -> None:
     client = FakeClient()
     rec, _ = recommender(client, data())
-    variants = {
-        "control": rec.api.experiment.variants["control"].model_copy(update={"ranking": ranking})
-    }
-    rec.api = rec.api.model_copy(
-        update={"experiment": rec.api.experiment.model_copy(update={"variants": variants})}
-    )
+    run_experiment(rec, {"on": {"weight": 0}, "off": {"weight": 1, "ranking": False}})
     out = run(rec, k=3)
     assert [c[0] for c in client.calls] == ["retrieval"]
     assert [i.item_id for i in out.items] == ["r1", "r2", "r3"]
+    assert (out.experiment, out.variant) == ("e1", "off")
+    assert out.recommendation_id.startswith("e1:off:") and len(out.recommendation_id) == 27
+
+
+def test_a_declared_experiment_that_does_not_run_changes_nothing() -> None:
+    client = FakeClient()
+    rec, _ = recommender(client, data())
+    run_experiment(rec, {"on": {"weight": 0}, "off": {"ranking": False}}, running=False)
+    out = run(rec, k=3)
+    assert [c[0] for c in client.calls] == ["retrieval", "ranking"]
+    assert out.recommendation_id.startswith("none:default:")
+
+
+def test_variant_model_label_goes_to_both_models() -> None:
+    client = FakeClient()
+    rec, _ = recommender(client, data())
+    run_experiment(rec, {"served": {"weight": 0}, "canary": {"model_label": "canary"}})
+    run(rec)
+    assert client.labels == ["canary", "canary"]
+
+
+def test_variant_rule_set_replaces_the_rules() -> None:
+    client = FakeClient()
+    rec, _ = recommender(client, data())
+    rec.api = rec.api.model_copy(
+        update={"rule_sets": {"boost_t1": RulesConfig(item_boosts={"t1": 100.0})}}
+    )
+    run_experiment(rec, {"plain": {"weight": 0}, "boosted": {"rules": "boost_t1"}})
+    out = run(rec)
+    # ranking scores n1 20, r1 10, r2 9, r3 8, t1 6; +100 for t1 -> t1 first
+    assert [i.item_id for i in out.items] == ["t1", "n1", "r1", "r2", "r3"]
+
+
+def test_variant_candidate_sources_limit_the_pool_and_the_fill() -> None:
+    client = FakeClient()
+    rec, _ = recommender(client, data())
+    run_experiment(rec, {"all": {"weight": 0}, "retrieval": {"candidate_sources": ["retrieval"]}})
+    out = run(rec)
+    # only retrieval results are ranked (no neighbour n1, no trending t1) and nothing fills
+    assert list(client.calls[1][1]["candidate_ids"][0]) == ["r1", "r2", "r3"]
+    assert [i.item_id for i in out.items] == ["r1", "r2", "r3"]
+
+    client = FakeClient()
+    rec, _ = recommender(client, data())
+    run_experiment(
+        rec, {"all": {"weight": 0}, "nb": {"candidate_sources": ["neighbours", "popular"]}}
+    )
+    out = run(rec)
+    # no retrieval call; the pool is seen1's neighbour n1 (seen2 is seen); fill: popular only
+    assert [c[0] for c in client.calls] == ["ranking"]
+    assert [i.item_id for i in out.items] == ["n1", "pop1", "pop2"]
+
+
+def test_without_the_batch_source_the_fallback_skips_to_session() -> None:
+    rec, _ = recommender(FakeClient(fail="unavailable"), data())
+    run_experiment(rec, {"all": {"weight": 0}, "nobatch": {"candidate_sources": ["session"]}})
+    out = run(rec, k=3)
+    assert out.source == "session" and [i.item_id for i in out.items] == ["n1"]
+
+
+def test_holdout_gets_the_defaults_and_its_own_id() -> None:
+    # sha256("holdout:v") starts with 213e74f1 -> 0.129... < 0.2: v is in the holdout;
+    # sha256("holdout:u") starts with a6e549b3 -> 0.651... >= 0.2: u is not
+    client = FakeClient()
+    rec, _ = recommender(client, data())
+    run_experiment(rec, {"on": {"weight": 0}, "off": {"ranking": False}}, holdout=0.2)
+    out = run(rec, subject="v")
+    assert out.recommendation_id.startswith("holdout:holdout:")
+    assert [c[0] for c in client.calls] == ["retrieval", "ranking"]  # defaults: ranking on
+    assert run(rec, subject="u").recommendation_id.startswith("e1:off:")
+
+
+def test_targeting_by_platform_and_new_users() -> None:
+    rec, _ = recommender(FakeClient(), data())
+    run_experiment(
+        rec, {"on": {"weight": 0}, "off": {"ranking": False}}, targeting={"platforms": ["ios"]}
+    )
+    assert run(rec, device="android").variant == "default"
+    assert run(rec, device="iOS").variant == "off"  # platforms compare case-insensitively
+    assert run(rec).variant == "default"  # no device: no platform to match
+
+    rec, _ = recommender(FakeClient(), data())
+    run_experiment(
+        rec, {"on": {"weight": 0}, "off": {"ranking": False}}, targeting={"users": "new"}
+    )
+    assert run(rec).variant == "default"  # u has events: returning
+    rec, _ = recommender(FakeClient(), data(features=UserFeatures(user="u")))
+    run_experiment(
+        rec, {"on": {"weight": 0}, "off": {"ranking": False}}, targeting={"users": "new"}
+    )
+    assert run(rec).variant == "off"
+
+
+def test_every_request_is_observed_per_variant() -> None:
+    seen: list[tuple[str, str, str]] = []
+    rec, _ = recommender(FakeClient(), data())
+    rec.observe = lambda e, v, outcome, s: seen.append((e, v, outcome))
+    run(rec)
+    run_experiment(rec, {"on": {"weight": 0}, "off": {"ranking": False}})
+    run(rec)
+    rec.models = GuardedModels(FakeClient(fail_ranking=True), 0.05, CircuitBreaker("m", 9, 60))
+    run_experiment(rec, {"on": {"weight": 1}, "off": {"weight": 0}})
+    run(rec)
+    rec.models = GuardedModels(FakeClient(fail="crash"), 0.05, CircuitBreaker("m", 9, 60))
+    with pytest.raises(RuntimeError):
+        run(rec)
+    assert seen == [
+        ("none", "default", "ok"),
+        ("e1", "off", "ok"),
+        ("e1", "on", "degraded"),
+        ("e1", "on", "error"),
+    ]
+
+
+def test_interleaving_merges_both_rankers_by_team_draft() -> None:
+    client = FakeClient()
+    rec, _ = recommender(client, data())
+    run_experiment(
+        rec,
+        {"ranked": {"ranking": True}, "retrieval": {"ranking": False}},
+        type="interleaving",
+    )
+    out = run(rec, k=5)
+    # ranker "ranked": n1, r1, r2, r3, t1 (the first test); ranker "retrieval": the retrieval
+    # order r1, r2, r3, then the fill t1, pop1
+    ranked = ["n1", "r1", "r2", "r3", "t1"]
+    retrieval = ["r1", "r2", "r3", "t1", "pop1"]
+    assert sorted(c[0] for c in client.calls) == ["ranking", "retrieval", "retrieval"]
+    assert (out.experiment, out.variant) == ("e1", "interleaved")
+    ids = [i.item_id for i in out.items]
+    teams = [i.team for i in out.items]
+    assert len(ids) == 5 == len(set(ids)) and set(teams) <= {"ranked", "retrieval"}
+    # each team's items keep their ranker's order, and the teams stay within one item
+    for team, ranking in (("ranked", ranked), ("retrieval", retrieval)):
+        mine = [i for i, t in zip(ids, teams, strict=True) if t == team]
+        assert mine == [i for i in ranking if i in mine]
+    assert abs(teams.count("ranked") - teams.count("retrieval")) <= 1
+    assert ids[0] in ("n1", "r1")  # the first pick is one of the two rankers' best
