@@ -156,6 +156,11 @@ class Item(_Model):
     price: float | None = Field(None, ge=0)
     position: int | None = Field(None, ge=0, le=10_000, description="Slot where it was shown.")
     category: str | None = Field(None, max_length=256)
+    team: str | None = Field(
+        None,
+        max_length=64,
+        description="interleaving: the ranker (variant) that placed this item",
+    )
 
 
 class Context(_Model):
@@ -318,21 +323,22 @@ def spark_schema() -> StructType:
 def spark_ddl() -> str:
     """The same schema as a Spark DDL column list, for ``CREATE TABLE`` and docs."""
     return ", ".join(
-        f"`{f.name}` {_ddl_type(f.dataType)}{'' if f.nullable else ' NOT NULL'}"
+        f"`{f.name}` {ddl_type(f.dataType)}{'' if f.nullable else ' NOT NULL'}"
         for f in spark_schema().fields
     )
 
 
-def _ddl_type(dtype: DataType) -> str:
+def ddl_type(dtype: DataType) -> str:
+    """A Spark type as DDL (``ARRAY<STRUCT<`item_id`: STRING, ...>>``)."""
     from pyspark.sql import types as T
 
     if isinstance(dtype, T.StructType):
-        inner = ", ".join(f"`{f.name}`: {_ddl_type(f.dataType)}" for f in dtype.fields)
+        inner = ", ".join(f"`{f.name}`: {ddl_type(f.dataType)}" for f in dtype.fields)
         return f"STRUCT<{inner}>"
     if isinstance(dtype, T.ArrayType):
-        return f"ARRAY<{_ddl_type(dtype.elementType)}>"
+        return f"ARRAY<{ddl_type(dtype.elementType)}>"
     if isinstance(dtype, T.MapType):
-        return f"MAP<{_ddl_type(dtype.keyType)}, {_ddl_type(dtype.valueType)}>"
+        return f"MAP<{ddl_type(dtype.keyType)}, {ddl_type(dtype.valueType)}>"
     return dtype.simpleString().upper()
 
 

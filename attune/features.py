@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from attune.experiments.live import LIVE_COUNTS
 from attune.online_store import BUCKET_HALF_LIVES, SCALE
 
 if TYPE_CHECKING:
@@ -148,8 +149,8 @@ def interactions(events: DataFrame) -> DataFrame:
     ``event_id``, ``iid`` (interaction id ``<event_id>#<position>``, unique), ``type``,
     ``ts_ms`` (event time, epoch ms), ``session_id``, ``item_id``, ``category``, ``position``,
     ``rating``, ``event_row`` (the row that carries the event-level updates: counters, session;
-    none for an undo, which has no event-level updates) and ``forget`` (a consent_update
-    withdrawing personalization consent).
+    none for an undo, which has no event-level updates), ``forget`` (a consent_update
+    withdrawing personalization consent) and ``recommendation_id``.
     """
     from pyspark.sql import functions as F
 
@@ -161,6 +162,7 @@ def interactions(events: DataFrame) -> DataFrame:
         "session_id",
         "rating",
         withdraws_consent().alias("forget"),
+        "recommendation_id",
         F.posexplode_outer("items").alias("pos", "item"),
     )
     return exploded.select(
@@ -178,6 +180,7 @@ def interactions(events: DataFrame) -> DataFrame:
             "event_row"
         ),
         "forget",
+        "recommendation_id",
     )
 
 
@@ -299,6 +302,10 @@ def online_rows(
     up in the catalog mirror in Redis (``P:i:{item}:meta``) with the same rule (catalog genres,
     else the event's item category), so this plan has no join and is built once per query, and
     a catalog change reaches the next event without restarting anything.
+
+    ``rc`` is the event's ``recommendation_id`` on the event row of the types that today's live
+    experiment counts count (:data:`attune.experiments.live.LIVE_COUNTS`); the writer parses it
+    into what the script counts (:func:`attune.experiments.live.live_fields`).
     """
     from pyspark.sql import functions as F
 
@@ -323,6 +330,9 @@ def online_rows(
             flag("is_undo").alias("u"),
             F.when(F.size("trend_slices") > 0, F.col("trend_slices")).alias("tr"),
             flag("forget").alias("c"),
+            F.when(
+                F.col("event_row") & F.col("type").isin(*LIVE_COUNTS), F.col("recommendation_id")
+            ).alias("rc"),
         )
     )
     if not isinstance(params, FeatureParams):

@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from attune.events import spark_schema
+from attune.events import ddl_type, spark_schema
 
 if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
     from pyspark.sql.types import DataType, StructType
 
 # ----------------------------------------------------------------------------------------
@@ -61,6 +62,53 @@ def bronze_schema() -> StructType:
     extra = StructType.fromDDL(KAFKA_COLUMNS_DDL)
     assert isinstance(extra, StructType)
     return StructType([*events.fields, StructField("event_date", DateType(), False), *extra.fields])
+
+
+# ----------------------------------------------------------------------------------------
+# Additive schema evolution
+
+
+def missing_columns(have: StructType, want: StructType) -> list[tuple[str, DataType]]:
+    """The fields of ``want`` that ``have`` lacks, as Delta ``ADD COLUMNS`` paths and types.
+
+    Looks inside structs and arrays of structs (``items.element.team``), so a field added to
+    :class:`attune.events.Item` is found. Only additions are reported: a field whose type
+    changed is not (Delta cannot change it in place; that is a migration, not an evolution).
+    """
+    from pyspark.sql import types as T
+
+    out: list[tuple[str, DataType]] = []
+
+    def walk(h: DataType, w: DataType, path: str) -> None:
+        if isinstance(h, T.ArrayType) and isinstance(w, T.ArrayType):
+            walk(h.elementType, w.elementType, f"{path}.element")
+        elif isinstance(h, T.StructType) and isinstance(w, T.StructType):
+            fields = {f.name: f for f in h.fields}
+            for f in w.fields:
+                name = f"{path}.`{f.name}`" if path else f"`{f.name}`"
+                if f.name not in fields:
+                    out.append((name, f.dataType))
+                else:
+                    walk(fields[f.name].dataType, f.dataType, name)
+
+    walk(have, want, "")
+    return out
+
+
+def add_missing_columns(spark: SparkSession, path: str, schema: StructType) -> list[str]:
+    """Add to the Delta table at ``path`` the (nullable) columns of ``schema`` it lacks.
+
+    When the event schema gains an optional field, tables written before keep their old
+    schema, and Delta refuses appends and partition overwrites with the new one (a metadata
+    mismatch). The writers of the event tables (bronze, silver) call this first: existing rows
+    read the new column as null. Returns the columns added.
+    """
+    table = spark.read.format("delta").load(path)
+    added = missing_columns(table.schema, schema)
+    if added:
+        columns = ", ".join(f"{name} {ddl_type(dtype)}" for name, dtype in added)
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
+    return [name.replace("`", "") for name, _ in added]
 
 
 # ----------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ time of its latest undo; the personalization API writes it too), and the bookkee
 ``applied`` (zset interaction id -> time) and ``meta`` (hash); per item: ``stats`` (hash type
 -> engagements) and ``meta`` (catalog mirror: title, year, genres); global: ``popular`` (zset),
 one zset per trending slice, ``trending`` per window (the window as of the latest event) and
-``meta`` (hash). The full table is in :mod:`attune.keys` and ``docs/online_store.md``.
+``meta`` (hash); and today's experiment counts per variant (:mod:`attune.experiments.live`),
+counted with the event's other updates. The full table is in :mod:`attune.keys` and
+``docs/online_store.md``.
 
 Idempotency. Every write is an *interaction* (one item of one event, or the event itself when
 it has no items) with an id ``<event_id>#<position>``. The write script adds that id to the
@@ -51,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from attune.experiments.live import DEFAULT_PATTERN, LIVE_TTL_S, live_fields
 from attune.keys import Keys, KeyTemplate
 
 if TYPE_CHECKING:
@@ -79,6 +82,10 @@ class OnlineStore:
     ignore_min_impressions: int = 5
     trending_windows_s: tuple[int, ...] = (3600, 86400)
     trending_slices: int = 12
+    recommendation_id_pattern: str = DEFAULT_PATTERN
+    """Names the experiment and variant of a recommendation id, for today's live experiment
+    counts (:mod:`attune.experiments.live`; ``batch.recommendation_id_pattern``)."""
+    live_ttl_s: int = LIVE_TTL_S
     keys: Keys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +106,7 @@ class OnlineStore:
             ignore_min_impressions=f.ignore_min_impressions,
             trending_windows_s=tuple(int(w.total_seconds()) for w in f.trending_windows),
             trending_slices=f.trending_slices,
+            recommendation_id_pattern=cfg.batch.recommendation_id_pattern,
         )
 
     @property
@@ -121,6 +129,8 @@ class OnlineStore:
                     "trend_slice": KeyTemplate.of(k.trend_slice, 2).parts,
                     "popular": k.popular,
                     "meta": k.meta,
+                    "exp_live": KeyTemplate.of(k.experiment_live).parts,
+                    "exp_live_users": KeyTemplate.of(k.experiment_live_users, 3).parts,
                 },
                 "recent_n": self.recent_items,
                 "dismissed_n": self.dismissed_items,
@@ -128,6 +138,7 @@ class OnlineStore:
                 "ttl": self.user_ttl_s,
                 "gap": self.session_gap_ms,
                 "trend_ttl": {str(w): 2 * w for w in self.trending_windows_s},
+                "live_ttl": self.live_ttl_s,
             }
         )
 
@@ -158,17 +169,21 @@ def _ms(td: Any) -> int:
 # "b": affinity bucket, "a": affinity units (string), "r"/"n"/"m"/"d": recent / engagement /
 # impression / negative flags, "u": undo flag (takes back the item's dismissals up to "t"),
 # "tr": trending slices "<window_s>:<slice>", "c": 1 when the event withdraws
-# personalization consent}. Returns {applied, duplicates, too_late, max_t}.
+# personalization consent, "xd"/"xe"/"xv"/"xk": day, experiment, variant and count name of
+# today's live experiment counts (attune.experiments.live.live_fields)}. ARGV[3]: the user
+# (what the live users HyperLogLog counts). Returns {applied, duplicates, too_late, max_t}.
 APPLY_SCRIPT = r"""
 local P = cjson.decode(ARGV[1])
 local rows = cjson.decode(ARGV[2])
 local K_RECENT, K_RMETA, K_AFF, K_CNT, K_SES, K_DIS, K_NEG, K_UNDO, K_APP, K_META =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local K = P.k
+local USER = ARGV[3]
 -- a key of a family from its template's parts (attune.keys.KeyTemplate) and its ids
-local function key(t, a, b)
+local function key(t, a, b, c)
   if b == nil then return t[1] .. a .. t[2] end
-  return t[1] .. a .. t[2] .. b .. t[3]
+  if c == nil then return t[1] .. a .. t[2] .. b .. t[3] end
+  return t[1] .. a .. t[2] .. b .. t[3] .. c .. t[4]
 end
 local function num(x) if x == false or x == nil then return nil end return tonumber(x) end
 local function fmt(x) return string.format('%d', x) end
@@ -246,8 +261,27 @@ local function genres_of(r)
   return g
 end
 
+-- today's live experiment counts (attune.experiments.live), once per applied event
+local function count_live(r)
+  local h = key(K.exp_live, r.xd)
+  redis.call('HINCRBY', h, r.xe .. '|' .. r.xv .. '|' .. r.xk, 1)
+  if not expiring[h] then
+    redis.call('EXPIRE', h, P.live_ttl)
+    expiring[h] = true
+  end
+  if r.xk == 'impressions' and USER then
+    local u = key(K.exp_live_users, r.xd, r.xe, r.xv)
+    redis.call('PFADD', u, USER)
+    if not expiring[u] then
+      redis.call('EXPIRE', u, P.live_ttl)
+      expiring[u] = true
+    end
+  end
+end
+
 local function apply(r)
   local t = r.t
+  if r.xk then count_live(r) end
   if r.c == 1 then forget_user(t) return end
   if r.x == 1 then
     redis.call('HINCRBY', K_CNT, r.y, 1)
@@ -400,6 +434,17 @@ class ApplyStats:
             self.max_event_ms = other.max_event_ms
 
 
+def live_payload(payload: str, pattern: str) -> str:
+    """A row's JSON with its recommendation id (``rc``) replaced by the fields the write script
+    counts (:func:`attune.experiments.live.live_fields`; none when it counts nothing)."""
+    row = orjson.loads(payload)
+    rec = row.pop("rc", None)
+    fields = live_fields(rec, str(row.get("y", "")), int(row.get("t", 0)), pattern)
+    if fields:
+        row.update(fields)
+    return orjson.dumps(row).decode()
+
+
 class OnlineStoreWriter:
     """Applies interaction rows to Redis through the write script, one call per user."""
 
@@ -415,10 +460,15 @@ class OnlineStoreWriter:
         """Apply ``(user, event time ms, interaction id, row JSON)`` tuples.
 
         Rows of one user are applied in (event time, interaction id) order, in one script
-        call; users are sent in pipelines of ``users_per_pipeline`` calls.
+        call; users are sent in pipelines of ``users_per_pipeline`` calls. A row carrying a
+        recommendation id (``rc``, see :func:`attune.features.online_rows`) gets what the
+        script counts for today's live experiment counts instead (:func:`live_payload`).
         """
         by_user: dict[str, list[tuple[int, str, str]]] = {}
+        pattern = self.store.recommendation_id_pattern
         for user, t, iid, payload in rows:
+            if '"rc":' in payload:
+                payload = live_payload(payload, pattern)
             by_user.setdefault(user, []).append((t, iid, payload))
         stats = ApplyStats()
         users = list(by_user)
@@ -428,7 +478,7 @@ class OnlineStoreWriter:
                 batch = sorted(by_user[user])
                 body = b"[" + b",".join(p.encode() for _, _, p in batch) + b"]"
                 keys = self.store.keys.online_user_keys(user)
-                self._apply(keys=keys, args=[self._params, body], client=pipe)
+                self._apply(keys=keys, args=[self._params, body, user], client=pipe)
             for applied, dups, late, max_t in pipe.execute():
                 stats.add(
                     ApplyStats(

@@ -179,6 +179,7 @@ def generate_bronze(
             (price if with_price else F.lit(None).cast("double")).alias("price"),
             (position if position is not None else F.lit(None).cast("long")).alias("position"),
             F.lit(None).cast("string").alias("category"),
+            F.lit(None).cast("string").alias("team"),
         )
 
     shown = F.array(*[one(pick_item(30 + p), position=F.lit(p).cast("long")) for p in range(4)])
@@ -186,7 +187,8 @@ def generate_bronze(
         F.when(
             F.col("type").isin("page_view", "search", "profile_update"),
             F.array().cast(
-                "array<struct<item_id:string,quantity:bigint,price:double,position:bigint,category:string>>"
+                "array<struct<item_id:string,quantity:bigint,price:double,position:bigint,"
+                "category:string,team:string>>"
             ),
         )
         .when(F.col("type") == "impression", shown)
@@ -281,6 +283,7 @@ def generate_bronze(
                 F.lit(None).cast("double").alias("price"),
                 F.lit(None).cast("long").alias("position"),
                 F.lit(None).cast("string").alias("category"),
+                F.lit(None).cast("string").alias("team"),
             )
         ).alias("items"),
         *[

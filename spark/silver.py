@@ -379,9 +379,10 @@ def run_silver(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
     """Erasures, then the date window of silver/events, then items and users."""
     from pyspark.sql import functions as F
 
+    from attune.lake import add_missing_columns
     from attune.secrets import profile_key
     from spark import erasure, quality
-    from spark.tables import date_between, first_row, read_table, write_table
+    from spark.tables import date_between, first_row, is_table, read_table, write_table
 
     spark, cfg, lake, day = ctx.spark, ctx.cfg, ctx.lake, ctx.run_date
     out: StageOutputs = {}
@@ -406,6 +407,8 @@ def run_silver(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
     ctx.progress(f"silver: {bot_rows[0] or 0} bot user-day(s) in {start}..{day}")
     where = date_between("event_date", start, day)
     write_table(bots, lake.silver_bot_days, partition_by="event_date", replace_where=where)
+    if is_table(spark, lake.silver_events):  # fields the event schema gained since (Item.team)
+        add_missing_columns(spark, lake.silver_events, cleansed.events.schema)
     events_version = write_table(
         cleansed.events,
         lake.silver_events,

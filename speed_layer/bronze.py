@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from attune.lake import bronze_schema
+from attune.lake import add_missing_columns, bronze_schema
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -87,7 +87,8 @@ def quarantine_rows(parsed: DataFrame) -> DataFrame:
 def ensure_table(
     spark: SparkSession, path: str, schema: StructType, partition_by: str, comment: str
 ) -> None:
-    """Create the Delta table at ``path`` if there is none (idempotent)."""
+    """Create the Delta table at ``path`` if there is none (idempotent); add to an existing one
+    the columns ``schema`` gained since (:func:`attune.lake.add_missing_columns`)."""
     from delta.tables import DeltaTable
 
     (
@@ -98,6 +99,9 @@ def ensure_table(
         .comment(comment)
         .execute()
     )
+    added = add_missing_columns(spark, path, schema)
+    if added:
+        log.info("%s: added column(s) %s", path, ", ".join(added))
 
 
 def ensure_tables(spark: SparkSession, bronze_path: str, quarantine_path: str) -> None:

@@ -88,7 +88,7 @@ def test_spark_schema_fields_worked_out_by_hand() -> None:
     assert fields["timestamp"].dataType == T.TimestampType()
     assert fields["received_at"].nullable is False
     # items: list[Item] -> array<struct<item_id string, quantity long, price double,
-    # position long, category string>>, in the declaration order of Item.
+    # position long, category string, team string>>, in the declaration order of Item.
     items = fields["items"].dataType
     assert isinstance(items, T.ArrayType)
     assert [(f.name, f.dataType) for f in items.elementType.fields] == [
@@ -97,6 +97,7 @@ def test_spark_schema_fields_worked_out_by_hand() -> None:
         ("price", T.DoubleType()),
         ("position", T.LongType()),
         ("category", T.StringType()),
+        ("team", T.StringType()),
     ]
     # consent: ResolvedConsent -> struct of three required booleans.
     consent = fields["consent"].dataType
@@ -148,6 +149,27 @@ def test_naive_timestamp_is_refused() -> None:
     (err,) = _errors({**BASE, "timestamp": "2024-05-01T12:00:00"})
     assert err["loc"] == ("timestamp",)
     assert err["type"] == "timezone_aware"
+
+
+def test_interleaved_items_carry_their_team() -> None:
+    raw = {
+        **BASE,
+        "type": "impression",
+        "recommendation_id": "rank_v2:interleaved:0123456789abcdefghij",
+        "items": [
+            {"item_id": "i1", "position": 0, "team": "control"},
+            {"item_id": "i2", "position": 1, "team": "treatment"},
+        ],
+    }
+    ev = Event.model_validate(raw)
+    assert [(i.item_id, i.team) for i in ev.items] == [("i1", "control"), ("i2", "treatment")]
+    # the published JSON Schema documents the field
+    team = json_schema()["$defs"]["Item"]["properties"]["team"]
+    assert team["description"] == "interleaving: the ranker (variant) that placed this item"
+    assert team["anyOf"][0]["maxLength"] == 64
+    # 65 characters: too long
+    (err,) = _errors({**BASE, "items": [{"item_id": "i1", "team": "t" * 65}]})
+    assert err["loc"] == ("items", 0, "team") and err["type"] == "string_too_long"
 
 
 def test_event_without_any_id_is_refused() -> None:

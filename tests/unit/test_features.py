@@ -249,6 +249,21 @@ def test_online_rows_payload(spark) -> None:  # type: ignore[no-untyped-def]
     ]
 
 
+def test_online_rows_carry_the_recommendation_id_for_live_counts(spark) -> None:  # type: ignore[no-untyped-def]
+    rid = "ranking_v1:control:abc"
+    events = [
+        stored("e1", "impression", minutes(0), ["m1", "m2"], recommendation_id=rid),
+        stored("e2", "dismiss", minutes(1), ["m1"], recommendation_id=rid),
+    ]
+    got = {
+        r["iid"]: r["payload"] for r in F.online_rows(events_df(spark, events), PARAMS).collect()
+    }
+    # Only the impression's event row (position 0) carries "rc": one count per event; the
+    # second item's row and a dismissal (not a live count) do not.
+    assert got["e1#0"].endswith(',"m":1,"rc":"ranking_v1:control:abc"}')
+    assert '"rc"' not in got["e1#1"] and '"rc"' not in got["e2#0"]
+
+
 # (event id, type, minutes after T0, items, reason): dismiss -> undo -> dismiss and friends.
 UNDO_SEQUENCE = [
     ("e1", "dismiss", 0, ["m1"], None),

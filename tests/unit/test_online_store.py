@@ -135,7 +135,11 @@ def test_script_params() -> None:
         "trend_slice": ["att:trend:", ":", ""],
         "popular": "att:popular",
         "meta": "att:meta",
+        # today's live experiment counts: key(t, day) and key(t, day, experiment, variant)
+        "exp_live": ["att:exp:live:", ""],
+        "exp_live_users": ["att:exp:live:", ":users:", "|", ""],
     }
+    assert params["live_ttl"] == 3 * 24 * 3600
     assert orjson.loads(store.trending_params()) == {
         "meta": "att:meta",
         "trend_slice": ["att:trend:", ":", ""],

@@ -261,3 +261,51 @@ def test_malformed_record_is_quarantined_and_the_query_keeps_running(env: Env) -
         120,
         "carol's view in bronze",
     )
+
+
+def test_live_experiment_counts_and_interleaving_teams(env: Env) -> None:
+    from attune.experiments.live import read_live_counts
+
+    dana, erin = f"dana-{RUN}", f"erin-{RUN}"
+    shown = [
+        {"item_id": "m1", "position": 0, "team": "control"},
+        {"item_id": "m2", "position": 1, "team": "ranker2"},
+    ]
+    rid_d, rid_e = f"x{RUN}:interleaved:r1", f"x{RUN}:interleaved:r2"
+    events = [
+        event("l1", "impression", 300, None, user_id=dana, recommendation_id=rid_d, items=shown),
+        event("l2", "rec_click", 301, "m2", user_id=dana, recommendation_id=rid_d),
+        event("l3", "purchase", 302, "m2", user_id=dana, recommendation_id=rid_d, order_id="o"),
+        event("l4", "impression", 303, None, user_id=erin, recommendation_id=rid_e, items=shown),
+        # no personalization consent: the online store never sees it, so it is not counted
+        {
+            **event("l5", "impression", 304, None, user_id=f"frank-{RUN}", items=shown),
+            "recommendation_id": f"x{RUN}:interleaved:r3",
+            "consent": {"personalization": False},
+        },
+    ]
+    assert env.post(events)["accepted"] == 5
+    assert env.post([events[0]])["accepted"] == 1  # a client retry: counted once
+    # Worked out: impressions l1 and l4 (2, by dana and erin), the click l2, the purchase l3.
+    want = {"impressions": 2, "clicks": 1, "purchases": 1, "users": 2}
+    got = wait_until(
+        lambda: (
+            (c := read_live_counts(env.redis, env.store.keys, "2013-03-01"))
+            .get(f"x{RUN}", {})
+            .get("interleaved")
+            == want
+            and c
+        ),
+        120,
+        "the live counts of the interleaving experiment",
+    )
+    assert set(got[f"x{RUN}"]) == {"interleaved"}
+    # Bronze keeps each shown item's team (the event schema's Item.team).
+    wait_until(
+        lambda: env.bronze().where(f"event_id = 'l1-{RUN}'").count() == 1, 120, "l1 in bronze"
+    )
+    (row,) = env.bronze().where(f"event_id = 'l1-{RUN}'").collect()
+    assert [(i["item_id"], i["team"]) for i in row["items"]] == [
+        ("m1", "control"),
+        ("m2", "ranker2"),
+    ]
