@@ -14,8 +14,10 @@ stage):
 2. every row of those pseudonyms *received at or before the request* is deleted (Delta
    ``DELETE`` through ``MERGE``) from bronze events, bronze quarantine (by record key or a
    mention in the raw text), ``silver/events``, ``silver/users``, ``silver/bot_days``,
-   ``gold/user_features``, ``gold/user_segments`` and ``gold/training_examples``; the other
-   gold tables hold no user ids (aggregates only) and are rebuilt from silver every run;
+   ``gold/user_features``, ``gold/user_segments``, ``gold/training_examples``,
+   ``gold/experiment_users`` and ``gold/experiment_teams`` (rebuilt only for the experiments with
+   traffic, so a finished experiment's rows are deleted here); the other gold tables hold no
+   user ids (aggregates only) and are rebuilt from silver every run;
 3. what was deleted where is appended to ``privacy/erasure_log`` (``request_id, pseudonym,
    run_date, table_name, rows_deleted``); the row with ``table_name = '*'`` marks the request
    as applied.
@@ -83,6 +85,8 @@ ERASABLE: dict[str, str] = {
     "gold_user_features": "t.user = r.pseudonym",
     "gold_user_segments": "t.user = r.pseudonym",
     "gold_training_examples": "t.user_id = r.pseudonym",
+    "gold_experiment_users": "t.user = r.pseudonym",
+    "gold_experiment_teams": "t.user = r.pseudonym",
 }
 
 

@@ -33,6 +33,10 @@ Tables (see :mod:`spark.tables`):
 ``gold/trending``, ``gold/user_segments``, ``gold/popular_by_segment``,
 ``gold/experiment_metrics``
     see their functions below; segments are RFM rules documented in :func:`user_segments`.
+``gold/experiment_users``, ``gold/experiment_teams``
+    exposures and what they led to per experiment, variant and user (and, for interleaved
+    lists, the clicks credited to each ranker), rebuilt each night for the experiments with
+    traffic in the late window: :mod:`spark.attribution`.
 """
 
 from __future__ import annotations
@@ -698,6 +702,7 @@ def run_gold(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
         replace_where=window,
     )
     ctx.progress(f"gold: experiment metrics {start}..{day}")
+    out["experiments"] = write_experiment_users(ctx, events, start, seg_version)
 
     seg_history = read_table(spark, lake.gold_user_segments, seg_version).where(
         F.col("as_of_date") < F.lit(day)
@@ -751,6 +756,54 @@ def run_gold(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
     out["feature_rows"] = n_rows
     out["user_features_version"] = uf_version.version
     return out
+
+
+def write_experiment_users(
+    ctx: RunContext, events: DataFrame, start: date, seg_version: int
+) -> list[str]:
+    """``gold/experiment_users`` and ``gold/experiment_teams`` (:mod:`spark.attribution`),
+    rebuilt from all of silver for the experiments with exposures between ``start`` and the
+    date (their partitions replaced; the other experiments' rows stay as last built).
+    Returns those experiments."""
+    from pyspark.sql import functions as F
+
+    from spark.attribution import (
+        AttributionParams,
+        experiment_users,
+        experiments_predicate,
+        exposed_experiments,
+        interleaving_impressions,
+    )
+    from spark.tables import read_table, write_table
+
+    params = AttributionParams.from_config(ctx.cfg)
+    lake, day = ctx.lake, ctx.run_date
+    running = exposed_experiments(events.where(F.col("event_date") >= F.lit(start)), params.pattern)
+    if not running:
+        ctx.progress(f"gold: no experiment had traffic {start}..{day}")
+        return []
+    # every snapshot: a user's segment is the one of the day before their first exposure
+    segments = read_table(ctx.spark, lake.gold_user_segments, seg_version)
+    written = write_table(
+        experiment_users(events, params, segments, running),
+        lake.gold_experiment_users,
+        partition_by="experiment",
+        replace_where=experiments_predicate(running),
+        metadata={"run_date": day, "experiments": running},
+    )
+    teams = interleaving_impressions(events, params, running)
+    if teams is not None:
+        write_table(
+            teams,
+            lake.gold_experiment_teams,
+            partition_by="experiment",
+            replace_where=experiments_predicate(running),
+        )
+    ctx.progress(
+        f"gold: experiment users of {', '.join(running)}: {written.rows:,} rows "
+        f"(v{written.version})"
+    )
+    return running
 
 
 TRAINING_SETS_DDL = (

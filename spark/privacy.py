@@ -83,6 +83,8 @@ LEFTOVER: dict[str, str] = {
     # a snapshot of a day before the request's day can only hold data from before it
     "gold_user_segments": "t.user = r.pseudonym AND t.as_of_date < to_date(r.requested_at)",
     "gold_training_examples": "t.user_id = r.pseudonym AND t.timestamp <= r.requested_at",
+    "gold_experiment_users": "t.user = r.pseudonym AND t.first_exposure <= r.requested_at",
+    "gold_experiment_teams": "t.user = r.pseudonym AND t.shown_at <= r.requested_at",
 }
 # Events of a pseudonym that reached bronze after its request: the user came back.
 CAME_BACK = (

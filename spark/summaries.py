@@ -12,8 +12,9 @@ Long tail
     get 60% of the interactions").
 
 Click-through rate per variant
-    ``attune experiments report`` (:mod:`spark.experiments`) sums ``gold/experiment_metrics``
-    per variant, for the report date and since the experiment started, without statistics yet.
+    :func:`spark.experiments.experiment_report` sums ``gold/experiment_metrics`` per variant,
+    for a date and since the experiment started (impressions, not users; the experiments'
+    statistics and verdicts are ``attune experiments report``'s, from ``gold/experiment_users``).
     :func:`compare_report` adds a first look at them: each variant's CTR with a Wilson score
     interval (:func:`wilson_interval`) and its difference from the baseline variant with
     Newcombe's interval (:func:`newcombe_interval`). Both treat every impression as one trial
@@ -259,8 +260,8 @@ def compare_report(
     z: float = Z_95,
     scope: Literal["cumulative", "day"] = "cumulative",
 ) -> list[VariantCTR]:
-    """:func:`compare_ctr` over an ``attune experiments report``
-    (:func:`spark.experiments.experiment_report`): each variant's counts since its experiment
+    """:func:`compare_ctr` over the daily totals of
+    :func:`spark.experiments.experiment_report`: each variant's counts since its experiment
     started (``scope="cumulative"``), or of the report date alone (``"day"``)."""
     return compare_ctr(
         (

@@ -22,8 +22,12 @@ table                          partitioned by   content
 ``gold/user_segments``         ``as_of_date``   each user's RFM segment, one snapshot a day
 ``gold/popular_by_segment``    -                most engaged items per segment
 ``gold/experiment_metrics``    ``event_date``   impressions / clicks / purchases per variant
-``gold/experiment_report``     ``report_date``  per variant: the day and since the start
-                                                (``attune experiments report``)
+``gold/experiment_users``      ``experiment``   per variant, user and exposure day: exposures
+                                                and what they led to (attribution), CUPED
+                                                covariate, segment
+``gold/experiment_teams``      ``experiment``   per interleaved list: clicks credited per team
+``gold/experiment_results``    ``report_date``  per experiment, variant and metric: lifts,
+                                                intervals, verdict (``attune experiments report``)
 ``quality/report``             ``run_date``     every data-quality check of every run
 ``quality/drift``              ``as_of_date``   Redis features vs the batch recomputation
 ``privacy/erasure_requests``   -                pseudonymized users to erase, and when asked
@@ -66,7 +70,9 @@ class Lake:
     gold_user_segments: str
     gold_popular_by_segment: str
     gold_experiment_metrics: str
-    gold_experiment_report: str
+    gold_experiment_users: str
+    gold_experiment_teams: str
+    gold_experiment_results: str
     quality_report: str
     quality_drift: str
     erasure_requests: str
@@ -95,7 +101,9 @@ class Lake:
             gold_user_segments=at("gold/user_segments"),
             gold_popular_by_segment=at("gold/popular_by_segment"),
             gold_experiment_metrics=at("gold/experiment_metrics"),
-            gold_experiment_report=at("gold/experiment_report"),
+            gold_experiment_users=at("gold/experiment_users"),
+            gold_experiment_teams=at("gold/experiment_teams"),
+            gold_experiment_results=at("gold/experiment_results"),
             quality_report=at("quality/report"),
             quality_drift=at("quality/drift"),
             erasure_requests=at("privacy/erasure_requests"),

@@ -1,5 +1,6 @@
-"""``attune experiments report`` without Spark: which experiments, day and cumulative totals,
-the table rows and the text; the CLI's wiring."""
+"""The daily per-variant totals of ``gold/experiment_metrics`` (the notebooks' first look)
+without Spark, and the CLI's wiring of ``attune experiments report`` (the report itself:
+test_experiment_report.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ from spark.experiments import (
     Totals,
     experiment_report,
     format_report,
-    report_json,
-    report_rows,
     total,
 )
 
@@ -61,27 +60,8 @@ def test_report_of_the_experiments_running_on_the_date() -> None:
     assert experiment_report(ROWS, date(2013, 3, 7)) == []  # nothing on 03-07
 
 
-def test_table_rows_one_per_variant_and_scope() -> None:
-    rows = report_rows(experiment_report(ROWS, D5), D5)
-    assert [(r[2], r[3]) for r in rows] == [
-        ("A", "day"),
-        ("A", "cumulative"),
-        ("B", "day"),
-        ("B", "cumulative"),
-    ]
-    # report_date, experiment, variant, scope, start_date, days, impressions, items_shown,
-    # recommendations, clicks, add_to_carts, purchases, revenue, user_days, ctr, conversion
-    assert rows[1] == (D5, "exp1", "A", "cumulative", D4, 2, 15, 45, 15, 3, 1, 1, 20.0, 13,
-                       0.2, 1 / 15)  # fmt: skip
-    assert rows[2][5:] == (0, 0, 0, 0, 0, 0, 0, 0.0, 0, None, None)
-
-
-def test_json_and_text() -> None:
+def test_counts_as_text() -> None:
     results = experiment_report(ROWS, D5)
-    doc = report_json(results, D5)
-    assert doc["report_date"] == "2013-03-05"
-    variant_b = doc["experiments"][0]["variants"][1]
-    assert variant_b["day"]["ctr"] is None and variant_b["cumulative"]["ctr"] == 0.5
     text = format_report(results, D5)
     assert "exp1 (since 2013-03-04, day 2)" in text
     lines = text.splitlines()
