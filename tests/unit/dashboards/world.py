@@ -1,0 +1,329 @@
+"""A var/ folder with everything the dashboard shows, written by hand (shared by the unit tests
+and the screenshot test).
+
+* the experiment report ``tests/fixtures/experiments/report-2026-12-05.json`` (the design's
+  format: ``ranking_v1``, an A/B test with verdict ship and five days of history, and
+  ``rankers_il``, an interleaving experiment still running), as ``latest.json`` and the dated
+  file; :func:`stopped_experiment` derives a third one that breaks everything (sample ratio
+  mismatch, a breached guardrail, verdict stop) for the warnings;
+* a model repository: ``ranking`` v1 and v2 (v2 served), ``retrieval`` v1, two promotion
+  decisions;
+* the data-quality Delta tables ``quality/report`` (one failed check on the second run) and
+  ``quality/drift``, written as a Delta client writes them (JSON commits, Parquet files,
+  partition folders), with a partition replaced by a later commit.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[3]
+FIXTURE = ROOT / "tests" / "fixtures" / "experiments" / "report-2026-12-05.json"
+
+
+def fixture_report() -> dict[str, Any]:
+    report: dict[str, Any] = json.loads(FIXTURE.read_text())
+    return report
+
+
+def stopped_experiment(report: Mapping[str, Any]) -> dict[str, Any]:
+    """``ranking_v1`` turned into ``banner_v2``: users 6000 vs 5200 on a 50/50 split, so the
+    SRM test flags it (chi² = 2 * 400² / 5600 = 57.1, p ~ 4e-14), dismissals up 9% against an
+    allowed 5%, verdict stop."""
+    exp = copy.deepcopy(next(e for e in report["experiments"] if e["id"] == "ranking_v1"))
+    exp.update(
+        id="banner_v2",
+        hypothesis="A larger home banner raises purchases",
+        layer="home",
+        verdict="stop",
+        reason="sample ratio mismatch: users 6,000 vs 5,200 for a 50/50 split (p < 0.001)",
+    )
+    exp["variants"][1]["users"] = 5200
+    exp["srm"] = {"chi2": 57.14, "p": 4.2e-14, "flagged": True}
+    exp["guardrails"][0].update(value=0.01308, rel_change=0.09, breached=True)
+    return exp
+
+
+def write_reports(reports_dir: Path, report: Mapping[str, Any]) -> None:
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(report, indent=1)
+    (reports_dir / "latest.json").write_text(text)
+    (reports_dir / f"{report['report_date']}.json").write_text(text)
+
+
+def _evaluation(ndcg: float, recall: float) -> dict[str, Any]:
+    return {
+        "candidate": {
+            "ndcg": ndcg,
+            "recall": recall,
+            "map": ndcg * 0.7,
+            "hit_rate": recall * 1.5,
+            "coverage": 0.004,
+            "gate_value": ndcg,
+            "users": 2405,
+        },
+        "baselines": {
+            "popularity": {"gate_value": 0.05298, "ndcg": 0.05298},
+            "recent-popularity": {"gate_value": 0.11809, "ndcg": 0.11809},
+        },
+    }
+
+
+def write_model_repository(root: Path) -> None:
+    """ranking v1 (ndcg 0.1208) and v2 (0.1262, served), retrieval v1 (0.1287, served)."""
+    versions = {
+        ("ranking", 1): ("2026-12-01T03:10:00.000000Z", _evaluation(0.1208, 0.1966)),
+        ("ranking", 2): ("2026-12-05T03:12:00.000000Z", _evaluation(0.1262, 0.2031)),
+        ("retrieval", 1): ("2026-12-01T03:05:00.000000Z", _evaluation(0.1287, 0.2104)),
+    }
+    for (name, version), (created, evaluation) in versions.items():
+        folder = root / name / str(version)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "name": name,
+            "version": version,
+            "created_at": created,
+            "data": {"rows": 200000, "users": 16554},
+            "evaluation": evaluation,
+        }
+        (folder / "attune_metadata.json").write_text(json.dumps(meta))
+    serving = {
+        "ranking": {"version": 2, "path": str(root / "ranking" / "2")},
+        "retrieval": {"version": 1, "path": str(root / "retrieval" / "1")},
+    }
+    (root / "serving.json").write_text(json.dumps(serving))
+    decisions = [
+        {
+            "model": "ranking",
+            "version": 2,
+            "promoted": True,
+            "metric": "ndcg@10",
+            "candidate": 0.1262,
+            "served_version": 1,
+            "served": 0.1208,
+            "margin": 0.01,
+            "reason": "0.1262 >= 0.1208 * 1.01 and >= 0.9 x recent-popularity 0.1181",
+            "decided_at": "2026-12-05T03:12:30.000000Z",
+        },
+        {
+            "model": "retrieval",
+            "version": None,
+            "promoted": False,
+            "metric": "ndcg@10",
+            "candidate": 0.1271,
+            "served_version": 1,
+            "served": 0.1287,
+            "margin": 0.01,
+            "reason": "0.1271 < 0.1287 * 1.01: not better than the served version",
+            "decided_at": "2026-12-05T03:12:31.000000Z",
+        },
+    ]
+    (root / "promotions.jsonl").write_text("".join(json.dumps(d) + "\n" for d in decisions))
+
+
+# Delta tables, written by hand -------------------------------------------------------------
+
+QUALITY_FIELDS = [
+    ("run_date", "date"),
+    ("stage", "string"),
+    ("table_name", "string"),
+    ("check", "string"),
+    ("value", "double"),
+    ("threshold", "double"),
+    ("passed", "boolean"),
+    ("detail", "string"),
+]
+DRIFT_FIELDS = [
+    ("as_of_date", "date"),
+    ("feature", "string"),
+    ("users", "long"),
+    ("users_equal", "long"),
+    ("share_equal", "double"),
+    ("mean_diff", "double"),
+    ("max_diff", "double"),
+]
+_ARROW = {"string": "string", "double": "float64", "boolean": "bool", "long": "int64"}
+
+
+def _schema_string(fields: Sequence[tuple[str, str]]) -> str:
+    return json.dumps(
+        {
+            "type": "struct",
+            "fields": [{"name": n, "type": t, "nullable": True, "metadata": {}} for n, t in fields],
+        }
+    )
+
+
+class DeltaWriter:
+    """Writes a partitioned Delta table the way Delta clients do: each :meth:`commit` writes one
+    Parquet file per partition and a JSON commit of ``add`` actions (``remove`` for the files of
+    the partitions it replaces); the first commit carries ``protocol`` and ``metaData``."""
+
+    def __init__(self, path: Path, fields: Sequence[tuple[str, str]], partition: str) -> None:
+        self.path, self.fields, self.partition = path, list(fields), partition
+        self.version = -1
+        self.files: dict[str, list[str]] = {}  # partition value -> live files
+        (path / "_delta_log").mkdir(parents=True, exist_ok=True)
+
+    def commit(self, rows: Sequence[Mapping[str, Any]], *, replace: bool = True) -> int:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.version += 1
+        actions: list[dict[str, Any]] = []
+        if self.version == 0:
+            actions.append({"protocol": {"minReaderVersion": 1, "minWriterVersion": 2}})
+            actions.append(
+                {
+                    "metaData": {
+                        "id": str(uuid.uuid4()),
+                        "format": {"provider": "parquet", "options": {}},
+                        "schemaString": _schema_string(self.fields),
+                        "partitionColumns": [self.partition],
+                        "configuration": {},
+                        "createdTime": 0,
+                    }
+                }
+            )
+        by_part: dict[str, list[Mapping[str, Any]]] = {}
+        for row in rows:
+            by_part.setdefault(str(row[self.partition]), []).append(row)
+        schema = pa.schema(
+            [(n, _ARROW[t]) for n, t in self.fields if n != self.partition]  # type: ignore[misc]
+        )
+        for value, part_rows in by_part.items():
+            if replace:
+                for old in self.files.pop(value, []):
+                    actions.append(
+                        {"remove": {"path": old, "deletionTimestamp": 0, "dataChange": True}}
+                    )
+            # a space in the folder name, as Delta escapes it in the log (%20)
+            rel = f"{self.partition}={value}/part {self.version:05d}-{uuid.uuid4().hex}.parquet"
+            (self.path / rel).parent.mkdir(parents=True, exist_ok=True)
+            table = pa.Table.from_pylist(
+                [{k: v for k, v in r.items() if k != self.partition} for r in part_rows],
+                schema=schema,
+            )
+            pq.write_table(table, self.path / rel)
+            escaped = rel.replace(" ", "%20")
+            self.files.setdefault(value, []).append(escaped)
+            actions.append(
+                {
+                    "add": {
+                        "path": escaped,
+                        "partitionValues": {self.partition: value},
+                        "size": (self.path / rel).stat().st_size,
+                        "modificationTime": 0,
+                        "dataChange": True,
+                    }
+                }
+            )
+        log = self.path / "_delta_log" / f"{self.version:020d}.json"
+        log.write_text("".join(json.dumps(a) + "\n" for a in actions))
+        return self.version
+
+
+def quality_rows(run_date: date, failed: bool) -> list[dict[str, Any]]:
+    rows = [
+        ("bronze", "bronze/events", "schema", 0.0, 0.0, True, "bronze has every column"),
+        ("bronze", "bronze/events", "null_rate:event_id", 0.0, 0.0, True, "no nulls"),
+        (
+            "bronze",
+            "bronze/events",
+            "duplicate_rate",
+            0.001,
+            0.05,
+            True,
+            "0.10% of the day's rows repeat an event_id, within 5.00%",
+        ),
+        (
+            "bronze",
+            "bronze/events",
+            "volume",
+            0.12 if failed else 1.04,
+            0.2,
+            not failed,
+            "the day's rows are 0.12 x the 7-day average, below the minimum 0.2"
+            if failed
+            else "the day's rows are 1.04 x the 7-day average",
+        ),
+        ("silver", "silver/events", "bot_rate", 0.0, 0.5, True, "no bots in the window"),
+    ]
+    return [
+        {
+            "run_date": run_date,
+            "stage": s,
+            "table_name": f"/lake/{t}",
+            "check": c,
+            "value": v,
+            "threshold": th,
+            "passed": p,
+            "detail": d,
+        }
+        for s, t, c, v, th, p, d in rows
+    ]
+
+
+def drift_rows(as_of: date) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = [
+        {"feature": "status:comparable", "users": 480, "users_equal": 480},
+        {"feature": "status:behind", "users": 12, "users_equal": 12},
+        {"feature": "status:newer", "users": 8, "users_equal": 8},
+        {"feature": "status:missing", "users": 0, "users_equal": 0},
+        {"feature": "recent_items", "users": 492, "users_equal": 480, "mean_diff": 0.012},
+        {"feature": "counters", "users": 492, "users_equal": 492, "mean_diff": 0.0},
+        {"feature": "affinities", "users": 492, "users_equal": 492, "mean_diff": 1e-16},
+    ]
+    for r in rows:
+        r["as_of_date"] = as_of
+        r["share_equal"] = r["users_equal"] / r["users"] if r["users"] else None
+        r.setdefault("mean_diff", None)
+        r["max_diff"] = r["mean_diff"]
+    return rows
+
+
+def write_quality_tables(lake: Path) -> None:
+    """``quality/report``: runs of 2026-12-04 (all passed) and 2026-12-05 (volume failed; its
+    first write had every check passing and was replaced); ``quality/drift`` of 2026-12-05."""
+    report = DeltaWriter(lake / "quality" / "report", QUALITY_FIELDS, "run_date")
+    report.commit(quality_rows(date(2026, 12, 4), failed=False))
+    report.commit(quality_rows(date(2026, 12, 5), failed=False))
+    report.commit(quality_rows(date(2026, 12, 5), failed=True))  # replaces the partition
+    drift = DeltaWriter(lake / "quality" / "drift", DRIFT_FIELDS, "as_of_date")
+    drift.commit(drift_rows(date(2026, 12, 5)))
+
+
+def write_config(
+    var_dir: Path, path: Path, *, redis_port: int = 1, redis_db: int = 0, prefix: str = "att"
+) -> Path:
+    """A config file with everything under ``var_dir`` and no service reachable: every port is
+    1 (nothing listens there; Redis too unless ``redis_port`` says otherwise), so the live page
+    shows its "not running" states."""
+    import yaml
+
+    cfg = {
+        "paths": {"var_dir": str(var_dir)},
+        "redis": {"port": redis_port, "db": redis_db},
+        "speed": {"online_store": {"key_prefix": prefix}},
+        "collector": {"port": 1},
+        "api": {"port": 1},
+        "serving": {"rest_port": 1, "grpc_port": 2},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def build(var_dir: Path, *, with_stopped: bool = False) -> None:
+    """Everything: reports, model repository, data-quality tables."""
+    report = fixture_report()
+    if with_stopped:
+        report["experiments"].append(stopped_experiment(report))
+    write_reports(var_dir / "reports" / "experiments", report)
+    write_model_repository(var_dir / "models")
+    write_quality_tables(var_dir / "lake")
