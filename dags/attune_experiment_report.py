@@ -1,11 +1,14 @@
 """
-### attune_experiment_report: how each variant is doing
+### attune_experiment_report: verdicts of the running experiments
 
 Daily, after the nightly batch has had time to finish, `attune experiments report --date
-<date>`: per running experiment and variant, impressions, clicks, click rate and the other
-counted metrics for the day and since the start, from gold's per-variant metrics. Written to
-the gold table `gold/experiment_report` (one partition per report date) and
-`var/reports/experiments/<date>.json`, which the dashboard reads.
+<date>`: per experiment (declared in `config/experiments.yaml`), variant and metric, the lift
+with its intervals (fixed-horizon and always-valid), the chance to beat the control, the
+sample-ratio check, the guardrails and the verdict (running / ship / no difference / stop),
+from the attributed per-user rows the nightly gold stage wrote (`gold/experiment_users`).
+Written to the gold table `gold/experiment_results` (one partition per report date, replaced on
+a re-run) and `var/reports/experiments/<date>.json`, which `attune dashboard` reads. See
+docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from attune_common import START_DATE, default_args, run_attune
 def attune_experiment_report() -> None:
     @task
     def report_experiments() -> None:
-        """Per-variant results of the running experiments for the date."""
+        """The verdicts of the experiments with traffic up to the date."""
         run_attune("experiments", "report", "--date", get_current_context()["ds"])
 
     report_experiments()

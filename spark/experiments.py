@@ -63,6 +63,7 @@ from attune.experiments.verdict import (
     ExperimentAnalysis,
     VariantData,
     analyse,
+    json_safe,
 )
 
 if TYPE_CHECKING:
@@ -594,7 +595,7 @@ def _interleaving_entry(
         **extra,
         "notes": notes,
     }
-    return _json_safe(entry)
+    return json_safe(entry)
 
 
 def _interleaving_verdict(
@@ -619,21 +620,6 @@ def _pct(x: float | None, signed: bool = False) -> str:
     if x is None or not math.isfinite(x):
         return "-"
     return f"{100 * x:+.1f}%" if signed else f"{100 * x:.1f}%"
-
-
-def _json_safe(value: Any) -> Any:
-    """Numbers as JSON takes them (no NaN or infinity: null), numpy scalars as Python's."""
-    if isinstance(value, float | np.floating):
-        return _finite(float(value))
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def failed_entry(inp: ExperimentInput, report_date: date, exc: Exception) -> dict[str, Any]:
@@ -1341,17 +1327,7 @@ def read_metrics(spark: SparkSession, lake: Lake, report_date: date) -> list[Dai
             f"run the nightly batch first: `attune batch run --date {report_date}`"
         )
     if is_table(spark, lake.gold_training_sets):
-        built = (
-            read_table(spark, lake.gold_training_sets)
-            .where(F.col("as_of_date") == F.lit(report_date))
-            .limit(1)
-            .count()
-        )
-        if not built:
-            raise NoMetrics(
-                f"gold has not been built for {report_date} yet (gold/training_sets has no row "
-                f"for it): run the nightly batch first: `attune batch run --date {report_date}`"
-            )
+        gold_built(spark, lake, report_date)
     metrics = read_table(spark, lake.gold_experiment_metrics).where(
         F.col("event_date") <= F.lit(report_date)
     )

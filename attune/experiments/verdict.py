@@ -69,7 +69,7 @@ MIN_USERS = 2
 class VariantData:
     """One variant's exposed users, one array element per user (all arrays the same length).
 
-    Counts are attributed to the experiment's exposures (see the design of issue 12):
+    Counts are attributed to the experiment's exposures (see docs/experiments.md):
     ``exposures`` (impressions), ``clicks``, ``carts``, ``purchases``, ``revenue``, ``dwell_s``
     and ``dismissals``; ``pre_period`` is the user's activity before their first exposure (the
     CUPED covariate), or ``None`` when unknown.
@@ -331,7 +331,7 @@ class ExperimentAnalysis:
     as_of: str | None = None
 
     def to_json(self, **extra: Any) -> dict[str, Any]:
-        """The report's experiment object (see the design of issue 12); ``extra`` adds or
+        """The report's experiment object (see docs/experiments.md); ``extra`` adds or
         overrides keys the analysis does not know (``status``, ``days``, ``today``, ...).
 
         Floats that are not finite become ``null`` (JSON has no infinity)."""
@@ -411,10 +411,11 @@ class ExperimentAnalysis:
             "interleaving": None,
         }
         out.update(extra)
-        return _json_safe(out)
+        return json_safe(out)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """Numbers as JSON takes them (no NaN or infinity: null), numpy scalars as Python's."""
     if isinstance(value, float | np.floating):
         f = float(value)
         return f if math.isfinite(f) else None
@@ -423,9 +424,9 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, np.bool_):
         return bool(value)
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
