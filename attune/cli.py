@@ -206,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the nightly batch and the retraining in this process instead of through "
         "Airflow (`attune airflow up`)",
     )
+    demo.add_argument(
+        "--experiment-users",
+        type=int,
+        default=4000,
+        metavar="N",
+        help="users of the closing A/B test's simulated traffic (0 skips the experiment)",
+    )
     demo.set_defaults(handler=_handler("attune.demo:cmd_demo"))
 
     # attune dashboard [--host H] [--port P]

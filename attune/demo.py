@@ -22,7 +22,13 @@ Stages, each timed (a summary table closes the run):
    and the answering source, and how much their lists overlap; then a scripted click on the
    first user's top item is posted to the collector, the demo waits until the speed layer
    applied it, and shows the first user's recommendations again: the clicked item has left the
-   list and the reasons follow it.
+   list and the reasons follow it;
+8. **experiment** – the A/B test ``demo_ranking`` of ``config/experiments-demo.yaml`` (ranking
+   on against off) is started; 4,000 MovieTweetings users (``--experiment-users``) ask the
+   real API twice each, and simulated users (``attune.demo_experiment``: genre tastes from
+   their ratings, a position bias) click, dwell and dismiss through the collector; once the
+   speed layer has landed it all, silver and gold are built for today and ``attune
+   experiments report`` gives the verdict, which ``attune dashboard`` shows.
 
 Re-running is idempotent: replayed event ids are deterministic, so before replaying the demo
 reads the events topic and sends only the events whose ids are not there yet; the batch runs
@@ -38,6 +44,7 @@ import argparse
 import json
 import time
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from attune.config import AttuneConfig, ConfigError
@@ -78,6 +85,7 @@ def cmd_demo(cfg: AttuneConfig, args: argparse.Namespace) -> int:
     stages = _Stages()
     limit = getattr(args, "limit", None)
     direct = bool(getattr(args, "direct", False))
+    cfg = _with_demo_experiments(cfg)
     stages.run("stack", stack_up, cfg)
     landed, first_day, last_day = stages.run("replay", _replay, cfg, limit)
     started_speed = stages.run("speed layer", _speed_layer, cfg)
@@ -98,6 +106,9 @@ def cmd_demo(cfg: AttuneConfig, args: argparse.Namespace) -> int:
                     last_day,
                 )
             stages.run("recommendations", _show_and_click, cfg, limit, servers[1].url)
+            users = int(getattr(args, "experiment_users", 4000))
+            if users > 0:
+                stages.run("experiment", _experiment, cfg, limit, servers[1].url, users)
         finally:
             for child in reversed(servers):
                 child.stop()
@@ -277,7 +288,6 @@ def _batch(cfg: AttuneConfig, landed: int, first_day: date, last_day: date) -> s
 
 def _delta_version(path: str) -> int | None:
     """The latest version of a local Delta table (its newest commit file), without Spark."""
-    from pathlib import Path
 
     log = Path(path) / "_delta_log"
     if not log.is_dir():
@@ -521,6 +531,32 @@ def _show_and_click(cfg: AttuneConfig, limit: int | None, api_url: str) -> str:
         f"{len(new)} new item(s) in the top 5"
     )
     return f"click reached Redis in {reached:.2f} s; list changed: {gone or bool(new)}"
+
+
+# ----------------------------------------------------------------------------------------
+# The experiment
+
+
+def _with_demo_experiments(cfg: AttuneConfig) -> AttuneConfig:
+    """The demo's config reads its experiment from ``config/experiments-demo.yaml``."""
+    from attune.demo_experiment import DEMO_EXPERIMENTS
+
+    path = (Path(__file__).resolve().parent.parent / DEMO_EXPERIMENTS).resolve()
+    _say(f"experiments declared in {path} (demo_ranking: ranking on against off)")
+    return cfg.model_copy(update={"experiments": cfg.experiments.model_copy(update={"file": path})})
+
+
+def _experiment(cfg: AttuneConfig, limit: int | None, api_url: str, users: int) -> str:
+    from attune.demo_experiment import run_demo_experiment
+
+    return run_demo_experiment(
+        cfg,
+        api_url,
+        limit=limit,
+        wait_for_topic=lambda: _speed_layer(cfg),
+        say=_say,
+        users_n=users,
+    )
 
 
 def _redis(cfg: AttuneConfig) -> Any:

@@ -217,7 +217,10 @@ def planned_users(decl: ExperimentSpec, alpha: float) -> tuple[int | None, str]:
     if arms > 1:
         note += f"; {arms} treatment arms: consider alpha / {arms} for the correction"
     if METRICS[decl.primary_metric].kind == "ratio":
-        note += "; a ratio metric treated as a proportion (approximate)"
+        note += (
+            "; a ratio metric treated as a proportion (approximate: once data arrives, the "
+            "report re-plans from the pooled, blinded per-user variance)"
+        )
     return n, note
 
 

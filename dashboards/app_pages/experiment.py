@@ -179,12 +179,14 @@ if metrics_with_history:
         ],
     )
     line = base.mark_line(point=True, strokeWidth=2.5).encode(y="estimate:Q", color=colour)
+    # each day's interval as a bar too: an area needs two days, the first day has one
+    bars = base.mark_rule(strokeWidth=2, opacity=0.6).encode(y="low:Q", y2="high:Q", color=colour)
     rule = (
         alt.Chart(pd.DataFrame({"y": [baseline]}))
         .mark_rule(color="#444", strokeDash=[5, 4])
         .encode(y="y:Q")
     )
-    st.altair_chart((band + line + rule).properties(height=340), width="stretch")
+    st.altair_chart((band + bars + line + rule).properties(height=340), width="stretch")
     if metric == "preference":
         st.caption(
             "Line: the share of decided impressions won by the ranker, on each report date. "

@@ -185,11 +185,16 @@ else:
     meta = redis_state.get("meta") or {}
     views = redis_state.get("views") or {}
     newest = data.ms_to_iso(meta.get("max_t"))
+    age = data.age_s(meta.get("max_t"), now)
+    if age is not None and age < 0:  # an event stamped ahead of this clock (a client's skew)
+        when = f"{data.fmt_duration(-age)} ahead of this clock: a client's clock is fast"
+    else:
+        when = f"{data.fmt_duration(age)} ago"
     bench = sources.freshness_benchmark()
     facts = [
         {
             "what": "newest event applied",
-            "value": f"{newest} ({data.fmt_duration(data.age_s(meta.get('max_t'), now))} ago)"
+            "value": f"{newest} ({when})"
             if newest
             else "none yet — start the speed layer: attune speed start",
         },

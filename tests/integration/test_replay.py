@@ -192,8 +192,10 @@ def test_demo_replays_once_then_skips(cfg: AttuneConfig, tmp_path: Path) -> None
     )
     create_topics(demo_cfg)
     try:
-        # The first 150 rows of the 100K ratings.dat (users 1..): 300 events.
-        assert cmd_demo(demo_cfg, argparse.Namespace(limit=150)) == 0
+        # The first 150 rows of the 100K ratings.dat (users 1..): 300 events, 27 users, all of
+        # whom then take part in the closing experiment (2 requests each).
+        assert cmd_demo(demo_cfg, argparse.Namespace(limit=150, experiment_users=27)) == 0
+        _check_demo_experiment(demo_cfg, users=27, lists=54)
         topic = demo_cfg.kafka.topic("events").name
 
         def landed() -> tuple[list[str], list[str]]:
@@ -206,10 +208,51 @@ def test_demo_replays_once_then_skips(cfg: AttuneConfig, tmp_path: Path) -> None
         first, clicks = landed()
         assert len(first) == 300 and len(set(first)) == 300
         assert len(clicks) == 1  # the scripted click (impressions come from the API too)
-        assert cmd_demo(demo_cfg, argparse.Namespace(limit=150)) == 0
+        assert cmd_demo(demo_cfg, argparse.Namespace(limit=150, experiment_users=0)) == 0
         second, clicks = landed()
         assert second == first  # nothing of the dataset was sent again
         assert len(clicks) == 2  # the click is new behaviour: posted again
     finally:
         airflow_down(demo_cfg)
         _delete_topics(demo_cfg)
+
+
+def _check_demo_experiment(cfg: AttuneConfig, *, users: int, lists: int) -> None:
+    """The demo's experiment report counts every simulated user and shown list, has a verdict,
+    and the dashboard shows it (screenshot kept in var/test-artefacts/dashboard/)."""
+    import contextlib
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.dashboards.test_dashboard_screenshots import (
+        ARTEFACTS,
+        _start,
+        photograph,
+    )
+
+    doc = orjson.loads((cfg.var_dir / "reports" / "experiments" / "latest.json").read_bytes())
+    entry = next(e for e in doc["experiments"] if e["id"] == "demo_ranking")
+    assert entry["verdict"] in {"running", "ship", "no_difference", "stop"}
+    assert sorted(v["name"] for v in entry["variants"]) == ["ranking_off", "ranking_on"]
+    # every user asked twice and every answer was logged as one exposure (hash assignment:
+    # each user in exactly one arm)
+    assert sum(v["users"] for v in entry["variants"]) == users
+    assert sum(v["exposures"] for v in entry["variants"]) == lists
+
+    config = write_config(cfg, cfg.var_dir / "dashboard-demo.yaml")
+    chromium = shutil.which("chromium")
+    assert chromium, "Chromium is needed for the UI screenshots (make browser installs it)"
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    with contextlib.contextmanager(_start)(config) as dash, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            text = photograph(
+                browser,
+                f"{dash.url}/experiment?experiment=demo_ranking",
+                "demo-experiment",
+                "Experiment demo_ranking",
+            )
+        finally:
+            browser.close()
+    assert "Verdict" in text and "ranking_off" in text
