@@ -161,6 +161,12 @@ def fmt_pct(x: Any, digits: int = 1) -> str:
     return f"{100 * x:+.{digits}f}%" if _finite(x) else "–"
 
 
+def fmt_change(x: Any) -> str:
+    """A guardrail's relative change: :func:`fmt_pct`, and ``+∞`` for an increase from a control
+    at 0 (no error in the control, some in the variant)."""
+    return "+∞" if x == math.inf else fmt_pct(x)
+
+
 def fmt_interval(ci: Any, fmt: Any) -> str:
     """``[low, high]`` with ``fmt`` applied to both ends (``–`` when absent)."""
     if not isinstance(ci, Sequence) or len(ci) != 2 or not all(_finite(v) for v in ci):
@@ -350,9 +356,14 @@ def history_rows(exp: Mapping[str, Any], metric: str) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["date"], r["variant"]))
 
 
-def guardrail_rows(exp: Mapping[str, Any]) -> list[dict[str, Any]]:
+def guardrail_rows(
+    exp: Mapping[str, Any], live: LiveGuardrails | None = None
+) -> list[dict[str, Any]]:
+    """The guardrail table: per guardrail and treatment the control, the variant, the change and
+    the allowed increase; ``measured`` says whether the nightly report measured it or the API's
+    /metrics do (``live``: the guardrails with those filled in, see :func:`live_guardrails`)."""
     rows = []
-    for g in exp.get("guardrails") or []:
+    for g in live.guardrails if live is not None else exp.get("guardrails") or []:
         name = str(g.get("metric"))
         rows.append(
             {
@@ -360,8 +371,10 @@ def guardrail_rows(exp: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "variant": g.get("variant") or "",
                 "control": fmt_value(name, g.get("control")),
                 "value": fmt_value(name, g.get("value")),
-                "change": fmt_pct(g.get("rel_change")),
+                "change": fmt_change(g.get("rel_change")),
                 "allowed increase": fmt_pct(g.get("threshold")).lstrip("+"),
+                "measured": g.get("live")
+                or ("live" if g.get("measured") == "live" else "nightly report"),
                 "breached": bool(g.get("breached")),
             }
         )
@@ -419,7 +432,7 @@ def srm_message(exp: Mapping[str, Any]) -> str | None:
 
 def breached_guardrails(exp: Mapping[str, Any]) -> list[str]:
     return [
-        f"{g.get('metric')} ({g.get('variant')}: {fmt_pct(g.get('rel_change'))}, "
+        f"{g.get('metric')} ({g.get('variant')}: {fmt_change(g.get('rel_change'))}, "
         f"allowed +{100 * float(g.get('threshold') or 0):.0f}%)"
         for g in exp.get("guardrails") or []
         if g.get("breached")
@@ -705,6 +718,7 @@ class Scrape:
     after: list[Sample] | None
     seconds: float
     error: str | None = None
+    taken_at: datetime | None = None  # when the second scrape answered (UTC)
 
     @property
     def up(self) -> bool:
@@ -730,7 +744,7 @@ def scrape_twice(url: str, seconds: float, timeout_s: float = 1.0) -> Scrape:
         if status != 200:
             return Scrape(url, None, None, seconds, f"HTTP {status}")
         samples.append(parse_metrics(body))
-    return Scrape(url, samples[0], samples[1], started[1] - started[0])
+    return Scrape(url, samples[0], samples[1], started[1] - started[0], None, datetime.now(UTC))
 
 
 def collector_rates(scrape: Scrape) -> dict[str, float | None]:
@@ -767,6 +781,164 @@ def api_latency(scrape: Scrape, q: float = 0.99) -> dict[str, Any]:
         "requests_per_s": in_window / scrape.seconds if scrape.seconds > 0 else None,
         "requests_total": requests,
     }
+
+
+# Live guardrails ----------------------------------------------------------------------------
+#
+# The operational guardrails (``api_latency_p99_ms``, ``error_rate``) live in the API's
+# Prometheus metrics, which keep no history: the nightly report lists them ``"measured": "live"``
+# with null values and leaves them out of its verdict. The experiment page fills them from the
+# API's /metrics instead, per variant and since the API started.
+
+VARIANT_SECONDS = "attune_api_variant_seconds"
+VARIANT_REQUESTS = "attune_api_variant_requests_total"
+API_START = "attune serve api"
+LIVE_DOWN = "live: the API is not running"
+
+
+def variant_requests(
+    samples: Iterable[Sample], experiment: str, variants: Iterable[str], outcome: str | None = None
+) -> dict[str, float]:
+    """Recommendation requests per variant of ``experiment`` since the API started (every
+    outcome, or only ``outcome``: ok, degraded or error)."""
+    samples = list(samples)
+    where = {"outcome": outcome} if outcome is not None else {}
+    return {
+        v: total(samples, VARIANT_REQUESTS, experiment=experiment, variant=v, **where)
+        for v in variants
+    }
+
+
+def variant_guardrail_values(
+    samples: Iterable[Sample], experiment: str, variants: Iterable[str]
+) -> dict[str, dict[str, float | None]]:
+    """The operational guardrails per variant of ``experiment``, since the API started:
+    ``api_latency_p99_ms``, the 99th percentile of ``attune_api_variant_seconds`` estimated from
+    its cumulative buckets as Prometheus' ``histogram_quantile`` does (linear inside the bucket
+    that holds the rank, see :func:`histogram_quantile`), in milliseconds; ``error_rate``, the
+    requests that failed over all of them (ok, degraded and error). None for a variant without
+    requests."""
+    samples, variants = list(samples), list(variants)
+    latency: dict[str, float | None] = {}
+    for v in variants:
+        p = histogram_quantile(
+            0.99, buckets(samples, VARIANT_SECONDS, experiment=experiment, variant=v)
+        )
+        latency[v] = 1000 * p if p is not None else None
+    requests = variant_requests(samples, experiment, variants)
+    errors = variant_requests(samples, experiment, variants, outcome="error")
+    return {
+        "api_latency_p99_ms": latency,
+        "error_rate": {v: errors[v] / n if n > 0 else None for v, n in requests.items()},
+    }
+
+
+def relative_change(control: float | None, value: float | None) -> float | None:
+    """``value`` against ``control`` as a relative change (``value / control - 1``), the rule of
+    the verdict's operational guardrails: a control at 0 (no error at all) makes any error in
+    the variant an unbounded increase, and none no change. None when either is missing."""
+    if not _finite(control) or not _finite(value):
+        return None
+    if control > 0:
+        return value / control - 1
+    return 0.0 if value <= 0 else math.inf
+
+
+def control_variant(exp: Mapping[str, Any]) -> str | None:
+    """The experiment's control: the variant marked ``is_control``, else the first one."""
+    variants = exp.get("variants") or []
+    for v in variants:
+        if v.get("is_control"):
+            return str(v.get("name"))
+    return str(variants[0].get("name")) if variants else None
+
+
+@dataclass(frozen=True)
+class LiveGuardrails:
+    """An experiment's guardrails with the operational ones (``"measured": "live"`` in the
+    report) filled from the API's /metrics: ``control``, ``value``, ``rel_change`` and
+    ``breached`` as the report writes them for the others, and ``live`` saying where the
+    numbers come from (since the API started, when it was scraped) or that the API does not
+    answer."""
+
+    guardrails: list[dict[str, Any]]
+    up: bool = False  # the API answered
+    scraped_at: str | None = None
+    requests: dict[str, float] = field(default_factory=dict)  # variant -> since the API started
+
+    @property
+    def measured(self) -> bool:
+        """Whether the experiment has an operational guardrail at all."""
+        return measures_live(self.guardrails)
+
+    @property
+    def breached(self) -> list[dict[str, Any]]:
+        return [g for g in self.guardrails if g.get("measured") == "live" and g.get("breached")]
+
+
+def measures_live(guardrails: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether any of the report's ``guardrails`` is measured live (needs the API's /metrics)."""
+    return any(g.get("measured") == "live" for g in guardrails)
+
+
+def live_guardrails(exp: Mapping[str, Any], scrape: Scrape | None) -> LiveGuardrails:
+    """``exp``'s guardrails with the live ones filled from ``scrape`` (the API's /metrics; None
+    or down: left empty, marked :data:`LIVE_DOWN`). Each treatment is compared with the control
+    (:func:`relative_change`) and breached when the change exceeds the declared
+    ``max_relative_increase`` (the report's ``threshold``)."""
+    guardrails = [dict(g) for g in exp.get("guardrails") or []]
+    live = [g for g in guardrails if g.get("measured") == "live"]
+    if not live:
+        return LiveGuardrails(guardrails)
+    if scrape is None or scrape.after is None:
+        for g in live:
+            g["live"] = LIVE_DOWN
+        return LiveGuardrails(guardrails)
+    experiment = str(exp.get("id"))
+    control = control_variant(exp)
+    names = [str(v.get("name")) for v in exp.get("variants") or []]
+    names += [str(g.get("variant")) for g in live if str(g.get("variant")) not in names]
+    values = variant_guardrail_values(scrape.after, experiment, names)
+    requests = variant_requests(scrape.after, experiment, names)
+    when = (
+        f" (scraped {scrape.taken_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC)"
+        if scrape.taken_at
+        else ""
+    )
+    for g in live:
+        variant = str(g.get("variant"))
+        per_variant = values.get(str(g.get("metric")), {})
+        c, v = per_variant.get(control or ""), per_variant.get(variant)
+        change = relative_change(c, v)
+        threshold = g.get("threshold")
+        idle = [n for n in dict.fromkeys((control, variant)) if n and not requests.get(n)]
+        g.update(
+            control=c,
+            value=v,
+            rel_change=change,
+            breached=change is not None and _finite(threshold) and change > threshold,
+            live=(
+                f"live: no request for {' or '.join(idle)} since the API started{when}"
+                if idle
+                else f"live, since the API started{when}"
+            ),
+        )
+    return LiveGuardrails(guardrails, True, when.strip(" ()") or None, requests)
+
+
+def live_breach_message(live: LiveGuardrails, verdict: str | None) -> str | None:
+    """The error shown above the numbers when a live guardrail is breached: the report's verdict
+    was reached without it."""
+    if not live.breached:
+        return None
+    label = verdict_badge(verdict)[0]
+    return (
+        "Live guardrail breached: "
+        + "; ".join(breached_guardrails({"guardrails": live.breached}))
+        + f", measured on the API since it started ({live.scraped_at or 'just now'}). "
+        f"The verdict in the report ({label}) does not include it: the nightly report cannot "
+        "read the API's metrics."
+    )
 
 
 def normalise_live_counts(raw: Any) -> dict[str, dict[str, dict[str, int]]]:

@@ -1,6 +1,10 @@
 """One experiment: warnings first (sample ratio mismatch, breached guardrails), then the verdict,
 the metric table, the relative lift's confidence sequence over time, guardrails, segments, the
-split, the interleaving result and today's partial counts."""
+split, the interleaving result and today's partial counts.
+
+The operational guardrails (API latency p99, error rate) are not in the report's numbers: they
+are read live from the API's /metrics (the Live page's cached scrape), per variant since the API
+started."""
 
 from __future__ import annotations
 
@@ -52,6 +56,12 @@ if srm:
 breached = data.breached_guardrails(exp)
 if breached:
     st.error("Guardrail breached: " + "; ".join(breached), icon=":material/block:")
+# the operational guardrails come from the API (the Live page's cached scrape), not the report
+api = sources.api_scrape() if data.measures_live(exp.get("guardrails") or []) else None
+operational = data.live_guardrails(exp, api)
+live_breach = data.live_breach_message(operational, summary.verdict)
+if live_breach:
+    st.error(live_breach, icon=":material/block:")
 
 verdict_text = f"**Verdict: {data.verdict_badge(summary.verdict)[0]}** — {summary.reason or ''}"
 {"ship": st.success, "stop": st.error}.get(summary.verdict, st.info)(verdict_text)
@@ -201,18 +211,33 @@ if metrics_with_history:
 
 # Guardrails ----------------------------------------------------------------------------------
 st.subheader("Guardrails")
-guardrails = data.guardrail_rows(exp)
+guardrails = data.guardrail_rows(exp, operational)
 if guardrails:
     ui.table(
         guardrails,
         hide=("breached",),
         row_style=lambda r: ui.RED if r["breached"] else None,
+        column_config={"measured": st.column_config.TextColumn("measured", width="large")},
         key="guardrails",
     )
 else:
     st.caption("No guardrail declared for this experiment.")
 if report.get("operational_guardrails") and summary.type != "interleaving":
     st.caption(f"API latency p99 and error rate: {report['operational_guardrails']}.")
+if operational.measured and operational.up:
+    counts = ", ".join(f"{v} {data.fmt_count(n)}" for v, n in operational.requests.items())
+    st.caption(
+        f"Live guardrails, {operational.scraped_at}: the 99th percentile of "
+        f"`{data.VARIANT_SECONDS}` (linear inside the bucket, as Prometheus' "
+        "histogram_quantile) and failed requests over all of them, per variant since the API "
+        f"started, not for the report's date; requests so far: {counts}."
+    )
+elif operational.measured and api is not None:
+    address = api.url.removesuffix("/metrics")
+    st.caption(
+        f"The live guardrails need the API, which does not answer at {address} "
+        f"({data.short_error(api.error)}): start it with `{data.API_START}`."
+    )
 
 # Segments ------------------------------------------------------------------------------------
 st.subheader("Segments")

@@ -10,7 +10,7 @@ runs: every port in the config is 1, so the live page and "today so far" show th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -297,7 +297,7 @@ class _FakeServers:
     answers the next exposition of its list: before, then after) and the model server's
     status API."""
 
-    def __init__(self) -> None:
+    def __init__(self, api: Sequence[str] | None = None) -> None:
         import http.server
         import threading
 
@@ -305,7 +305,7 @@ class _FakeServers:
             'attune_collector_events_total{type="click",source="web",outcome="accepted"} 500\n',
             'attune_collector_events_total{type="click",source="web",outcome="accepted"} 600\n',
         ]
-        api = [_API_BEFORE, _API_AFTER]
+        api = list(api or (_API_BEFORE, _API_AFTER))
         status = {
             "/v1/models/ranking": {
                 "model_version_status": [{"version": "2", "state": "AVAILABLE"}]
@@ -368,19 +368,22 @@ _API_BEFORE = _histogram((10, 10, 10))
 _API_AFTER = _histogram((10, 13, 14))
 
 
-@pytest.fixture
-def services(with_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _point_config_at(fake: _FakeServers, config: Path) -> None:
     import yaml
 
-    fake = _FakeServers()
     collector, api, models = fake.ports()
-    config = tmp_path / "cfg.yaml"
     cfg = yaml.safe_load(config.read_text())
     cfg["collector"]["port"], cfg["api"]["port"] = collector, api
     cfg["serving"]["rest_port"] = models
     cfg["dashboard"] = {"rate_window_s": 0.2}
     config.write_text(yaml.safe_dump(cfg))
     _clear()
+
+
+@pytest.fixture
+def services(with_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    fake = _FakeServers()
+    _point_config_at(fake, tmp_path / "cfg.yaml")
     yield
     fake.close()
 
@@ -446,3 +449,83 @@ def test_an_experiment_whose_analysis_failed_says_so(empty: Path) -> None:
     assert "API latency p99 and error rate: measured live" in shown
     at = run()
     assert "#### broken" in texts(at)
+
+
+# Live guardrails -----------------------------------------------------------------------------
+
+# ranking_v1 as the API counts it since it started; the "none/default" series (requests outside
+# any experiment) must not count for it.
+_CONTROL = {"0.01": 60, "0.025": 95, "0.05": 100, "0.1": 100}  # cumulative, 100 requests
+_TREATMENT = {"0.01": 100, "0.025": 180, "0.05": 190, "0.1": 200}  # 200 requests
+_LIVE_VARIANTS = world.variant_metrics(
+    {
+        ("ranking_v1", "control"): (_CONTROL, 97, 2, 1),
+        ("ranking_v1", "treatment"): (_TREATMENT, 196, 3, 1),
+        ("none", "default"): ({"0.01": 0, "0.025": 0, "0.05": 0, "0.1": 0}, 0, 0, 40),
+    }
+)
+
+
+@pytest.fixture
+def live_report(with_data: Path) -> Path:
+    """ranking_v1's operational guardrails as the nightly report writes them: measured live."""
+    report = world.live_guardrails_report(world.fixture_report())
+    world.write_reports(with_data / "reports" / "experiments", report)
+    return with_data
+
+
+@pytest.fixture
+def live_api(live_report: Path, tmp_path: Path) -> Iterator[None]:
+    fake = _FakeServers(api=[_LIVE_VARIANTS, _LIVE_VARIANTS])
+    _point_config_at(fake, tmp_path / "cfg.yaml")
+    yield
+    fake.close()
+
+
+def test_live_guardrails_filled_from_the_apis_metrics(live_api: None) -> None:
+    at = run("app_pages/experiment.py", experiment="ranking_v1")
+    shown = texts(at)
+    # above the numbers: the breach, and that the report's verdict (ship) did not see it
+    live_error = at.error[0].value
+    assert live_error.startswith(
+        "Live guardrail breached: api_latency_p99_ms (treatment: +100.0%, allowed +10%)"
+    )
+    assert "The verdict in the report (ship) does not include it" in live_error
+    assert "**Verdict: ship**" in at.success[0].value
+    guardrails = at.dataframe[2].value.set_index("guardrail")
+    # control p99: rank 0.99 * 100 = 99 in (0.025, 0.05] holding ranks 95..100:
+    #   0.025 + 0.025 * (99 - 95) / 5 = 0.045 s = 45.0 ms
+    # treatment: rank 198 in (0.05, 0.1] holding ranks 190..200:
+    #   0.05 + 0.05 * (198 - 190) / 10 = 0.09 s = 90.0 ms; 90 / 45 - 1 = +100.0% > 10%
+    latency = guardrails.loc["api_latency_p99_ms"]
+    assert (latency["control"], latency["value"], latency["change"]) == (
+        "45.0 ms",
+        "90.0 ms",
+        "+100.0%",
+    )
+    # errors / all outcomes: control 1 / (97 + 2 + 1) = 1.00%, treatment 1 / 200 = 0.50%:
+    # 0.5 / 1 - 1 = -50.0%, within the allowed +10%
+    errors = guardrails.loc["error_rate"]
+    assert (errors["control"], errors["value"], errors["change"]) == ("1.00%", "0.50%", "-50.0%")
+    assert list(guardrails["breached"]) == [False, True, False]
+    for name in ("api_latency_p99_ms", "error_rate"):
+        assert guardrails.loc[name, "measured"].startswith("live, since the API started (scraped ")
+    assert guardrails.loc["dismiss_rate", "measured"] == "nightly report"
+    assert "requests so far: control 100, treatment 200" in shown
+
+
+def test_live_guardrails_when_the_api_is_not_running(live_report: Path) -> None:
+    at = run("app_pages/experiment.py", experiment="ranking_v1")
+    shown = texts(at)
+    assert not at.error  # nothing breached: the live values are unknown
+    guardrails = at.dataframe[2].value.set_index("guardrail")
+    for name in ("api_latency_p99_ms", "error_rate"):
+        row = guardrails.loc[name]
+        assert (row["control"], row["value"], row["change"]) == ("–", "–", "–")
+        assert row["measured"] == "live: the API is not running"
+    assert "API latency p99 and error rate: measured live" in shown
+    # the config's API port is 1: nothing listens there
+    assert (
+        "The live guardrails need the API, which does not answer at http://127.0.0.1:1 "
+        "(connection refused): start it with `attune serve api`."
+    ) in shown

@@ -6,9 +6,11 @@ Expected values are the fixture's numbers formatted by hand (comments show the a
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dashboards import data
@@ -173,6 +175,7 @@ def test_guardrails_segments_variants(report: dict) -> None:
         "value": "51.0 ms",
         "change": "+6.2%",
         "allowed increase": "10.0%",
+        "measured": "nightly report",
         "breached": False,
     }
     seg = data.segment_rows(e)
@@ -418,3 +421,169 @@ def test_drift_rows_split_statuses_and_features() -> None:
     assert (recent["users compared"], recent["equal"]) == (492, 480)
     assert recent["share equal"] == pytest.approx(480 / 492)
     assert features[2]["mean diff"] == "1.00e-16"
+
+
+# Live guardrails -----------------------------------------------------------------------------
+
+# e1: off (control) and on, 100 and 200 requests; e2 reuses the variant name "off" with slow,
+# failing requests that must not leak into e1's numbers.
+VARIANTS = world.variant_metrics(
+    {
+        ("e1", "off"): ({"0.005": 40, "0.01": 90, "0.025": 98, "0.05": 100, "0.1": 100}, 97, 1, 2),
+        ("e1", "on"): (
+            {"0.005": 10, "0.01": 150, "0.025": 190, "0.05": 196, "0.1": 200},
+            192,
+            6,
+            2,
+        ),
+        ("e2", "off"): ({"0.005": 0, "0.01": 0, "0.025": 0, "0.05": 0, "0.1": 0}, 0, 0, 50),
+    }
+)
+SCRAPED = datetime(2026, 12, 6, 10, 31, 2, tzinfo=UTC)
+
+
+def _e1(threshold: float = 0.1) -> dict:
+    live = {"control": None, "value": None, "rel_change": None, "breached": None}
+    return {
+        "id": "e1",
+        "verdict": "ship",
+        "variants": [{"name": "off", "is_control": True}, {"name": "on", "is_control": False}],
+        "guardrails": [
+            {"metric": "dismiss_rate", "variant": "on", "control": 0.01, "value": 0.0101,
+             "rel_change": 0.01, "threshold": 0.05, "breached": False, "measured": "batch"},
+            {"metric": "api_latency_p99_ms", "variant": "on", "threshold": threshold,
+             "measured": "live", **live},
+            {"metric": "error_rate", "variant": "on", "threshold": threshold,
+             "measured": "live", **live},
+        ],
+    }  # fmt: skip
+
+
+def _scrape(text: str = VARIANTS) -> data.Scrape:
+    samples = data.parse_metrics(text)
+    return data.Scrape("http://api/metrics", samples, samples, 1.0, taken_at=SCRAPED)
+
+
+def test_histogram_quantile_by_hand_on_the_api_buckets() -> None:
+    # off: 100 requests, cumulative 40, 90, 98, 100 at 5, 10, 25, 50 ms. p99: rank 0.99 * 100
+    # = 99 lies in (0.025, 0.05], which holds ranks 98..100 (2 requests):
+    # 0.025 + (0.05 - 0.025) * (99 - 98) / 2 = 0.025 + 0.0125 = 0.0375 s
+    off = data.buckets(data.parse_metrics(VARIANTS), data.VARIANT_SECONDS, experiment="e1",
+                       variant="off")  # fmt: skip
+    assert data.histogram_quantile(0.99, off) == pytest.approx(0.0375)
+    # p50: rank 50 in (0.005, 0.01] holding ranks 40..90: 0.005 + 0.005 * 10 / 50 = 0.006 s
+    assert data.histogram_quantile(0.5, off) == pytest.approx(0.006)
+
+
+def _bucket_of(x: float, bounds: list[float]) -> int:
+    return next(i for i, b in enumerate(bounds) if x <= b)
+
+
+DRAWS = {
+    # request times around 8 ms with a long tail: numpy's p99 is 31.8 ms, in (25, 50] ms; the
+    # histogram spreads that bucket's 526 requests evenly and puts rank 19,800 (the 346th of
+    # them) at 25 + 25 * 346 / 526 = 41.4 ms: the right bucket, not the right value
+    "lognormal": lambda rng: rng.lognormal(np.log(0.008), 0.6, 20_000),
+    # uniform over 0..100 ms: the p99 (99 ms) lands in (50, 100] ms
+    "uniform": lambda rng: rng.uniform(0.0, 0.1, 20_000),
+}
+
+
+@pytest.mark.parametrize("name", DRAWS)
+def test_histogram_quantile_lands_in_the_bucket_of_the_raw_samples_percentile(name: str) -> None:
+    """The histogram's p99 against numpy's percentile of the raw request times the histogram
+    counted: the estimate can only be placed inside the bucket, so it must fall in the same
+    bucket as the exact value, and close to it when the times spread evenly in that bucket."""
+    from attune.api.metrics import LATENCY_BUCKETS
+
+    samples = DRAWS[name](np.random.default_rng(7))
+    bounds = [*LATENCY_BUCKETS, math.inf]
+    # what the API's histogram would export for these samples: counts at or below each bound
+    cumulative = [(b, float(np.count_nonzero(samples <= b))) for b in bounds]
+    exact = float(np.percentile(samples, 99))
+    estimate = data.histogram_quantile(0.99, cumulative)
+    assert estimate is not None
+    assert _bucket_of(estimate, bounds) == _bucket_of(exact, bounds), (name, estimate, exact)
+    if name == "uniform":
+        # uniform inside the bucket is the interpolation's assumption: within 0.5 ms of 99 ms
+        assert estimate == pytest.approx(exact, abs=5e-4)
+        assert exact == pytest.approx(0.099, abs=5e-4)
+
+
+def test_variant_guardrail_values_per_variant_since_the_api_started() -> None:
+    values = data.variant_guardrail_values(data.parse_metrics(VARIANTS), "e1", ["off", "on"])
+    # off p99: 37.5 ms (above); on: rank 198 in (0.05, 0.1] holding ranks 196..200:
+    # 0.05 + 0.05 * (198 - 196) / 4 = 0.075 s
+    assert values["api_latency_p99_ms"] == pytest.approx({"off": 37.5, "on": 75.0})
+    # errors / (ok + degraded + error): off 2 / 100, on 2 / 200; e2's 50 errors are not e1's
+    assert values["error_rate"] == pytest.approx({"off": 0.02, "on": 0.01})
+    none = data.variant_guardrail_values(data.parse_metrics(VARIANTS), "e1", ["gone"])
+    assert none == {"api_latency_p99_ms": {"gone": None}, "error_rate": {"gone": None}}
+
+
+def test_relative_change_like_the_verdicts_operational_guardrails() -> None:
+    assert data.relative_change(37.5, 75.0) == pytest.approx(1.0)
+    assert data.relative_change(0.02, 0.01) == pytest.approx(-0.5)
+    assert data.relative_change(0.0, 0.01) == math.inf  # errors where the control has none
+    assert data.relative_change(0.0, 0.0) == 0.0
+    assert data.relative_change(None, 0.01) is None
+    assert data.relative_change(0.02, None) is None
+
+
+def test_live_guardrails_filled_compared_and_breached() -> None:
+    live = data.live_guardrails(_e1(), _scrape())
+    assert live.up and live.measured
+    assert live.scraped_at == "scraped 2026-12-06 10:31:02 UTC"
+    assert live.requests == {"off": 100.0, "on": 200.0}
+    rows = data.guardrail_rows(_e1(), live)
+    assert rows[0]["measured"] == "nightly report" and rows[0]["change"] == "+1.0%"
+    since = "live, since the API started (scraped 2026-12-06 10:31:02 UTC)"
+    # latency 37.5 -> 75.0 ms: +100.0% against an allowed 10%: breached
+    assert rows[1] == {
+        "guardrail": "api_latency_p99_ms",
+        "variant": "on",
+        "control": "37.5 ms",
+        "value": "75.0 ms",
+        "change": "+100.0%",
+        "allowed increase": "10.0%",
+        "measured": since,
+        "breached": True,
+    }
+    # error rate 2.00% -> 1.00%: -50.0%, not breached
+    assert (rows[2]["control"], rows[2]["value"], rows[2]["change"]) == ("2.00%", "1.00%", "-50.0%")
+    assert rows[2]["measured"] == since and rows[2]["breached"] is False
+    # the report's own guardrails are left as they were
+    assert data.breached_guardrails(_e1()) == []
+    message = data.live_breach_message(live, "ship")
+    assert message is not None
+    assert message.startswith(
+        "Live guardrail breached: api_latency_p99_ms (on: +100.0%, allowed +10%)"
+    )
+    assert "The verdict in the report (ship) does not include it" in message
+    # allowed +150%: nothing breached, no message
+    relaxed = data.live_guardrails(_e1(threshold=1.5), _scrape())
+    assert not relaxed.breached and data.live_breach_message(relaxed, "ship") is None
+
+
+def test_live_guardrails_when_the_api_is_not_running_or_idle() -> None:
+    for scrape in (None, data.Scrape("http://api/metrics", None, None, 1.0, "refused")):
+        live = data.live_guardrails(_e1(), scrape)
+        assert live.measured and not live.up and not live.breached
+        rows = data.guardrail_rows(_e1(), live)
+        assert [r["measured"] for r in rows] == ["nightly report", data.LIVE_DOWN, data.LIVE_DOWN]
+        assert [r["value"] for r in rows[1:]] == ["–", "–"]
+    # the API runs but has not served this experiment's "on" arm yet
+    idle = world.variant_metrics({("e1", "off"): ({"0.005": 5}, 5, 0, 0)})
+    rows = data.guardrail_rows(_e1(), data.live_guardrails(_e1(), _scrape(idle)))
+    assert rows[1]["control"] == "5.0 ms" and rows[1]["value"] == "–"
+    assert rows[1]["measured"].startswith("live: no request for on since the API started")
+    # no error in the control, one in the variant: an unbounded increase, breached
+    errors = world.variant_metrics(
+        {("e1", "off"): ({"0.005": 5}, 5, 0, 0), ("e1", "on"): ({"0.005": 5}, 4, 0, 1)}
+    )
+    live = data.live_guardrails(_e1(), _scrape(errors))
+    rows = data.guardrail_rows(_e1(), live)
+    assert (rows[2]["change"], rows[2]["breached"]) == ("+∞", True)
+    assert "error_rate (on: +∞, allowed +10%)" in (data.live_breach_message(live, "ship") or "")
+    # an experiment without operational guardrails needs no scrape
+    assert not data.live_guardrails({"guardrails": _e1()["guardrails"][:1]}, None).measured

@@ -50,6 +50,54 @@ def stopped_experiment(report: Mapping[str, Any]) -> dict[str, Any]:
     return exp
 
 
+def live_guardrails_report(report: Mapping[str, Any]) -> dict[str, Any]:
+    """``report`` with ``ranking_v1``'s guardrails as ``spark/experiments.py`` writes them: the
+    operational ones (``api_latency_p99_ms``, ``error_rate``) ``"measured": "live"`` with null
+    values and ``breached`` (the nightly batch cannot read the API's metrics), ``dismiss_rate``
+    ``"measured": "batch"`` as in the fixture."""
+    out = copy.deepcopy(dict(report))
+    exp = next(e for e in out["experiments"] if e["id"] == "ranking_v1")
+    for g in exp["guardrails"]:
+        if g["metric"] in ("api_latency_p99_ms", "error_rate"):
+            g.update(
+                control=None,
+                value=None,
+                rel_change=None,
+                breached=None,
+                measured="live",
+                note="measured live from the API's Prometheus metrics",
+            )
+        else:
+            g["measured"] = "batch"
+    out["operational_guardrails"] = "measured live from the API's Prometheus metrics"
+    return out
+
+
+def variant_metrics(
+    series: Mapping[tuple[str, str], tuple[Mapping[str, int], int, int, int]],
+) -> str:
+    """The API's per-variant series in Prometheus' text format, as ``attune/api/metrics.py``
+    exports them: ``series`` maps (experiment, variant) to (cumulative buckets ``{le: count}``
+    without +Inf, requests ok, degraded, error); +Inf and ``_count`` are all the requests."""
+    lines = ["# TYPE attune_api_variant_seconds histogram"]
+    for (experiment, variant), (cumulative, ok, degraded, error) in series.items():
+        labels = f'experiment="{experiment}",variant="{variant}"'
+        n = ok + degraded + error
+        for le, count in cumulative.items():
+            lines.append(f'attune_api_variant_seconds_bucket{{{labels},le="{le}"}} {count}.0')
+        lines.append(f'attune_api_variant_seconds_bucket{{{labels},le="+Inf"}} {n}.0')
+        lines.append(f"attune_api_variant_seconds_count{{{labels}}} {n}.0")
+        lines.append(f"attune_api_variant_seconds_sum{{{labels}}} 1.0")
+    lines.append("# TYPE attune_api_variant_requests counter")
+    for (experiment, variant), (_, ok, degraded, error) in series.items():
+        for outcome, count in (("ok", ok), ("degraded", degraded), ("error", error)):
+            lines.append(
+                f'attune_api_variant_requests_total{{experiment="{experiment}",'
+                f'outcome="{outcome}",variant="{variant}"}} {count}.0'
+            )
+    return "\n".join(lines) + "\n"
+
+
 def write_reports(reports_dir: Path, report: Mapping[str, Any]) -> None:
     reports_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=1)
