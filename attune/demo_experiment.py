@@ -336,19 +336,16 @@ def run_demo_experiment(
 
 
 def _batch_and_report(cfg: Any, say: Callable[[str], None]) -> str:
-    from attune.spark_session import build_spark_session
-    from spark.command import batch_spark_conf
+    from spark.command import batch_session
     from spark.experiments import format_results, run_report
     from spark.job import run_batch
 
     today = datetime.now(UTC).date()
     say(f"silver and gold for {today}, the experiment's day (the views and models are as above)")
-    spark = build_spark_session(cfg, "attune-demo-experiment", batch_spark_conf(cfg))
-    try:
+    # stopped at the end unless a session was active before (the demo test's own)
+    with batch_session(cfg, "attune-demo-experiment") as spark:
         run_batch(cfg, today, ["silver", "gold"], since=today, spark=spark, say=say)
         _, doc, path, _ = run_report(cfg, spark, today, datetime.now(UTC))
-    finally:
-        spark.stop()
     print(format_results(doc), flush=True)
     say(f"report written to {path}; `attune dashboard` shows it")
     entry = next(e for e in doc["experiments"] if e["id"] == DEMO_EXPERIMENT)
