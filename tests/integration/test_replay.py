@@ -191,6 +191,13 @@ def test_demo_replays_once_then_skips(cfg: AttuneConfig, tmp_path: Path) -> None
         }
     )
     create_topics(demo_cfg)
+    # The experiment's running state is this test's own: a state left in Redis by an earlier run
+    # would put the recommendations stage's requests into the experiment as well.
+    from attune.experiments.state import StateStore
+    from attune.keys import Keys
+
+    keys = Keys.from_config(demo_cfg)
+    StateStore.from_config(demo_cfg).r.delete(keys.experiments_state, keys.experiments_history)
     try:
         # The first 150 rows of the 100K ratings.dat (users 1..): 300 events, 27 users, all of
         # whom then take part in the closing experiment (2 requests each).
