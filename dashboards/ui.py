@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from dashboards import data
 from dashboards.data import Missing
 
 RED = "background-color: #fde2e1; color: #8a1c1c"
@@ -32,6 +33,18 @@ def not_running(what: str, address: str, start: str, detail: str | None = None) 
 
 def badge(label: str, colour: str, icon: str | None = None) -> None:
     st.badge(label, color=colour, icon=icon)  # type: ignore[arg-type]
+
+
+def experiment_badges(s: data.ExperimentSummary, report_date: str | None = None) -> None:
+    """Status, verdict, type and layer of an experiment (and the report's date), as one row."""
+    with st.container(horizontal=True, gap="small"):
+        badge(*data.status_badge(s.status), icon=":material/radio_button_checked:")
+        badge(*data.verdict_badge(s.verdict), icon=":material/gavel:")
+        badge(s.type, "violet")
+        if s.layer:
+            badge(f"layer {s.layer}", "gray")
+        if report_date is not None:
+            badge(f"report {report_date}", "gray")
 
 
 def table(

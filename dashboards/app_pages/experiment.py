@@ -41,13 +41,7 @@ summary = data.summarise(exp)
 
 st.title(f"Experiment {summary.id}")
 st.caption(summary.hypothesis or "(no hypothesis)")
-with st.container(horizontal=True, gap="small"):
-    ui.badge(*data.status_badge(summary.status), icon=":material/radio_button_checked:")
-    ui.badge(*data.verdict_badge(summary.verdict), icon=":material/gavel:")
-    ui.badge(summary.type, "violet")
-    if summary.layer:
-        ui.badge(f"layer {summary.layer}", "gray")
-    ui.badge(f"report {report.get('report_date', '?')}", "gray")
+ui.experiment_badges(summary, str(report.get("report_date", "?")))
 
 # Warnings above the numbers: a broken split or a breached guardrail overrides any lift.
 srm = data.srm_message(exp)

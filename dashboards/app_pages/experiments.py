@@ -42,12 +42,7 @@ for s in summaries:
         with head:
             st.markdown(f"#### {s.id}")
             st.caption(s.hypothesis or "(no hypothesis)")
-            with st.container(horizontal=True, gap="small"):
-                ui.badge(*data.status_badge(s.status), icon=":material/radio_button_checked:")
-                ui.badge(*data.verdict_badge(s.verdict), icon=":material/gavel:")
-                ui.badge(s.type, "violet")
-                if s.layer:
-                    ui.badge(f"layer {s.layer}", "gray")
+            ui.experiment_badges(s)
             if s.srm_flagged or s.guardrails_breached:
                 with st.container(horizontal=True, gap="small"):
                     if s.srm_flagged:
