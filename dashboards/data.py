@@ -505,7 +505,7 @@ class ModelVersion:
     baselines: dict[str, float | None] = field(default_factory=dict)
 
 
-OFFLINE_METRICS = ("ndcg", "recall", "map", "hit_rate", "coverage")
+OFFLINE_METRICS = ("ndcg", "recall", "map", "hit_rate", "coverage", "personalization", "novelty")
 
 
 def model_versions(repository: Path) -> list[ModelVersion] | Missing:

@@ -12,7 +12,9 @@ For a split, :func:`build_eval_task` fixes, once, for all models:
 
 :func:`rank_top_k` turns a model's catalog scores into top-k lists with those exclusions, and
 :func:`score_model` computes every metric of :mod:`models.metrics`, overall and restricted to
-cold items (relevant items that had no training interactions; only users with such an item).
+cold items (relevant items that had no training interactions; only users with such an item),
+and the beyond-accuracy metrics of the top-k lists: coverage, personalization and novelty
+(novelty's item probabilities are the training users' positives, counted here once per task).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tqdm.auto import tqdm
 from models.baselines import Recommender
 from models.data import interaction_mask, positive_mask
 from models.features import TrainingData
-from models.metrics import catalog_coverage, summarize
+from models.metrics import catalog_coverage, novelty, personalization, summarize
 
 
 @dataclass
@@ -39,6 +41,10 @@ class EvalTask:
     cold_items: np.ndarray
     n_items: int
     skipped_new_users: int
+    # Per catalog item, training users with a positive on it, and how many users have any
+    # positive: novelty's p(i) = item_users[i] / positive_users. None: novelty not measured.
+    item_users: np.ndarray | None = None
+    positive_users: int = 0
 
     @property
     def relevant_cold(self) -> list[np.ndarray]:
@@ -85,6 +91,7 @@ def build_eval_task(
         relevant = [relevant[i] for i in pick]
     seen = np.zeros(data.n_items, dtype=bool)
     seen[data.item_indices(data.interactions["item_id"].to_numpy(dtype=object))] = True
+    pairs = data.positive_pairs().drop_duplicates(["user_id", "item"])
     return EvalTask(
         users=users,
         exclude=exclude,
@@ -92,6 +99,8 @@ def build_eval_task(
         cold_items=~seen,
         n_items=data.n_items,
         skipped_new_users=int((~known).sum()),
+        item_users=np.bincount(pairs["item"].to_numpy(), minlength=data.n_items),
+        positive_users=int(pairs["user_id"].nunique()),
     )
 
 
@@ -135,12 +144,18 @@ def rank_top_k(
 
 
 def metrics_for(top_k: np.ndarray, task: EvalTask, k: int) -> dict[str, Any]:
-    """Every metric for a ranking, overall and on cold items."""
+    """Every metric for a ranking, overall and on cold items, and beyond accuracy."""
     overall = summarize(top_k, task.relevant, k)
     cold = summarize(top_k, task.relevant_cold, k)
     return {
         **overall,
         "coverage": catalog_coverage(top_k[:, :k], task.n_items),
+        "personalization": personalization(top_k, k),
+        "novelty": (
+            novelty(top_k, task.item_users, task.positive_users, k)
+            if task.item_users is not None
+            else float("nan")
+        ),
         "cold": cold,
     }
 
