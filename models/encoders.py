@@ -13,8 +13,21 @@ exported SavedModels take raw strings and integers and training/serving skew can
   so an item nobody interacted with still gets a meaningful vector;
 * :class:`QueryEncoder` - raw query features (:data:`models.features.QUERY_FEATURES`) -> vectors:
   user id (hashed OOV buckets for new users), the recent-item sequence encoded with the same
-  :class:`ItemEncoder` and pooled with learned recency weights, and the request context (hour,
+  :class:`ItemEncoder` and summarized by a *sequence encoder*, and the request context (hour,
   weekday, device, placement, segment).
+
+Sequence encoders (``sequence_encoder`` of the retrieval and ranking configuration):
+
+``mean``       item vectors averaged with learned, softmax-normalized weights per position
+               (order matters only through the position weights; times are not read);
+``gru``        a GRU run from the oldest to the most recent item over item vector + time-gap
+               embedding; its last state summarizes the sequence (order is implicit);
+``attention``  one self-attention block (SASRec-like) over item vector + position embedding +
+               time-gap embedding, then attention pooling with a learned query.
+
+The time gap of a recent item is ``request_time - recent_times`` (how long ago the user touched
+it), bucketized on a log scale by :func:`time_gap_buckets`; padding (``""``, time ``0``) is
+masked everywhere, so a padded slot never changes the query vector.
 
 Feature groups can be switched off (``features`` parameter) to measure what each adds.
 """
@@ -36,6 +49,10 @@ from models.features import PAD, TrainingData, unix_seconds
 
 # The feature groups, named once in the configuration (models.retrieval.features).
 FEATURE_GROUPS: tuple[str, ...] = FEATURE_GROUP_NAMES
+
+CONTENT_INPUTS: tuple[str, ...] = ("genres", "title", "year")
+"""An item's raw content as the models take it for items their item table does not hold:
+``genres`` string ``[..., G]`` (``""`` padded), ``title`` string, ``year`` int64 (0 = unknown)."""
 
 YEAR_BOUNDARIES = (1950, 1970, 1980, 1990, 2000, 2005, 2008, 2010, 2011, 2012, 2013, 2014)
 
@@ -225,6 +242,15 @@ class ItemEncoder(tf.keras.layers.Layer):
             self.item_title = tf.constant(space.item_title)
             self.item_year = tf.constant(space.item_year)
             self.item_price = tf.constant(space.item_price)
+            # raw content of items the table does not hold (content_features)
+            self.genre_lookup = tf.keras.layers.StringLookup(
+                vocabulary=[str(g) for g in space.genres] or ["\x00"],
+                num_oov_indices=1,  # index 0: "" and values unknown to training
+            )
+            self.token_lookup = tf.keras.layers.StringLookup(
+                vocabulary=[str(t) for t in space.title_vocab] or ["\x00"],
+                num_oov_indices=1,  # index 0: "" and values unknown to training
+            )
             self.genre_embedding = tf.keras.layers.Dense(
                 dim // 2, use_bias=False, name="genre_embedding"
             )
@@ -235,7 +261,17 @@ class ItemEncoder(tf.keras.layers.Layer):
             self.price_embedding = tf.keras.layers.Embedding(len(space.price_boundaries) + 2, 8)
         self.projection = tf.keras.layers.Dense(dim, name="projection")
 
-    def call(self, item_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
+    def call(
+        self,
+        item_ids: tf.Tensor,
+        training: bool = False,
+        content: dict[str, tf.Tensor] | None = None,
+        content_only: bool = False,
+    ) -> tf.Tensor:
+        """``content`` (raw :data:`CONTENT_INPUTS` of the same items, ``S + [genres]`` and
+        ``S``) stands in for the item table's content of items the table does not hold: items
+        added to the catalog after training (see :meth:`content_features`); with
+        ``content_only`` it replaces the table's content of every item."""
         ids = self.id_lookup(item_ids)
         if training and self.id_dropout > 0:
             drop = tf.random.uniform(tf.shape(ids)) < self.id_dropout
@@ -244,17 +280,88 @@ class ItemEncoder(tf.keras.layers.Layer):
         if self.use_content:
             row = self.catalog_lookup(item_ids)
             genres = tf.gather(self.item_genres, row)
+            tokens = tf.gather(self.item_title, row)
+            year = tf.gather(self.item_year, row)
+            price = tf.gather(self.item_price, row)
+            if content is not None:
+                raw_genres, raw_tokens, raw_year = self.content_features(
+                    content["genres"], content["title"], content["year"]
+                )
+                known = row > 0 if not content_only else tf.zeros_like(row, dtype=tf.bool)
+                genres = tf.where(known[..., None], genres, raw_genres)
+                tokens = tf.where(known[..., None], tokens, raw_tokens)
+                year = tf.where(known, year, raw_year)
             n_genres = tf.maximum(tf.reduce_sum(genres, axis=-1, keepdims=True), 1.0)
             parts.append(self.genre_embedding(genres / n_genres))
-            tokens = tf.gather(self.item_title, row)
             emb = self.title_embedding(tokens)
             mask = tf.cast(tokens > 0, emb.dtype)[..., None]
             parts.append(
                 tf.reduce_sum(emb * mask, axis=-2) / tf.maximum(tf.reduce_sum(mask, axis=-2), 1.0)
             )
-            parts.append(self.year_embedding(tf.gather(self.item_year, row)))
-            parts.append(self.price_embedding(tf.gather(self.item_price, row)))
+            parts.append(self.year_embedding(year))
+            parts.append(self.price_embedding(price))
         return self.projection(tf.concat(parts, axis=-1))
+
+    def from_content(
+        self, item_ids: tf.Tensor, genres: tf.Tensor, title: tf.Tensor, year: tf.Tensor
+    ) -> tf.Tensor:
+        """Vectors of items described by their raw content (:data:`CONTENT_INPUTS`), whether
+        or not the item table holds them: how an item added after training gets its vector."""
+        content = {"genres": genres, "title": title, "year": year}
+        return self(item_ids, content=content, content_only=True)
+
+    def content_features(
+        self, genres: tf.Tensor, title: tf.Tensor, year: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Raw content -> the item table's columns, by the rules :meth:`FeatureSpace.build`
+        applies: ``genres`` string ``S + [G]`` (``""`` padded) -> multi-hot over the training
+        genres (unknown genres dropped); ``title`` string ``S`` -> ids of its known
+        :func:`attune.features.title_tokens` (first ``title_length``, 0 padded; the same rule
+        in TensorFlow: Unicode lower case, a trailing ``(YYYY)`` removed, runs of letters and
+        digits); ``year`` int64 ``S`` (0 = unknown) -> year bucket. Price is not an input
+        (bucket 0, unknown)."""
+        genre_ids = self.genre_lookup(genres)  # 0 = padding or a genre unknown to training
+        depth = int(self.item_genres.shape[-1]) + 1
+        multi_hot = tf.reduce_max(tf.one_hot(genre_ids, depth, dtype=tf.float32), axis=-2)[..., 1:]
+        shape = tf.shape(title)
+        flat = tf.reshape(title, [-1])
+        lowered = tf.strings.lower(flat, encoding="utf-8")
+        lowered = tf.strings.regex_replace(lowered, r"\s*\(\pN{4}\)\s*$", "")
+        words = tf.strings.split(tf.strings.regex_replace(lowered, r"[^\pL\pN]+", " "))
+        token_ids = tf.ragged.map_flat_values(self.token_lookup, words)
+        token_ids = tf.ragged.boolean_mask(token_ids, token_ids > 0)
+        title_length = int(self.item_title.shape[-1])
+        dense = token_ids.to_tensor(default_value=0, shape=[None, title_length])
+        tokens = tf.reshape(dense, tf.concat([shape, [title_length]], axis=0))
+        year = tf.cast(year, tf.int64)
+        boundaries = tf.constant(YEAR_BOUNDARIES, tf.int64)
+        # searchsorted(side="right") + 1, like the table; 0 (unknown) stays 0
+        bucket = tf.reduce_sum(tf.cast(year[..., None] >= boundaries, tf.int64), axis=-1) + 1
+        year_bucket = tf.where(year > 0, bucket, tf.zeros_like(bucket))
+        return multi_hot, tokens, year_bucket
+
+
+SEQUENCE_ENCODERS: tuple[str, ...] = ("mean", "gru", "attention")
+TIME_GAP_BUCKETS = 24
+"""Bucket 0: padding or unknown time; bucket ``b >= 1`` holds gaps of ``2 ** (b - 1) - 1`` to
+``2 ** b - 1`` minutes (``b = 1 + floor(log2(1 + minutes))``), the last bucket everything from
+about 8 years up."""
+
+
+def time_gap_buckets(
+    request_time: tf.Tensor, recent_times: tf.Tensor, n_buckets: int = TIME_GAP_BUCKETS
+) -> tf.Tensor:
+    """``[batch]`` request times and ``[batch, n]`` item times (Unix seconds, 0 = padding) ->
+    ``[batch, n]`` int64 buckets of the log time gap (see :data:`TIME_GAP_BUCKETS`).
+
+    A gap is never negative: an item time after the request (clock skew between the speed
+    layer and the API) counts as "just now"."""
+    t = tf.cast(recent_times, tf.float64)
+    gap = tf.maximum(tf.cast(request_time, tf.float64)[:, None] - t, 0.0)
+    minutes = gap / 60.0
+    bucket = 1 + tf.cast(tf.floor(tf.math.log(1.0 + minutes) / np.log(2.0)), tf.int64)
+    bucket = tf.minimum(bucket, n_buckets - 1)
+    return tf.where(recent_times > 0, bucket, tf.zeros_like(bucket))
 
 
 def hour_and_weekday(request_time: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -278,10 +385,18 @@ class QueryEncoder(tf.keras.layers.Layer):
         user_oov_buckets: int,
         hidden: int,
         name: str = "query_encoder",
+        sequence_encoder: str = "mean",
     ) -> None:
         super().__init__(name=name)
+        if sequence_encoder not in SEQUENCE_ENCODERS:
+            raise ValueError(
+                f"unknown sequence_encoder {sequence_encoder!r}: expected one of "
+                f"{', '.join(SEQUENCE_ENCODERS)}"
+            )
         self.features = tuple(features)
         self.item_encoder = item_encoder
+        self.sequence_encoder = sequence_encoder
+        self.sequence_length = sequence_length
         if "user" in self.features:
             self.user_lookup = _lookup(space.users, oov=user_oov_buckets)
             self.user_embedding = tf.keras.layers.Embedding(
@@ -291,6 +406,26 @@ class QueryEncoder(tf.keras.layers.Layer):
             self.position_logits = self.add_weight(
                 name="position_logits", shape=(sequence_length,), initializer="zeros"
             )
+            item_dim = item_encoder.dim
+            if sequence_encoder != "mean":
+                self.gap_embedding = tf.keras.layers.Embedding(
+                    TIME_GAP_BUCKETS, item_dim, name="time_gap_embedding"
+                )
+            if sequence_encoder == "gru":
+                self.gru = tf.keras.layers.GRU(item_dim, go_backwards=True, name="sequence_gru")
+            if sequence_encoder == "attention":
+                self.position_embedding = tf.keras.layers.Embedding(
+                    sequence_length, item_dim, name="position_embedding"
+                )
+                self.attention = tf.keras.layers.MultiHeadAttention(
+                    num_heads=2, key_dim=max(item_dim // 2, 1), name="sequence_attention"
+                )
+                self.attention_norm = tf.keras.layers.LayerNormalization(name="attention_norm")
+                self.feed_forward = tf.keras.layers.Dense(
+                    item_dim, activation="relu", name="attention_ffn"
+                )
+                self.ffn_norm = tf.keras.layers.LayerNormalization(name="ffn_norm")
+                self.pool_query = tf.keras.layers.Dense(1, use_bias=False, name="pool_query")
         if "context" in self.features:
             self.hour_embedding = tf.keras.layers.Embedding(24, 8)
             self.weekday_embedding = tf.keras.layers.Embedding(7, 4)
@@ -311,21 +446,60 @@ class QueryEncoder(tf.keras.layers.Layer):
         n = tf.shape(recent_items)[1]
         vectors = self.item_encoder(recent_items, training=training)
         present = tf.not_equal(recent_items, PAD)
-        logits = self.position_logits[:n] if n is not None else self.position_logits
-        logits = tf.broadcast_to(logits[None, :], tf.shape(recent_items))
+        return self._masked_pool(vectors, present, self.position_logits[:n])
+
+    @staticmethod
+    def _masked_pool(vectors: tf.Tensor, present: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        """Softmax-weighted sum of ``vectors [batch, n, d]`` over the ``present`` slots only
+        (``logits`` ``[n]`` or ``[batch, n]``); all-padding rows give zeros."""
+        logits = tf.broadcast_to(logits, tf.shape(present))
         logits = tf.where(present, logits, tf.fill(tf.shape(logits), -1e9))
         weights = tf.nn.softmax(logits, axis=-1) * tf.cast(present, tf.float32)
         return tf.reduce_sum(vectors * weights[..., None], axis=1)
+
+    def encode_sequence(
+        self,
+        recent_items: tf.Tensor,
+        recent_times: tf.Tensor | None,
+        request_time: tf.Tensor,
+        training: bool = False,
+    ) -> tf.Tensor:
+        """``[batch, n]`` recent items (and their times) -> ``[batch, item_dim]`` with the
+        configured sequence encoder; padding is masked (a padded slot changes nothing)."""
+        if self.sequence_encoder == "mean":
+            return self.pooled_sequence(recent_items, training=training)
+        n = tf.shape(recent_items)[1]
+        present = tf.not_equal(recent_items, PAD)
+        if recent_times is None:  # a caller without times: every gap "unknown" (bucket 0)
+            recent_times = tf.zeros(tf.shape(recent_items), tf.int64)
+        gaps = time_gap_buckets(request_time, recent_times)
+        x = self.item_encoder(recent_items, training=training) + self.gap_embedding(gaps)
+        x = x * tf.cast(present, x.dtype)[..., None]
+        if self.sequence_encoder == "gru":
+            # go_backwards: from the oldest slot to the most recent (slot 0); masked slots keep
+            # the state, so the final state has read exactly the present items.
+            return self.gru(x, mask=present, training=training)
+        x = x + self.position_embedding(tf.range(n))[None, :, :]
+        pair_mask = tf.logical_and(present[:, :, None], present[:, None, :])
+        attended = self.attention(x, x, attention_mask=pair_mask, training=training)
+        x = self.attention_norm(x + attended)
+        x = self.ffn_norm(x + self.feed_forward(x))
+        logits = tf.squeeze(self.pool_query(x), axis=-1) + self.position_logits[:n]
+        return self._masked_pool(x, present, logits)
 
     def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         parts = []
         if "user" in self.features:
             parts.append(self.user_embedding(self.user_lookup(features["user_id"])))
         if "sequence" in self.features:
-            recent = features["recent_items"]
-            length = self.position_logits.shape[0]
-            recent = recent[:, :length]
-            parts.append(self.pooled_sequence(recent, training=training))
+            length = self.sequence_length
+            recent = features["recent_items"][:, :length]
+            times = features.get("recent_times")
+            if times is not None:
+                times = times[:, :length]
+            parts.append(
+                self.encode_sequence(recent, times, features["request_time"], training=training)
+            )
         if "context" in self.features:
             hour, weekday = hour_and_weekday(features["request_time"])
             parts.append(self.hour_embedding(hour))
@@ -359,6 +533,22 @@ def sampling_probability(items: np.ndarray, n_items: int) -> np.ndarray:
     probability that the log-Q correction divides out."""
     counts = np.bincount(items, minlength=n_items).astype(np.float64)
     return (counts[items] / max(len(items), 1)).astype(np.float32)
+
+
+def mixed_sampling_probability(
+    in_batch_probability: Any, batch_size: Any, n_uniform: int, n_catalog: int
+) -> Any:
+    """Expected number of times a candidate is drawn into one batch's negatives under mixed
+    negative sampling (Yang et al. 2020): ``batch_size * p + n_uniform / n_catalog``, where
+    ``p`` is its per-example sampling probability (its share of the examples: how in-batch
+    negatives are drawn) and ``n_uniform`` catalog items are drawn uniformly.
+
+    The log-Q correction subtracts ``log`` of this from every candidate's logit. Its two limits
+    are the corrections of each sampler alone: ``log(B p)`` for in-batch negatives, and the
+    constant ``log(n_uniform / n_catalog)`` for uniform ones; an item both popular and
+    uniformly drawn gets the sum of both chances, not one of them. Works on NumPy arrays and
+    tensors alike."""
+    return in_batch_probability * batch_size + n_uniform / n_catalog
 
 
 def recency_weights(times: np.ndarray, now: int, half_life_days: float | None) -> np.ndarray:

@@ -18,10 +18,15 @@ embeddings work with any nearest-neighbour index. The weight is either
   current popularity back, ``prior_weight * prior``. Item embeddings then carry no stale
   popularity, and "what is popular now" comes from the prior alone.
 
-Training is in-batch softmax over positive interactions (``tfrs.tasks.Retrieval``) with
+Training is in-batch softmax over positive interactions (``tfrs.tasks.Retrieval``), optionally
+with ``uniform_negatives`` catalog items drawn uniformly per batch as extra negatives (mixed
+negative sampling, Yang et al. 2020: in-batch negatives are popular items, uniform ones reach
+the long tail), with
 * a correction for popularity sampling bias (in-batch negatives are drawn in proportion to how
   often items are positives): either in the loss, the log-Q correction
-  (``candidate_sampling_probability``, scaled by ``logq_weight``), or at serving, by adding the
+  (``candidate_sampling_probability``, scaled by ``logq_weight``: every candidate's logit loses
+  ``logq_weight * log(B p + n_uniform / n_catalog)``, its expected count in the batch's
+  negatives, see :func:`models.encoders.mixed_sampling_probability`), or at serving, by adding the
   log prior back with a fixed ``prior_weight`` (the default: on MovieTweetings validation splits
   it beat the in-loss correction on both the temporal and the user-stratified split);
 * accidental hits removed (the same item appearing as its own negative);
@@ -45,6 +50,7 @@ from models.encoders import (
     ItemEncoder,
     QueryEncoder,
     features_to_tensors,
+    mixed_sampling_probability,
     recency_weights,
     sampling_probability,
 )
@@ -78,12 +84,14 @@ class RetrievalModel(tfrs.Model):
             params.sequence_length,
             params.user_oov_buckets,
             params.query_hidden,
+            sequence_encoder=params.sequence_encoder,
         )
         self.prior_weight = tf.keras.layers.Dense(1, activation="softplus", name="prior_weight")
         self.item_prior = tf.constant(space.item_prior)
         self.catalog_lookup = tf.keras.layers.StringLookup(
             vocabulary=[str(c) for c in space.catalog], num_oov_indices=1
         )
+        self.catalog_ids = tf.constant(space.catalog.astype(str))
         self.task = tfrs.tasks.Retrieval(remove_accidental_hits=True)
 
     # The two towers -------------------------------------------------------------------
@@ -118,19 +126,39 @@ class RetrievalModel(tfrs.Model):
         return tf.concat(out, axis=-1)
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """In-batch softmax; with ``uniform_negatives``, the batch's candidates are followed by
+        that many catalog items drawn uniformly (mixed negative sampling), which score against
+        every query of the batch; their prior is the end-of-training snapshot."""
         query = self.query_embedding(features, training=training, with_prior=False)
-        candidate = self.candidate_embedding(
-            features["item_id"], features.get("prior"), training=training
-        )
+        ids = features["item_id"]
+        candidate = self.candidate_embedding(ids, features.get("prior"), training=training)
+        p_batch = features["sampling_probability"]
+        n_uniform = self.params.uniform_negatives
+        n_catalog = int(self.catalog_ids.shape[0])
+        batch = tf.cast(tf.shape(ids)[0], tf.float32)
+        if n_uniform > 0:
+            drawn = tf.random.uniform([n_uniform], 0, n_catalog, dtype=tf.int64)
+            extra_ids = tf.gather(self.catalog_ids, drawn)
+            extra = self.candidate_embedding(extra_ids, training=training)
+            # A drawn item that is also one of the batch's items has its in-batch probability
+            # too (its share of the batch's examples); others were not drawn in-batch.
+            same = tf.cast(tf.equal(extra_ids[:, None], ids[None, :]), tf.float32)
+            extra_p = tf.reduce_sum(same * p_batch[None, :], axis=1) / tf.maximum(
+                tf.reduce_sum(same, axis=1), 1.0
+            )
+            candidate = tf.concat([candidate, extra], axis=0)
+            ids = tf.concat([ids, extra_ids], axis=0)
+            p_batch = tf.concat([p_batch, extra_p], axis=0)
         probability = None
         if self.params.logq_weight > 0:
-            probability = tf.pow(features["sampling_probability"], self.params.logq_weight)
+            expected = mixed_sampling_probability(p_batch, batch, n_uniform, n_catalog)
+            probability = tf.pow(expected, self.params.logq_weight)
         return self.task(
             query,
             candidate,
             sample_weight=features.get("weight"),
             candidate_sampling_probability=probability,
-            candidate_ids=features["item_id"],
+            candidate_ids=ids,
             compute_metrics=False,
             compute_batch_metrics=False,
         )

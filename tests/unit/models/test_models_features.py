@@ -67,3 +67,41 @@ def test_hour_and_weekday() -> None:
     hour, weekday = hour_and_weekday(np.array([0, 1362062307], dtype=np.int64))
     assert hour.numpy().tolist() == [0, 14]
     assert weekday.numpy().tolist() == [3, 3]
+
+
+def test_recent_times_are_the_latest_interaction_strictly_before_each_row() -> None:
+    from models.features import recent_item_history
+
+    items, times = recent_item_history(_rows(), 2)
+    assert items.tolist() == recent_item_sequences(_rows(), 2).tolist()
+    # the rows' times are 1..6 s; each slot holds the time of that item's latest interaction
+    # before the row (x seen at 1 then at 4: 4 from a@5 on; the impression at 5 never counts;
+    # a row's own time never appears in its features):
+    assert times.dtype == np.int64
+    assert times.tolist() == [
+        [0, 0],  # a@1: padding
+        [1, 0],  # a@2: x@1
+        [0, 0],  # b@3
+        [2, 1],  # a@4: y@2, x@1
+        [4, 2],  # a@5: x@4, y@2
+        [4, 2],  # a@6: x@4, y@2 (w was an impression)
+    ]
+
+
+def test_last_history_times_line_up_with_the_items() -> None:
+    from models.features import last_history
+
+    users = np.array(["a", "b", "nobody"], dtype=object)
+    items, times = last_history(_rows(), users, 2)
+    # a: z@6, x@4 (x's latest); b: y@3; nobody: padding
+    assert items.tolist() == [["z", "x"], ["y", ""], ["", ""]]
+    assert times.tolist() == [[6, 4], [3, 0], [0, 0]]
+
+
+def test_query_features_carry_recent_times() -> None:
+    from models.features import QUERY_FEATURES, example_query_features
+
+    feats = example_query_features(_rows(), 2)
+    assert set(feats) == set(QUERY_FEATURES)
+    assert feats["recent_times"].tolist()[3] == [2, 1]  # a@4, as above
+    assert feats["request_time"].tolist() == [1, 2, 3, 4, 5, 6]
