@@ -44,6 +44,9 @@ key                          type  written by         read by                 ex
 ``P:i:{item}:meta``          hash  catalog mirror     write script, API       never
 ``P:i:{item}:similar``       zset  batch views stage  API (neighbours)        views TTL
 ``P:i:{item}:bought_with``   zset  batch views stage  API (similar items)     views TTL
+``P:i:{item}:vec``           str   new-item vectors   API (new items)         never
+``P:new_items``              zset  new-item vectors   API (new items)         never
+``P:new_items:meta``         hash  new-item vectors   API, speed status       never
 ``P:popular``                zset  write script       API, ``read_popular``   never
 ``P:trend:<window_s>:<n>``   zset  write script       trending script         2 windows
 ``P:trending:<window_s>``    zset  trending script    API, ``read_trending``  2 windows
@@ -62,7 +65,10 @@ key                          type  written by         read by                 ex
 "write script" and "trending script" are the online store's Lua scripts, run by the speed layer
 and by the batch views stage when it re-applies what the stream missed; "feature reader" is
 :func:`attune.online_store.read_user_features` (the personalization API, the drift report);
-"catalog mirror" is fed by the speed layer (catalog topic) and the batch views stage.
+"catalog mirror" is fed by the speed layer (catalog topic) and the batch views stage;
+"new-item vectors" is the speed layer's :class:`speed_layer.catalog.NewItemVectors`: the
+retrieval vectors of catalog items the served retrieval model does not know, computed by the
+model server from their content (``docs/online_store.md``, "New items").
 
 What each key holds is documented in ``docs/online_store.md`` (features), ``docs/batch.md``
 (views), ``docs/api.md`` (feedback, caps) and ``docs/collector.md`` (consent).
@@ -183,6 +189,22 @@ class Keys:
 
     def item_bought_with(self, item_id: str) -> str:
         return f"{self.prefix}:i:{{{item_id}}}:bought_with"
+
+    def item_vector(self, item_id: str) -> str:
+        """The retrieval vector of an item the served model does not know (float32,
+        little-endian bytes), computed from its content by the model server."""
+        return f"{self.prefix}:i:{{{item_id}}}:vec"
+
+    @property
+    def new_items(self) -> str:
+        """Items with a vector in :meth:`item_vector` -> time (ms) it was written."""
+        return f"{self.prefix}:new_items"
+
+    @property
+    def new_items_meta(self) -> str:
+        """What the new-item vectors belong to: ``model``, ``version``, ``dim``,
+        ``updated_ms``."""
+        return f"{self.prefix}:new_items:meta"
 
     # -- global -----------------------------------------------------------------------------
     @property

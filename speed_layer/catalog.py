@@ -231,3 +231,179 @@ class CatalogRefresher(threading.Thread):
         self._stop_event.set()
         self.join(timeout=10)
         self.catalog.close()
+
+
+# ----------------------------------------------------------------------------------------
+# New items: retrieval vectors from content, for items the served model does not know
+
+
+def content_inputs(records: list[ItemRecord]) -> dict[str, list[Any]]:
+    """The ``item_embeddings`` signature's columnar inputs for catalog records: ``item_ids``,
+    ``genres`` (padded with ``""`` to the longest list, at least one column), ``title``,
+    ``year`` (0 when unknown or not a number)."""
+    width = max([1, *(len(r.get("genres") or []) for r in records)])
+    years = []
+    for r in records:
+        try:
+            years.append(int(r.get("year") or 0))
+        except (TypeError, ValueError):
+            years.append(0)
+    return {
+        "item_ids": [str(r["item_id"]) for r in records],
+        "genres": [
+            [*(r.get("genres") or []), *[""] * (width - len(r.get("genres") or []))]
+            for r in records
+        ],
+        "title": [str(r.get("title") or "") for r in records],
+        "year": years,
+    }
+
+
+def served_version(status: dict[str, Any]) -> str | None:
+    """The version a TF Serving ``GET /v1/models/{name}`` status answers requests with: the
+    highest AVAILABLE one (None when none is)."""
+    versions = [
+        int(v["version"])
+        for v in status.get("model_version_status") or []
+        if v.get("state") == "AVAILABLE"
+    ]
+    return str(max(versions)) if versions else None
+
+
+class NewItemVectors(threading.Thread):
+    """Keeps the Redis vectors of catalog items the served retrieval model does not know.
+
+    The retrieval SavedModel's index holds the items it was trained with; an item added to the
+    catalog later would only reach users through the trending fill. Every
+    ``speed.catalog_refresh`` (at least 1 s) this thread reads the catalog's changes (with a
+    :class:`Catalog` of its own, which mirrors the metadata too, so a new item's title and
+    genres reach Redis even while no event flows), compares the catalog with what it last
+    handled and asks the model server (REST, ``item_embeddings`` signature of
+    ``api.model_server.retrieval_model``) for the vectors of new and changed items, from their
+    content (genres, title, year). The signature also says which items the model knows
+    (``known``): their vectors are dropped (the model's own index has them). Unknown items get
+    ``P:i:{item}:vec`` (float32 little-endian) and a member of ``P:new_items`` (time written,
+    ms); ``P:new_items:meta`` says which model version made them. When the served version
+    changes (a retrained model), every item is handled again, so the vectors always live in the
+    served model's space and items the new model knows leave the set.
+
+    While the model server cannot be reached nothing changes in Redis; the thread logs it once
+    and retries every round.
+    """
+
+    BATCH = 512
+
+    def __init__(self, cfg: AttuneConfig, catalog: Catalog, redis_client: Any) -> None:
+        super().__init__(name="attune-new-item-vectors", daemon=True)
+        from attune.keys import Keys
+
+        m = cfg.api.model_server
+        host = cfg.serving.host if cfg.serving.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        self.base_url = (m.rest_url or f"http://{host}:{cfg.serving.rest_port}").rstrip("/")
+        self.model = m.retrieval_model
+        self.catalog = catalog
+        self.redis = redis_client
+        self.keys = Keys.from_config(cfg)
+        self.interval_s = max(1.0, catalog.interval_s)
+        self.version: str | None = None  # the served version the Redis vectors belong to
+        self.handled: dict[str, ItemRecord] = {}
+        self.unreachable = False
+        self.stats = {"vectors": 0, "known": 0, "removed": 0}
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.catalog.refresh()
+                self.sync()
+            except Exception as exc:
+                if not self.unreachable:
+                    log.warning("new-item vectors: %s; retrying every %.0f s", exc, self.interval_s)
+                self.unreachable = True
+            if self._stop_event.wait(self.interval_s):
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+        self.catalog.close()
+
+    def sync(self) -> int:
+        """One round (see the class docstring); the number of items handled."""
+        import httpx
+
+        with httpx.Client(base_url=self.base_url, timeout=10.0) as http:
+            r = http.get(f"/v1/models/{self.model}")
+            r.raise_for_status()
+            version = served_version(r.json())
+            if version is None:
+                raise RuntimeError(f"model {self.model!r} has no available version yet")
+            items = dict(self.catalog.items)
+            if version != self.version:
+                todo = list(items.values())
+                gone = set(self.handled) | {
+                    m.decode() for m in self.redis.zrange(self.keys.new_items, 0, -1)
+                }
+                gone -= items.keys()
+            else:
+                todo = [rec for i, rec in items.items() if self.handled.get(i) != rec]
+                gone = set(self.handled) - items.keys()
+            for start in range(0, len(todo), self.BATCH):
+                chunk = todo[start : start + self.BATCH]
+                resp = http.post(
+                    f"/v1/models/{self.model}/versions/{version}:predict",
+                    json={"signature_name": "item_embeddings", "inputs": content_inputs(chunk)},
+                )
+                if resp.status_code != 200:
+                    raise RuntimeError(
+                        f"item_embeddings of {self.model} v{version}: HTTP {resp.status_code}: "
+                        f"{resp.text[:300]} (a model exported before new items had no such "
+                        "signature: retrain it)"
+                    )
+                out = resp.json()["outputs"]
+                self._write(chunk, out["embeddings"], out["known"], version)
+        self._remove(gone)
+        for item in gone:
+            self.handled.pop(item, None)
+        if self.unreachable:
+            log.info("new-item vectors: the model server answers again (version %s)", version)
+        self.unreachable = False
+        self.version = version
+        return len(todo)
+
+    def _write(
+        self, records: list[ItemRecord], vectors: list[list[float]], known: list[bool], version: str
+    ) -> None:
+        import numpy as np
+
+        now_ms = int(time.time() * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        dim = 0
+        for rec, vec, is_known in zip(records, vectors, known, strict=True):
+            item = str(rec["item_id"])
+            if is_known:
+                pipe.delete(self.keys.item_vector(item))
+                pipe.zrem(self.keys.new_items, item)
+                self.stats["known"] += 1
+            else:
+                arr = np.asarray(vec, dtype="<f4")
+                dim = len(arr)
+                pipe.set(self.keys.item_vector(item), arr.tobytes())
+                pipe.zadd(self.keys.new_items, {item: now_ms})
+                self.stats["vectors"] += 1
+            self.handled[item] = rec
+        meta: dict[str, Any] = {"model": self.model, "version": version, "updated_ms": now_ms}
+        if dim:
+            meta["dim"] = dim
+        pipe.hset(self.keys.new_items_meta, mapping=meta)
+        pipe.execute()
+
+    def _remove(self, items: set[str]) -> None:
+        if not items:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for item in items:
+            pipe.delete(self.keys.item_vector(item))
+            pipe.zrem(self.keys.new_items, item)
+        pipe.execute()
+        self.stats["removed"] += len(items)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from attune.features import FeatureParams, online_rows
 from attune.online_store import OnlineStore, OnlineStoreWriter
 from speed_layer.bronze import BronzeBatchWriter, ensure_tables
-from speed_layer.catalog import Catalog, CatalogRefresher
+from speed_layer.catalog import Catalog, CatalogRefresher, NewItemVectors
 from speed_layer.parsing import parse_records, valid_events
 
 if TYPE_CHECKING:
@@ -322,12 +322,15 @@ class OnlineQuery:
     query: StreamingQuery
     catalog: Catalog
     refresher: CatalogRefresher | None = None
+    vectors: NewItemVectors | None = None
 
     def stop(self) -> None:
         stop_query(self.query)
         self.close()
 
     def close(self) -> None:
+        if self.vectors is not None:
+            self.vectors.stop()
         if self.refresher is not None:
             self.refresher.stop()
         self.catalog.close()
@@ -350,6 +353,15 @@ def start_online(
     catalog = Catalog(cfg, spark, on_change=writer.write_item_metadata)
     catalog.refresh()  # the mirror is complete before the first event is applied
     log.info("catalog: %d items mirrored to Redis", len(catalog.items))
+    vectors = None
+    if cfg.speed.new_item_vectors:
+        # its own reader of the catalog (a Kafka consumer serves one thread), which mirrors
+        # the metadata too: new items get titles and genres in Redis without waiting for events
+        own = Catalog(
+            cfg, spark, on_change=OnlineStoreWriter(_redis_client(cfg), store).write_item_metadata
+        )
+        vectors = NewItemVectors(cfg, own, _redis_client(cfg))
+        vectors.start()
 
     spark.sparkContext.setLocalProperty("spark.scheduler.pool", "online")
     checkpoint = paths.checkpoint(online_checkpoint_name(cfg))
@@ -363,7 +375,7 @@ def start_online(
             .trigger(processingTime=f"{_ms(cfg.speed.online_interval)} milliseconds")
             .start()
         )
-        return OnlineQuery(query, catalog)
+        return OnlineQuery(query, catalog, vectors=vectors)
 
     _check_realtime_slots(spark, cfg)
     stream_writer = (
@@ -380,7 +392,7 @@ def start_online(
     stream_writer._jwrite = stream_writer._jwrite.trigger(trigger)
     refresher = CatalogRefresher(catalog)
     refresher.start()
-    return OnlineQuery(stream_writer.start(), catalog, refresher)
+    return OnlineQuery(stream_writer.start(), catalog, refresher, vectors)
 
 
 def _check_realtime_slots(spark: SparkSession, cfg: AttuneConfig) -> None:

@@ -6,7 +6,9 @@ Modules, from the outside in:
 * :mod:`attune.api.app` – the FastAPI app, its endpoints and ``attune serve api``;
 * :mod:`attune.api.recommender` – the recommendation pipeline with its fallbacks;
 * :mod:`attune.api.rules` – business rules as pure functions (seen, purchased, dismissed,
-  suppressed categories, filters, boosts, pins, diversity);
+  suppressed categories, filters, boosts, pins, diversity), defined in the core
+  (:mod:`attune.rules`, with the candidate pool :mod:`attune.candidates`) so that the offline
+  evaluation of the served pipeline runs the same code;
 * :mod:`attune.api.model_client` – a TF Serving protocol client (gRPC or REST) behind a
   circuit breaker (:mod:`attune.api.breaker`);
 * :mod:`attune.api.store` – the Redis reads (one pipelined round trip per request) and the

@@ -278,6 +278,7 @@ class Api:
             log.warning("could not read the catalog mirror yet: %s", exc)
         await self.sender.start()
         self._tasks.append(asyncio.create_task(self._refresh_catalog(), name="catalog"))
+        self._tasks.append(asyncio.create_task(self._refresh_new_items(), name="new_items"))
         self._tasks.append(asyncio.create_task(self._refresh_experiments(), name="experiments"))
 
     async def _warm_up(self, client: ModelClient, rounds: int = 3) -> None:
@@ -289,6 +290,7 @@ class Api:
         query = {
             "user_id": np.array([""], dtype=object),
             "recent_items": np.array([[""]], dtype=object),
+            "recent_times": np.array([[0]], dtype=np.int64),
             "request_time": np.array([int(self.clock())], dtype=np.int64),
             "device": np.array([""], dtype=object),
             "placement": np.array([""], dtype=object),
@@ -381,6 +383,18 @@ class Api:
                 await asyncio.to_thread(self.store.refresh_catalog_sync)
             except Exception as exc:
                 log.warning("catalog refresh failed: %s", exc)
+
+    async def _refresh_new_items(self) -> None:
+        failing = False
+        while True:
+            try:
+                await asyncio.to_thread(self.store.refresh_new_items_sync)
+                failing = False
+            except Exception as exc:
+                if not failing:
+                    log.warning("new items refresh failed: %s", exc)
+                failing = True
+            await asyncio.sleep(self.cfg.api.candidates.new_items_refresh_s)
 
     # -- auth ---------------------------------------------------------------------------
     def authorize(self, request: Request) -> str:
@@ -730,6 +744,10 @@ def create_app(
             },
             "kafka": api.sender.sink.health(),
             "catalog_items": len(api.store.catalog.items),
+            "new_items": {
+                "items": len(api.store.new_items),
+                "model_version": api.store.new_items.version,
+            },
             "experiments": {
                 "declared": len(api.experiments.experiments),
                 "running": api.running_experiments(),

@@ -13,9 +13,10 @@
    items (the request's seed item first) as its sequence input; meanwhile the batch layer's
    co-occurrence neighbours of the seed and latest items are read from Redis;
 4. **candidates** – retrieval results + neighbours + trending items, hard-filtered (seen,
-   dismissed, ... see :mod:`attune.api.rules`) before ranking so no ranking slot is wasted;
+   dismissed, ... see :mod:`attune.rules`) before ranking so no ranking slot is wasted
+   (:func:`attune.candidates.candidate_pool`, shared with the offline evaluation);
 5. **ranking** – the ranking model scores the candidates (skipped when the variant says so);
-6. **rules** – :func:`attune.api.rules.apply_rules`: filters, boosts, diversity, fill, pins.
+6. **rules** – :func:`attune.rules.apply_rules`: filters, boosts, diversity, fill, pins.
 
 Sources, in the order they are tried (the response's ``source`` says which answered):
 
@@ -56,14 +57,10 @@ from typing import Any
 import numpy as np
 
 from attune.api.model_client import GuardedModels, ModelUnavailable
-from attune.api.rules import (
-    Candidate,
-    Exclusions,
-    RuleStats,
-    apply_rules,
-    blocked_by,
-)
+from attune.api.new_items import ORIGIN as NEW
+from attune.api.new_items import best_new_items, candidate_content
 from attune.api.store import ApiStore, RequestData
+from attune.candidates import candidate_pool, fits_cap, keep_new_slots
 from attune.config import AttuneConfig, ConfigError, RulesConfig
 from attune.experiments.assignment import (
     Assigner,
@@ -81,6 +78,7 @@ from attune.experiments.spec import (
     VariantSpec,
     check_rule_sets,
 )
+from attune.rules import Candidate, Exclusions, RuleStats, apply_rules, blocked_by
 
 VERBS = {
     "item_view": "viewed",
@@ -227,14 +225,17 @@ class Recommender:
 
     # -- helpers ----------------------------------------------------------------------
     def _query(self, req: RecRequest, data: RequestData, now_s: int) -> dict[str, np.ndarray]:
-        recent = data.features.recent_item_ids
+        # The recent zset scores items by event time (RecentItem.event_ms): the sequence
+        # encoders read request_time - recent_times; the seed item is being looked at now.
+        pairs = [(r.item_id, r.event_ms // 1000) for r in data.features.recent]
         if req.seed_item:
-            recent = [req.seed_item] + [i for i in recent if i != req.seed_item]
-        if not recent:
-            recent = [""]
+            pairs = [(req.seed_item, now_s)] + [p for p in pairs if p[0] != req.seed_item]
+        if not pairs:
+            pairs = [("", 0)]
         return {
             "user_id": np.array([req.subject], dtype=object),
-            "recent_items": np.array([recent], dtype=object),
+            "recent_items": np.array([[item for item, _ in pairs]], dtype=object),
+            "recent_times": np.array([[t for _, t in pairs]], dtype=np.int64),
             "request_time": np.array([now_s], dtype=np.int64),
             "device": np.array([req.device or ""], dtype=object),
             "placement": np.array([req.placement or ""], dtype=object),
@@ -262,6 +263,13 @@ class Recommender:
             return "trending now"
         if c.origin == "popular":
             return "popular"
+        if c.origin == NEW:
+            genres = set(catalog.categories(c.item_id))
+            for r in recent:
+                if genres & set(catalog.categories(r.item_id)):
+                    action = VERBS.get(r.type, "viewed")
+                    return f"new, and like {catalog.title(r.item_id)}, which you {action}"
+            return "new in the catalog"
         if c.seed is not None:
             if c.seed == seed_item:
                 return f"similar to {catalog.title(c.seed)}"
@@ -436,6 +444,7 @@ class Recommender:
                         for i, s in zip(ids, scores, strict=True)
                         if i
                     ]
+                    retrieved += self._new_candidates(out, ex, treat)
                 except ModelUnavailable as exc:
                     degraded = f"retrieval {exc.reason}"
             if nb_task is not None:
@@ -475,8 +484,30 @@ class Recommender:
             placement=req.placement,
             stats=stats,
         )
+        if source == "model" and cand_cfg.new_slots:
+            final = keep_new_slots(
+                final, ranked, cand_cfg.new_slots, fits_cap(categories, treat.rules)
+            )
         timings["rules"] = time.perf_counter() - t
         return _Answer(final, source, degraded, stats, timings)
+
+    def _new_candidates(
+        self, retrieval_out: dict[str, np.ndarray], ex: Exclusions, treat: Treatment
+    ) -> list[Candidate]:
+        """The best new items for this query (:mod:`attune.api.new_items`): only for the
+        served version, whose space their vectors are in."""
+        new = self.store.new_items
+        n = self.api.candidates.new_items
+        query = retrieval_out.get("query_embedding")
+        if not n or not len(new) or query is None or treat.model_label is not None:
+            return []
+        categories = self.store.catalog.categories
+        return best_new_items(
+            new,
+            np.asarray(query)[0],
+            n,
+            lambda item: blocked_by(item, categories(item), ex, treat.rules) is None,
+        )
 
     def _neighbour_candidates(
         self, neighbours: dict[str, list[tuple[str, float]]]
@@ -502,24 +533,15 @@ class Recommender:
         timings: dict[str, float],
     ) -> tuple[list[Candidate], str | None]:
         api = self.api
-        pool: dict[str, Candidate] = {}
-        categories = self.store.catalog.categories
-        rules = treat.rules
-
-        def add(c: Candidate) -> None:
-            if c.item_id in pool or len(pool) >= api.candidates.max_ranked:
-                return
-            if blocked_by(c.item_id, categories(c.item_id), ex, rules) is None:
-                pool[c.item_id] = c
-
-        for c in retrieved:
-            add(c)
-        for seed, rows in neighbours.items():
-            for item, _s in rows:
-                add(Candidate(item, None, "similar", seed))
-        if "trending" in treat.sources:
-            for item in data.trending[: api.candidates.trending]:
-                add(Candidate(item, None, "trending"))
+        pool = candidate_pool(
+            retrieved,
+            neighbours,
+            data.trending[: api.candidates.trending] if "trending" in treat.sources else (),
+            max_ranked=api.candidates.max_ranked,
+            ex=ex,
+            categories=self.store.catalog.categories,
+            rules=treat.rules,
+        )
         if not treat.ranking or not pool:
             # without ranking: the retrieval order (or, without retrieval, the pool's order)
             if "retrieval" in treat.sources:
@@ -527,10 +549,16 @@ class Recommender:
             return list(pool.values()), None
         started = time.perf_counter()
         ids = list(pool)
+        inputs = {**query, "candidate_ids": np.array([ids], dtype=object)}
+        signature = "serving_default"
+        if any(c.origin == NEW for c in pool.values()):  # scored from their content
+            signature = "with_content"
+            inputs.update(candidate_content(ids, self.store.new_items))
         try:
             out = await self.models.predict(
                 api.model_server.ranking_model,
-                {**query, "candidate_ids": np.array([ids], dtype=object)},
+                inputs,
+                signature=signature,
                 label=treat.model_label,
             )
         except ModelUnavailable as exc:

@@ -32,7 +32,8 @@ reader applies the same rule (:func:`attune.online_store.decode_user_features`).
 
 The catalog mirror (``P:i:{item}:meta``: title, genres) is read into memory by
 :class:`CatalogCache` every ``api.catalog_refresh_s`` in a thread, so rules and reasons look
-categories and titles up without another round trip.
+categories and titles up without another round trip. The new items' vectors
+(:mod:`attune.api.new_items`) are re-read every ``api.candidates.new_items_refresh_s``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
+from attune.api.new_items import NewItems, load_new_items
 from attune.config import AttuneConfig, ConfigError
 from attune.ingest.consent import decode_state
 from attune.keys import KeyTemplate
@@ -177,6 +179,7 @@ class ApiStore:
         self._cap = self.client.register_script(CAP_SCRIPT)
         self.catalog = CatalogCache()
         self._catalog_lock = threading.Lock()
+        self.new_items = NewItems()
 
     async def close(self) -> None:
         await self.client.aclose()  # type: ignore[attr-defined]
@@ -325,6 +328,27 @@ class ApiStore:
         with self._catalog_lock:
             self.catalog = CatalogCache(items, time.time())
         return len(items)
+
+    def refresh_new_items_sync(self) -> int:
+        """Re-read the new items' vectors and content (blocking; run it in a thread); their
+        titles and genres join the catalog cache at once (it is re-read far less often)."""
+        r = self.cfg.redis
+        client = redis.Redis(host=r.host, port=r.port, db=r.db, socket_timeout=10.0)
+        try:
+            new = load_new_items(client, self.keys)
+        finally:
+            client.close()
+        missing = {
+            i: ItemInfo(c.title, c.genres)
+            for i, c in new.content.items()
+            if i not in self.catalog.items
+        }
+        with self._catalog_lock:
+            if missing:
+                old = self.catalog
+                self.catalog = CatalogCache({**old.items, **missing}, old.loaded_at)
+            self.new_items = new
+        return len(new)
 
 
 def now_ms() -> int:

@@ -448,6 +448,7 @@ def test_rest_and_grpc_clients_get_the_same_answer(env: Env) -> None:
     query = {
         "user_id": np.array([env.user(f"alice-{RUN}")], dtype=object),
         "recent_items": np.array([DRAMAS[::-1]], dtype=object),
+        "recent_times": np.array([[1_700_000_000 - 60 * i for i in range(len(DRAMAS))]]),
         "request_time": np.array([1_700_000_000], dtype=np.int64),
         "device": np.array(["mobile"], dtype=object),
         "placement": np.array(["home"], dtype=object),

@@ -12,6 +12,7 @@ import pytest
 
 from attune.api.breaker import CircuitBreaker
 from attune.api.model_client import GuardedModels, ModelUnavailable
+from attune.api.new_items import NewItems
 from attune.api.recommender import Recommender, RecRequest
 from attune.api.store import CatalogCache, ItemInfo, RequestData
 from attune.config import AttuneConfig, RulesConfig
@@ -42,6 +43,7 @@ class FakeStore:
         self.data = data
         self.nb = neighbours
         self.catalog = CATALOG
+        self.new_items = NewItems()
 
     async def read_request(self, subject: str, now_ms: int) -> RequestData:
         return self.data
@@ -154,6 +156,29 @@ def test_seed_item_goes_first_in_the_sequence() -> None:
     rec, _ = recommender(client, data())
     run(rec, seed_item="r3")
     assert list(client.calls[0][1]["recent_items"][0]) == ["r3", "seen1", "seen2"]
+
+
+def test_query_carries_recent_times_in_seconds_from_the_recent_zset() -> None:
+    # The recent zset scores items by event time in ms: seen1 at 1_699_999_400_500 ms ->
+    # 1_699_999_400 s (10 min before the request at 1_700_000_000), seen2 at
+    # 1_699_996_400_000 ms -> 1_699_996_400 s (1 h before); the seed item r3 is being looked at
+    # now (request time); each list lines up with recent_items.
+    features = UserFeatures(
+        user="u",
+        recent=[
+            RecentItem("seen1", "rating", 1_699_999_400_500),
+            RecentItem("seen2", "item_view", 1_699_996_400_000),
+        ],
+    )
+    client = FakeClient()
+    rec, _ = recommender(client, data(features=features))
+    run(rec, seed_item="r3")
+    q = client.calls[0][1]
+    assert list(q["recent_items"][0]) == ["r3", "seen1", "seen2"]
+    assert q["recent_times"].dtype == np.int64
+    assert list(q["recent_times"][0]) == [1_700_000_000, 1_699_999_400, 1_699_996_400]
+    for call in client.calls:  # ranking gets the same query features
+        assert list(call[1]["recent_times"][0]) == [1_700_000_000, 1_699_999_400, 1_699_996_400]
 
 
 def test_ranking_failure_keeps_retrieval_order() -> None:

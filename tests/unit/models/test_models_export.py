@@ -48,7 +48,12 @@ def test_retrieval_round_trip(trained, tmp_path: Path) -> None:  # type: ignore[
     training, retrieval, _ = trained
     save_retrieval(retrieval, tmp_path / "r", k=10)
     loaded = tf.saved_model.load(str(tmp_path / "r"))
-    assert set(loaded.signatures) == {"serving_default", "query_embedding", "candidate_embedding"}
+    assert set(loaded.signatures) == {
+        "serving_default",
+        "query_embedding",
+        "candidate_embedding",
+        "item_embeddings",
+    }
     feats = _queries(training)
     out = call_signature(loaded, "serving_default", feats)
     memory = retrieval.score(feats["user_id"])
@@ -72,7 +77,7 @@ def test_ranking_round_trip(trained, tmp_path: Path) -> None:  # type: ignore[no
     training, _, ranking = trained
     save_ranking(ranking, tmp_path / "k")
     loaded = tf.saved_model.load(str(tmp_path / "k"))
-    assert set(loaded.signatures) == {"serving_default"}
+    assert set(loaded.signatures) == {"serving_default", "with_content"}
     feats = _queries(training)
     cands = np.stack([np.roll(training.catalog, i)[:6] for i in range(5)]).astype(object)
     cands[0, 5] = "an-item-nobody-knows"
