@@ -1,4 +1,5 @@
-"""The ``attune models`` command group: ``train``, ``retrain``, ``evaluate`` and ``list``.
+"""The ``attune models`` command group: ``train``, ``retrain``, ``evaluate``,
+``evaluate-sessions``, ``list`` and ``rollback``.
 
 Only argparse lives here, so building the ``attune`` parser stays fast; the handlers are lazy
 ``"module:function"`` targets that import TensorFlow and Spark when they run.
@@ -17,6 +18,7 @@ MODEL_CHOICES = (
     "popularity",
     "recent-popularity",
     "item-knn",
+    "ease",
     "als",
     "tfrs-retrieval",
     "tfrs-retrieval+ranking",
@@ -126,10 +128,20 @@ def add_models_parser(
     ev.add_argument(
         "--positive-threshold",
         type=float,
-        help="ratings >= R are positives (default: models.positive_threshold)",
+        help="ratings >= R are positives (default: models.positive_threshold; when null, chosen "
+        "from the data: no ratings -> every view/click/purchase, top rating <= 5 -> every "
+        "rating, wider scales -> >= 0.7 x the top, i.e. 7 on 0-10)",
     )
     ev.add_argument("--k", type=int, help="metric cut-off (default: models.k)")
-    ev.add_argument("--seed", type=int, help="random seed (default: models.seed)")
+    seeds = ev.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, help="random seed (default: models.seed)")
+    seeds.add_argument(
+        "--seeds",
+        metavar="LIST",
+        help="run once per seed, e.g. 42,43,44: the table shows mean ± std per model and "
+        "metric, the JSON adds min-max and each seed's report, and the ratio of the best "
+        "entry's and of served-pipeline's mean NDCG to the best baseline's",
+    )
     ev.add_argument("--json", metavar="OUT", help="report path (default: var/reports/...)")
     ev.add_argument("--plot", metavar="PNG", help="plot path (default: the report's, .png)")
     ev.add_argument(
@@ -149,6 +161,85 @@ def add_models_parser(
     ev.add_argument("--max-users", type=int, help="score a random sample of N test users")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     ev.set_defaults(handler=handler("models.evaluate:cmd_evaluate"))
+
+    sess = models_sub.add_parser(
+        "evaluate-sessions",
+        help="next-item recall@k of session prefixes on OTTO-format sessions (JSONL)",
+        description="Session-based next-item task (models/sessions.py): events split in time, "
+        "each later step of a session is a case (its prefix -> its item); popularity, session "
+        "co-occurrence, the session's own history and the TFRS retrieval model ranked; prints "
+        "a table, writes JSON and a plot. The bundled data/otto-sample is 20 sessions / 862 "
+        "events: its figures are anecdotal. Exit codes: 0 done; 2 bad input (the message says "
+        "how to fix).",
+    )
+    sess.add_argument(
+        "--data",
+        required=True,
+        metavar="PATH",
+        help="OTTO sessions: a JSONL file or a folder holding train.jsonl (e.g. data/otto-sample)",
+    )
+    sess.add_argument("--max-sessions", type=int, help="read only the first N sessions")
+    sess.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of the events (the latest) whose steps are test cases (default: 0.2)",
+    )
+    sess.add_argument("--k", type=int, default=20, help="metric cut-off (default: 20, OTTO's)")
+    sess.add_argument("--seed", type=int, help="random seed (default: models.seed)")
+    sess.add_argument(
+        "--min-count",
+        type=int,
+        default=1,
+        help="co-occurrence pairs seen in fewer sessions are dropped (default: 1; the batch's "
+        "batch.cooccurrence.min_count is for production volumes)",
+    )
+    sess.add_argument(
+        "--models",
+        metavar="LIST",
+        help="comma-separated subset of popularity, session-cooccurrence, session-history, "
+        "tfrs-retrieval (default: all)",
+    )
+    sess.add_argument("--json", metavar="OUT", help="report path (default: var/reports/...)")
+    sess.add_argument("--plot", metavar="PNG", help="plot path (default: the report's, .png)")
+    sess.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sess.set_defaults(handler=handler("models.sessions:cmd_evaluate_sessions"))
+
+    tune = models_sub.add_parser(
+        "tune",
+        help="search the retrieval model's hyper-parameters on the validation split",
+        description="Trains the retrieval model once per trial on the validation split (the "
+        "test split is never read), records every trial in a JSON report and prints the best "
+        "as a YAML snippet for models.retrieval. Exit codes: 0 done, 2 bad options or data.",
+    )
+    add_data_arguments(tune)
+    tune.add_argument(
+        "--split",
+        choices=["temporal", "user-stratified", "random"],
+        default="temporal",
+        help="how to split (default: temporal)",
+    )
+    tune.add_argument("--trials", type=int, default=8, help="trials incl. the configured one")
+    tune.add_argument("--seed", type=int, help="random seed (default: models.seed)")
+    tune.add_argument(
+        "--param",
+        action="append",
+        metavar="NAME=V1,V2",
+        help="search these values of a models.retrieval key (repeatable; replaces the default "
+        "space: embedding_dim, temperature, learning_rate, epochs, sequence_encoder, "
+        "uniform_negatives)",
+    )
+    tune.add_argument(
+        "--budget-s",
+        type=float,
+        default=150.0,
+        help="retrieval training seconds a trial may take to be chosen (default: 150, half "
+        "the 5 minutes retrieval + ranking may take)",
+    )
+    tune.add_argument("--max-users", type=int, help="score a random sample of N users")
+    tune.add_argument("--json", metavar="OUT", help="report path (default: var/reports/...)")
+    tune.add_argument("--no-progress", action="store_true", help="no progress bars")
+    tune.set_defaults(handler=handler("models.tune:cmd_tune"))
 
     ls = models_sub.add_parser("list", help="published versions and the served one per model")
     ls.add_argument("--json", action="store_true", help="machine-readable output")

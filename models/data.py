@@ -625,3 +625,104 @@ def load_dataset(
             cfg, str(interactions), str(items) if items is not None else None, limit=limit
         )
     raise DataError(f"unknown data format {fmt!r}: expected movietweetings, csv or delta")
+
+
+# ----------------------------------------------------------------------------------------
+# What counts as relevant: defaults that fit the data
+
+SMALL_SCALE_MAX = 5.0
+"""Ratings whose largest value is at most this are on a small scale (1-5 stars, 0.5-5, 1-3):
+people rate what they chose to watch or buy, so by default every rating there is relevant."""
+WIDE_SCALE_SHARE = 0.7
+"""On a wider scale (0-10, 1-10, 0-100) a rating is relevant from this share of the top value
+up: 7 on MovieTweetings' 0-10 (the convention of the papers that use it)."""
+
+
+@dataclass(frozen=True)
+class Positives:
+    """Which interactions are relevant (positives) in a dataset, and why.
+
+    ``feedback`` is ``explicit`` (every interaction has a rating), ``implicit`` (none has: every
+    interaction event counts, views, clicks, purchases; impressions and dismissals never) or
+    ``mixed`` (ratings decide for rated pairs, the other interactions count as implicit).
+    ``threshold`` applies to ratings only (``rating >= threshold``); ``source`` says whether it
+    was given (``option``, ``config``) or chosen from the data (``auto``); ``reason`` is the
+    sentence the CLI prints and the report records.
+    """
+
+    threshold: float
+    source: Literal["option", "config", "auto"]
+    feedback: Literal["explicit", "implicit", "mixed"]
+    rating_min: float | None
+    rating_max: float | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose_positives(
+    interactions: pd.DataFrame,
+    threshold: float | None,
+    source: Literal["option", "config"] = "option",
+) -> Positives:
+    """The positive rule for ``interactions``: ``threshold`` when given, else a default that fits
+    the ratings found (pure; see :data:`SMALL_SCALE_MAX` and :data:`WIDE_SCALE_SHARE`):
+
+    * no ratings (implicit events): every interaction event is relevant;
+    * ratings only 0 and 1 (a like/dislike label): a 1 is relevant;
+    * a small scale (largest rating <= 5, e.g. 1-5 stars): every rating is relevant;
+    * a wider scale: ratings >= 0.7 x the largest rating (7 on a 0-10 scale).
+    """
+    rating = pd.to_numeric(interactions["rating"], errors="coerce").dropna()
+    rated = len(rating)
+    feedback: Literal["explicit", "implicit", "mixed"] = (
+        "implicit" if rated == 0 else "explicit" if rated == len(interactions) else "mixed"
+    )
+    lo = float(rating.min()) if rated else None
+    hi = float(rating.max()) if rated else None
+    scale = f"ratings {lo:g}-{hi:g}" if rated else "no ratings"
+    implicit_part = (
+        "; events without a rating (views, clicks, purchases, ...) are relevant"
+        if feedback == "mixed"
+        else ""
+    )
+    if threshold is not None:
+        if hi is not None and threshold > hi:
+            raise DataError(
+                f"positive threshold {threshold:g} is above every rating ({scale}): no rating "
+                f"would be relevant; pass a --positive-threshold between {lo:g} and {hi:g}, or "
+                "leave it out (models.positive_threshold: null) to choose from the data"
+            )
+        if feedback == "implicit":
+            reason = (
+                f"no ratings: every interaction event is relevant (the threshold {threshold:g} "
+                "applies to ratings only)"
+            )
+        else:
+            given = "--positive-threshold" if source == "option" else "models.positive_threshold"
+            reason = f"{scale}: ratings >= {threshold:g} are relevant ({given}){implicit_part}"
+        return Positives(float(threshold), source, feedback, lo, hi, reason)
+    if lo is None or hi is None:
+        return Positives(
+            0.0,
+            "auto",
+            "implicit",
+            None,
+            None,
+            "no ratings (implicit feedback): every interaction event is relevant "
+            "(views, clicks, purchases, ...; impressions and dismissals never)",
+        )
+    values = set(rating.unique().tolist())
+    if values == {0.0, 1.0}:
+        chosen, why = 1.0, "a 0/1 label: a 1 is relevant, a 0 is not"
+    elif hi <= SMALL_SCALE_MAX:
+        chosen, why = lo, f"a small scale (top <= {SMALL_SCALE_MAX:g}): every rating is relevant"
+    else:
+        chosen = round(WIDE_SCALE_SHARE * hi, 2)
+        why = (
+            f"a wide scale: ratings >= {chosen:g} ({WIDE_SCALE_SHARE:g} x the top {hi:g}) "
+            "are relevant"
+        )
+    reason = f"{scale}, {why}{implicit_part}; set --positive-threshold to change it"
+    return Positives(chosen, "auto", feedback, lo, hi, reason)

@@ -447,7 +447,7 @@ def step_train(run: Run) -> dict[str, Any]:
             "data": v.as_dict(),
             "holdout": split.describe(),
             "seed": cfg.models.seed,
-            "positive_threshold": cfg.models.positive_threshold,
+            "positive_threshold": trained.data.positive_threshold,
             "prior_half_life_days": trained.prep.prior_half_life_days,
             "params": {
                 "retrieval": cfg.models.retrieval.model_dump(),
