@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -379,6 +379,11 @@ class SpeedConfig(_Section):
     catalog_refresh: timedelta = Field(
         timedelta(seconds=10), description="How often to look for catalog changes."
     )
+    new_item_vectors: bool = Field(
+        True,
+        description="Ask the model server (api.model_server, REST) for the retrieval vectors "
+        "of catalog items the served retrieval model does not know, for the API's new items.",
+    )
     shuffle_partitions: int = Field(
         4, ge=1, description="State partitions of the bronze query (fixed by its checkpoint)."
     )
@@ -530,6 +535,10 @@ ModelFeature = Literal["user", "sequence", "context", "content", "prior"]
 FEATURE_GROUP_NAMES: tuple[ModelFeature, ...] = ("user", "sequence", "context", "content", "prior")
 
 
+SequenceEncoder = Literal["mean", "gru", "attention"]
+"""The query tower's sequence encoders (models/encoders.py ``SEQUENCE_ENCODERS``)."""
+
+
 class RetrievalConfig(_Section):
     """The two-tower retrieval model (models/retrieval.py); defaults tuned on a validation split
     of MovieTweetings carved from the training period (never on the test set)."""
@@ -572,6 +581,18 @@ class RetrievalConfig(_Section):
     sequence_length: int = Field(
         20, ge=1, description="Recent items the query tower reads (the first N it is given)."
     )
+    sequence_encoder: SequenceEncoder = Field(
+        "mean",
+        description="How the query tower reads the recent items: mean (learned position "
+        "weights), gru, or attention (self-attention with positions); gru and attention also "
+        "read the time gaps request_time - recent_times.",
+    )
+    uniform_negatives: int = Field(
+        0,
+        ge=0,
+        description="Catalog items sampled uniformly per batch as extra negatives, next to the "
+        "in-batch ones (mixed negative sampling); the log-Q correction covers both.",
+    )
     top_k: int = Field(100, ge=1, description="Items the exported serving signature returns.")
 
 
@@ -590,6 +611,26 @@ class RankingConfig(_Section):
     negative_window: int = Field(
         2000, ge=2, description="Negatives come from positive events this close in time."
     )
+    source_negatives: int = Field(
+        0,
+        ge=0,
+        description="Of the negatives per positive, how many are co-occurrence neighbours of "
+        "the user's then-latest items (api.candidates.seeds, per_seed): the hard negatives "
+        "the served pipeline's neighbour source proposes (0 = none).",
+    )
+    source_features: bool = Field(
+        False,
+        description="Give the ranking model the candidate sources' view of each candidate "
+        "(co-occurrence with the user's api.candidates.seeds latest items, popularity at 1 day, "
+        "7 days and all time, item age; models/ranking_features.py), computed inside the "
+        "SavedModel from its raw inputs: no signature change.",
+    )
+    source_recent_items: int = Field(
+        0,
+        ge=0,
+        description="How many of the user's latest items the co-occurrence source features "
+        "read (0 = api.candidates.seeds, the neighbour source's seeds).",
+    )
     rating_weight: float = Field(0.1, ge=0, description="Weight of the rating task (0 = off).")
     prior_correction: float = Field(
         3.0, ge=0, description="Weight of the log prior added back to the served score."
@@ -599,6 +640,9 @@ class RankingConfig(_Section):
     id_dropout: float = Field(0.1, ge=0, lt=1)
     user_oov_buckets: int = Field(16, ge=1)
     sequence_length: int = Field(20, ge=1)
+    sequence_encoder: SequenceEncoder = Field(
+        "mean", description="As models.retrieval.sequence_encoder, for the ranking model."
+    )
 
 
 class ALSConfig(_Section):
@@ -681,7 +725,12 @@ class ModelsConfig(_Section):
     holdout_fraction: float = Field(
         0.1, gt=0, lt=1, description="Newest share of the data held out to gate a training run."
     )
-    positive_threshold: float = Field(7.0, description="Ratings >= this are positives.")
+    positive_threshold: float | None = Field(
+        None,
+        description="Ratings >= this are positives; None chooses from the data "
+        "(models.data.choose_positives): no ratings -> every interaction event, a small scale "
+        "(top <= 5) -> every rating, a wider one -> >= 0.7 x the top (7 on 0-10).",
+    )
     k: int = Field(10, ge=1, description="Cut-off of the evaluation metrics.")
     test_fraction: float = Field(0.2, gt=0, lt=1)
     validation_fraction: float | None = Field(
@@ -705,6 +754,22 @@ class ModelsConfig(_Section):
     knn_neighbours_grid: list[int] = Field(
         default_factory=lambda: [50, 200, 1000],
         description="Item-kNN neighbourhood sizes tried on the validation split.",
+    )
+    knn_shrinkage_grid: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [0.0, 10.0, 50.0, 200.0],
+        description="Item-kNN shrinkage values tried on the validation split, each with every "
+        "neighbourhood size: sim = c_ab / (sqrt(n_a n_b) + shrinkage); 0 is plain cosine.",
+    )
+    ease_lambda_grid: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [50.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0],
+        description="EASE L2 regularization values tried on the validation split (one "
+        "Cholesky solve of an items x items matrix each).",
+    )
+    ease_max_memory_gb: float = Field(
+        4.0,
+        gt=0,
+        description="Memory EASE may use for its items x items matrices (about 3 n^2 x 8 "
+        "bytes in float64, half in float32, n = items with a training positive).",
     )
     retrieval: RetrievalConfig = RetrievalConfig()
     ranking: RankingConfig = RankingConfig()
@@ -811,6 +876,21 @@ class CandidatesConfig(_Section):
     )
     max_ranked: int = Field(150, ge=1, description="At most this many candidates are ranked.")
     popular: int = Field(100, ge=1, description="Popular items read to fill short lists.")
+    new_items: int = Field(
+        10,
+        ge=0,
+        description="Best items added after training (by their content vectors' score against "
+        "the query) that join the pool, origin new (0 = none).",
+    )
+    new_slots: int = Field(
+        1,
+        ge=0,
+        description="Places of each list kept for the best ranked new item when ranking did "
+        "not put one in (exploration: new items have no popularity yet).",
+    )
+    new_items_refresh_s: float = Field(
+        5.0, gt=0, description="How often the new items' vectors are re-read from Redis."
+    )
 
 
 class PinConfig(_Section):

@@ -38,7 +38,7 @@ import numpy as np
 
 from attune.config import AttuneConfig
 from attune.model_repository import ModelRepository
-from models.data import DataError, Dataset, load_delta
+from models.data import DataError, Dataset, choose_positives, load_delta
 from models.evaluate import Prepared, clean_json, load_from_args, prepare
 from models.features import TrainingData
 from models.metrics import summarize
@@ -185,7 +185,7 @@ class TrainedModels:
             "holdout": self.prep.split.describe(),
             "prior_half_life_days": self.prep.prior_half_life_days,
             "seed": mc.seed,
-            "positive_threshold": mc.positive_threshold,
+            "positive_threshold": self.data.positive_threshold,
             "training_seconds": self.seconds,
             "feature_space": self.retrieval.space.describe(),
         }
@@ -236,18 +236,28 @@ def train_models(
     _, metric_k = parse_metric(mc.promotion_metric)
     k = max(mc.k, metric_k)
     seed = mc.seed
+    positives = choose_positives(dataset.interactions, mc.positive_threshold, "config")
+    say(f"positives: {positives.reason}")
     prep = prepare(
-        cfg, dataset, "temporal", mc.holdout_fraction, mc.positive_threshold, mc.k, seed, say
+        cfg, dataset, "temporal", mc.holdout_fraction, positives.threshold, mc.k, seed, say
     )
-    data = TrainingData(prep.split.train, dataset.items, mc.positive_threshold)
+    data = TrainingData(prep.split.train, dataset.items, positives.threshold)
     task = build_eval_task(data, prep.split.test, seed=seed)
     say(
         f"training on {len(data.interactions)} interactions up to {prep.split.cutoff}; "
         f"holdout: {len(prep.split.test)} interactions, {len(task.users)} users"
     )
     retrieval = train_retrieval(data, mc.retrieval, prep.prior_half_life_days, seed, progress)
+    from models.pipeline import ranking_source
+
     ranking = train_ranking(
-        data, mc.ranking, prep.prior_half_life_days, seed, space=retrieval.space, progress=progress
+        data,
+        mc.ranking,
+        prep.prior_half_life_days,
+        seed,
+        space=retrieval.space,
+        progress=progress,
+        source=ranking_source(data, cfg),
     )
     seconds = {"retrieval": round(retrieval.seconds, 2), "ranking": round(ranking.seconds, 2)}
     metrics: dict[str, dict[str, Any]] = {}

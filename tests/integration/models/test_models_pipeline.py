@@ -19,6 +19,7 @@ QUERY_INPUTS = {
     "device": ["string", [None]],
     "placement": ["string", [None]],
     "recent_items": ["string", [None, None]],
+    "recent_times": ["int64", [None, None]],
     "request_time": ["int64", [None]],
     "segment": ["string", [None]],
     "user_id": ["string", [None]],
@@ -43,17 +44,33 @@ def test_train_export_publish_load_and_gate(
 
     # signatures: names, dtypes and shapes (batch first; k = min(top_k 100, 99 movies))
     r_sig = signature_summary(repo.path("retrieval", 1))
-    assert set(r_sig) == {"serving_default", "query_embedding", "candidate_embedding"}
+    assert set(r_sig) == {
+        "serving_default",
+        "query_embedding",
+        "candidate_embedding",
+        "item_embeddings",
+    }
     assert r_sig["serving_default"]["inputs"] == QUERY_INPUTS
     assert r_sig["serving_default"]["outputs"] == {
         "item_ids": ["string", [None, 99]],
         "scores": ["float32", [None, 99]],
+        "query_embedding": ["float32", [None, 17]],
     }
     # 16 dimensions + the popularity prior's coordinate
     assert r_sig["query_embedding"]["outputs"] == {"embedding": ["float32", [None, 17]]}
     assert r_sig["candidate_embedding"]["inputs"] == {"item_id": ["string", [None]]}
+    assert r_sig["item_embeddings"]["inputs"] == {
+        "item_ids": ["string", [None]],
+        "genres": ["string", [None, None]],
+        "title": ["string", [None]],
+        "year": ["int64", [None]],
+    }
+    assert r_sig["item_embeddings"]["outputs"] == {
+        "embeddings": ["float32", [None, 17]],
+        "known": ["bool", [None]],
+    }
     k_sig = signature_summary(repo.path("ranking", 1))
-    assert set(k_sig) == {"serving_default"}
+    assert set(k_sig) == {"serving_default", "with_content"}
     assert k_sig["serving_default"]["inputs"] == {
         **QUERY_INPUTS,
         "candidate_ids": ["string", [None, None]],
