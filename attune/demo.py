@@ -19,7 +19,8 @@ Stages, each timed (a summary table closes the run):
    await serving, smoke test, record. With ``--direct`` the same two jobs run in this process
    instead (``attune batch run`` + ``attune models retrain``), without Airflow;
 7. **recommendations** – for the three users with the most ratings: their top 5 with reasons
-   and the answering source, and how much their lists overlap; then a scripted click on the
+   and the answering source, and how much their top 10 overlap (personalization, as
+   ``attune models evaluate`` measures it); then a scripted click on the
    first user's top item is posted to the collector, the demo waits until the speed layer
    applied it, and shows the first user's recommendations again: the clicked item has left the
    list and the reasons follow it;
@@ -439,7 +440,9 @@ def _demo_users(cfg: AttuneConfig, limit: int | None, n: int = 3) -> list[str]:
     return [u for u, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
 
 
-def _show(http: Any, url: str, key: str, user: str, k: int = 5) -> list[str]:
+def _show(http: Any, url: str, key: str, user: str, k: int = 10, shown: int = 5) -> list[str]:
+    """Ask the API for the user's top ``k``, print the first ``shown`` with their reasons and
+    return all ``k`` ids."""
     r = http.post(
         f"{url}/v1/recommendations",
         json={"user_id": user, "k": k, "context": {"placement": "home", "device": "web"}},
@@ -455,7 +458,7 @@ def _show(http: Any, url: str, key: str, user: str, k: int = 5) -> list[str]:
         f"{total} ms" + (f", degraded: {body['degraded']}" if body.get("degraded") else ""),
         flush=True,
     )
-    for item in body["items"]:
+    for item in body["items"][:shown]:
         cats = "|".join(item["categories"][:3])
         print(
             f"    {item['position'] + 1}. {item['title'] or item['item_id']} [{cats}] "
@@ -465,8 +468,10 @@ def _show(http: Any, url: str, key: str, user: str, k: int = 5) -> list[str]:
     return [i["item_id"] for i in body["items"]]
 
 
-def _overlap(tops: dict[str, list[str]]) -> str:
-    """How much the users' lists overlap: shared items per pair, and 1 - mean Jaccard."""
+def _overlap(tops: dict[str, list[str]], k: int = 10) -> str:
+    """How much the users' top-``k`` lists overlap: shared items per pair, and personalization
+    as ``attune models evaluate`` reports it (:func:`models.metrics.personalization`): 1 minus
+    the mean of ``|A ∩ B| / k`` over the pairs."""
     from itertools import combinations
 
     pairs = list(combinations(tops, 2))
@@ -475,9 +480,8 @@ def _overlap(tops: dict[str, list[str]]) -> str:
     shares = []
     parts = []
     for a, b in pairs:
-        common = set(tops[a]) & set(tops[b])
-        union = set(tops[a]) | set(tops[b])
-        shares.append(len(common) / len(union) if union else 0.0)
+        common = set(tops[a][:k]) & set(tops[b][:k])
+        shares.append(len(common) / k)
         parts.append(f"{a}/{b} {len(common)} shared")
     return f"{', '.join(parts)}; personalization {1 - sum(shares) / len(shares):.2f}"
 
@@ -499,7 +503,7 @@ def _show_and_click(cfg: AttuneConfig, limit: int | None, api_url: str) -> str:
     with httpx.Client(timeout=30) as http:
         _say(f"recommendations for the {len(users)} users with the most ratings:")
         tops = {u: _show(http, api_url, read_key, u) for u in users}
-        _say(f"overlap of their top 5: {_overlap(tops)}")
+        _say(f"overlap of their top 10: {_overlap(tops)}")
         user = users[0]
         clicked = tops[user][0]
         log_path = cfg.log_dir / "collector-demo.log"
@@ -525,7 +529,7 @@ def _show_and_click(cfg: AttuneConfig, limit: int | None, api_url: str) -> str:
         _say(f"the click reached Redis {reached:.2f} s after the collector's ack; now:")
         after = _show(http, api_url, read_key, user)
     gone = clicked not in after
-    new = [i for i in after if i not in tops[user]]
+    new = [i for i in after[:5] if i not in tops[user][:5]]
     _say(
         f"after the click: {clicked} {'left' if gone else 'is still in'} the list; "
         f"{len(new)} new item(s) in the top 5"

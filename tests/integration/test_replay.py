@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import uuid
@@ -174,7 +175,9 @@ def test_events_summary_cli_counts_this_topic(env: Env, tmp_path: Path) -> None:
 # suite's default 300 s limit is too tight for this one test. The demo leaves Airflow running
 # for its user; the test stops it.
 @pytest.mark.timeout(900)
-def test_demo_replays_once_then_skips(cfg: AttuneConfig, tmp_path: Path) -> None:
+def test_demo_replays_once_then_skips(
+    cfg: AttuneConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from attune.config import free_port
     from attune.demo import cmd_demo
     from attune.stack import create_topics
@@ -202,6 +205,11 @@ def test_demo_replays_once_then_skips(cfg: AttuneConfig, tmp_path: Path) -> None
         # The first 150 rows of the 100K ratings.dat (users 1..): 300 events, 27 users, all of
         # whom then take part in the closing experiment (2 requests each).
         assert cmd_demo(demo_cfg, argparse.Namespace(limit=150, experiment_users=27)) == 0
+        printed = capsys.readouterr().out
+        # the three users' top-10 overlap, as personalization (1 - mean |A ∩ B| / 10)
+        overlap = re.search(r"overlap of their top 10: .*personalization (\d\.\d\d)", printed)
+        assert overlap, printed[-3000:]
+        assert 0.0 <= float(overlap.group(1)) <= 1.0
         _check_demo_experiment(demo_cfg, users=27, lists=54)
         topic = demo_cfg.kafka.topic("events").name
 
