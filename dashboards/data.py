@@ -568,11 +568,11 @@ def model_version_rows(versions: Iterable[ModelVersion]) -> list[dict[str, Any]]
             "model": v.model,
             "version": v.version,
             "served": "served" if v.served else "",
-            "created": v.created_at[:19].replace("T", " "),
+            "created": v.created_at[:16].replace("T", " "),
             "data": v.data,
         }
         for k in OFFLINE_METRICS:
-            row[k] = _fmt_metric(v.metrics.get(k))
+            row[k] = _fmt_metric(v.metrics.get(k), 2 if k == "novelty" else 4)
         scored = [(n, float(b)) for n, b in v.baselines.items() if _finite(b)]
         best = max(scored, key=lambda nb: nb[1], default=None)
         row["best baseline"] = f"{best[0]} {best[1]:.4f}" if best else "–"
@@ -580,8 +580,8 @@ def model_version_rows(versions: Iterable[ModelVersion]) -> list[dict[str, Any]]
     return rows
 
 
-def _fmt_metric(x: Any) -> str:
-    return f"{x:.4f}" if _finite(x) else "–"
+def _fmt_metric(x: Any, digits: int = 4) -> str:
+    return f"{x:.{digits}f}" if _finite(x) else "–"
 
 
 def promotion_rows(repository: Path) -> list[dict[str, Any]]:

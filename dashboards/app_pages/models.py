@@ -50,6 +50,22 @@ st.caption(
 ui.table(
     data.model_version_rows(versions),
     row_style=lambda r: ui.GREEN if r["served"] else None,
+    # short headers keep the table as wide as the page; the help says what each measures
+    column_config={
+        "hit_rate": st.column_config.TextColumn(
+            "hits", help="HitRate@k: share of users with a relevant item in their top k"
+        ),
+        "coverage": st.column_config.TextColumn(
+            "coverage", help="share of the catalog in at least one user's top k"
+        ),
+        "personalization": st.column_config.TextColumn(
+            "personal.",
+            help="personalization: 1 - the mean overlap |A ∩ B| / k of two users' top-k lists",
+        ),
+        "novelty": st.column_config.TextColumn(
+            "novelty", help="mean self-information -log2(share of users) of recommended items, bits"
+        ),
+    },
     key="versions",
 )
 

@@ -265,8 +265,10 @@ def test_model_versions_and_promotions(tmp_path: Path) -> None:
         ("retrieval", 1, True),
     ]
     rows = data.model_version_rows(versions)
-    assert rows[0]["ndcg"] == "0.1262" and rows[0]["created"] == "2026-12-05 03:12:00"
+    assert rows[0]["ndcg"] == "0.1262" and rows[0]["created"] == "2026-12-05 03:12"
     assert rows[0]["best baseline"] == "recent-popularity 0.1181"  # 0.11809 of the two
+    # beyond accuracy: personalization to 4 places, novelty (bits) to 2
+    assert (rows[0]["personalization"], rows[0]["novelty"]) == ("0.2208", "5.36")
     decisions = data.promotion_rows(tmp_path / "models")
     assert [(d["model"], d["promoted"]) for d in decisions] == [
         ("retrieval", "refused"),

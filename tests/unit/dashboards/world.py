@@ -113,6 +113,8 @@ def _evaluation(ndcg: float, recall: float) -> dict[str, Any]:
             "map": ndcg * 0.7,
             "hit_rate": recall * 1.5,
             "coverage": 0.004,
+            "personalization": 0.2208,
+            "novelty": 5.36,
             "gate_value": ndcg,
             "users": 2405,
         },
