@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import sys
 import time
 from collections import Counter, defaultdict
@@ -360,23 +359,32 @@ def cooccurrence_neighbours(
 ) -> dict[str, list[tuple[str, float]]]:
     """Item -> its ``top_k`` neighbours ``(item, n_ab / sqrt(n_a n_b))``, best first (ties: more
     baskets together, then item id); pairs in fewer than ``min_count`` baskets dropped. ``n_a``
-    counts the baskets holding ``a``; the formula of the batch's ``gold/item_cooccurrence``."""
-    support: Counter[str] = Counter()
-    pairs: Counter[tuple[str, str]] = Counter()
-    for basket in baskets:
+    counts the baskets holding ``a``: :func:`models.pipeline.session_cooccurrence`, the NumPy
+    twin of the batch's ``gold/item_cooccurrence``, over the given baskets (each of at least
+    two items, as :func:`session_baskets` gives them)."""
+    from attune.config import CooccurrenceConfig
+    from models.pipeline import session_cooccurrence
+
+    vocab = sorted({item for basket in baskets for item in basket})
+    if not vocab:
+        return {}
+    index = {item: n for n, item in enumerate(vocab)}  # sorted ids: ties by index = by id
+    keys: list[int] = []
+    items: list[int] = []
+    for n, basket in enumerate(baskets):
         distinct = list(dict.fromkeys(basket))
-        support.update(distinct)
-        for a in distinct:
-            for b in distinct:
-                if a != b:
-                    pairs[(a, b)] += 1
-    rows: dict[str, list[tuple[str, float, int]]] = defaultdict(list)
-    for (a, b), n_ab in pairs.items():
-        if n_ab >= min_count:
-            rows[a].append((b, n_ab / math.sqrt(support[a] * support[b]), n_ab))
+        keys += [n] * len(distinct)
+        items += [index[i] for i in distinct]
+    params = CooccurrenceConfig(
+        max_session_items=max(2, *(len(b) for b in baskets)), min_count=min_count, top_k=top_k
+    )
+    table = session_cooccurrence(
+        np.asarray(keys, dtype=np.int64), np.asarray(items, dtype=np.int64), len(vocab), params
+    )
     return {
-        a: [(b, s) for b, s, _ in sorted(r, key=lambda t: (-t[1], -t[2], t[0]))[:top_k]]
-        for a, r in rows.items()
+        vocab[a]: [(vocab[b], score) for b, score in table.neighbours(a, top_k)]
+        for a in range(len(vocab))
+        if table.indptr[a + 1] > table.indptr[a]
     }
 
 
