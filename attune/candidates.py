@@ -62,6 +62,27 @@ def candidate_pool(
     return pool
 
 
+def best_admissible(
+    ids: Sequence[str],
+    scores: Sequence[float],
+    n: int,
+    admissible: Callable[[str], bool],
+    origin: str = ORIGIN_NEW,
+) -> list[Candidate]:
+    """The ``n`` best ``ids`` by ``scores`` that ``admissible`` lets through, best first (ties:
+    the given order), as candidates of ``origin``: how the API picks new items from their
+    vectors' scores and the offline pipeline from the retrieval model's."""
+    out: list[Candidate] = []
+    if n <= 0:
+        return out
+    for i in sorted(range(len(ids)), key=lambda j: -scores[j]):
+        if admissible(ids[i]):
+            out.append(Candidate(ids[i], float(scores[i]), origin))
+            if len(out) >= n:
+                break
+    return out
+
+
 def fits_cap(categories: Categories, rules: RulesConfig) -> Fits:
     """A :data:`Fits` that keeps the diversity cap: ``c`` may replace position ``i`` when the
     other items of the list leave room for one more of its primary category."""

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attune.candidates import ORIGIN_NEW, candidate_pool, fits_cap, keep_new_slots
+from attune.candidates import best_admissible, candidate_pool, fits_cap, keep_new_slots
 from attune.config import AttuneConfig, CooccurrenceConfig
 from attune.rules import Candidate, Exclusions, apply_rules, blocked_by
 from models.data import interaction_mask
@@ -216,6 +216,7 @@ class ServedPipeline:
         # (published to the catalog after the served model was trained; :mod:`attune.api.
         # new_items`), reached through their content vector and the reserved slots.
         self.new_items = np.flatnonzero(counts == 0)
+        self._new_ids = [str(i) for i in data.catalog[self.new_items]]
         genres = data.items.get("genres")
         self._categories: dict[str, tuple[str, ...]] = (
             {
@@ -268,12 +269,15 @@ class ServedPipeline:
         order = np.lexsort((top, -top_scores), axis=1)
         top = np.take_along_axis(top, order, axis=1)
         top_scores = np.take_along_axis(top_scores, order, axis=1)
-        pools: list[dict[str, Candidate]] = []
-        for row, user in enumerate(users):
-            ex = Exclusions(
+        exclusions = [
+            Exclusions(
                 seen=frozenset(str(i) for i in data.catalog[histories[row]]),
                 purchased=frozenset(str(i) for i in purchased.get(user, ())),
             )
+            for row, user in enumerate(users)
+        ]
+        pools: list[dict[str, Candidate]] = []
+        for row, ex in enumerate(exclusions):
             retrieved = [
                 Candidate(str(data.catalog[i]), float(s), "retrieval")
                 for i, s in zip(top[row], top_scores[row], strict=True)
@@ -297,11 +301,7 @@ class ServedPipeline:
             Candidate(i, None, "popular") for i in self.popular
         ]
         out = []
-        for row, user in enumerate(users):
-            ex = Exclusions(
-                seen=frozenset(str(i) for i in data.catalog[histories[row]]),
-                purchased=frozenset(str(i) for i in purchased.get(user, ())),
-            )
+        for row, ex in enumerate(exclusions):
             final = apply_rules(ranked[row], k, ex, self.categories, rules, fill=fill)
             if cand.new_slots:
                 final = keep_new_slots(
@@ -314,19 +314,17 @@ class ServedPipeline:
         """The ``api.candidates.new_items`` best admissible new items by the retrieval score
         (content only: a new item's popularity prior is 0), as the API's
         :func:`attune.api.new_items.best_new_items` picks them from their vectors."""
-        data = self._require()
+        self._require()
         n = self.cfg.api.candidates.new_items
         if n <= 0 or not len(self.new_items):
             return []
         rules = self.cfg.api.rules
-        out: list[Candidate] = []
-        for i in self.new_items[np.argsort(-scores[self.new_items], kind="stable")]:
-            item = str(data.catalog[i])
-            if blocked_by(item, self.categories(item), ex, rules) is None:
-                out.append(Candidate(item, float(scores[i]), ORIGIN_NEW))
-                if len(out) >= n:
-                    break
-        return out
+        return best_admissible(
+            self._new_ids,
+            scores[self.new_items].tolist(),
+            n,
+            lambda item: blocked_by(item, self.categories(item), ex, rules) is None,
+        )
 
     def _rank(self, users: np.ndarray, pools: list[dict[str, Candidate]]) -> list[list[Candidate]]:
         """The ranking model's scores for each pool (the API's ``_rank`` after the pool)."""

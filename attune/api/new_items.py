@@ -31,6 +31,7 @@ import numpy as np
 import orjson
 
 from attune.candidates import ORIGIN_NEW as ORIGIN
+from attune.candidates import best_admissible
 from attune.candidates import keep_new_slots as keep_new_slots
 from attune.keys import Keys
 from attune.rules import Candidate
@@ -117,15 +118,7 @@ def best_new_items(
     q = np.asarray(query_embedding, dtype=np.float32).reshape(-1)
     if new.vectors.shape[1] != q.shape[0]:
         return []
-    scores = new.vectors @ q
-    out: list[Candidate] = []
-    for i in np.argsort(-scores, kind="stable"):
-        item = new.ids[i]
-        if admissible(item):
-            out.append(Candidate(item, float(scores[i]), ORIGIN))
-            if len(out) >= n:
-                break
-    return out
+    return best_admissible(new.ids, (new.vectors @ q).tolist(), n, admissible, ORIGIN)
 
 
 def candidate_content(ids: Sequence[str], new: NewItems) -> dict[str, np.ndarray]:
