@@ -14,6 +14,14 @@ idempotent downstream (the speed layer drops duplicate ids). Events the collecto
 
 ``flush()`` waits until everything queued so far is sent; ``close()`` flushes and stops the
 thread. When the queue holds ``max_queue`` events, ``track()`` waits for room (backpressure).
+
+The sender thread owns the HTTP client and closes it when it ends, so ``close()`` never pulls
+the connection from under a request. When ``close(timeout)`` runs out of time (the collector
+is down and a batch is being retried), it stops the sender: a backoff wait is cut short, no
+further attempt is made, and the batch and whatever is still queued are reported as not
+delivered (``stats.unsent``, ``stats.failed``, ``stats.last_error`` and a log line say why).
+A request already on the wire is waited for (up to ``close_grace`` seconds) and counts as
+delivered if the collector accepts it.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ class TrackerStats:
     dropped: int = 0
     rejected: int = 0
     failed: int = 0  # events given up on (retries exhausted or refused request, e.g. 401)
+    unsent: int = 0  # of those, events close() gave up on before the collector accepted them
     requests: int = 0
     retries: int = 0
     last_error: str | None = None
@@ -74,6 +83,7 @@ class Tracker:
         backoff_max: float = 30.0,
         on_batch: Callable[[int, Mapping[str, Any]], None] | None = None,
         transport: httpx.BaseTransport | None = None,
+        close_grace: float = 5.0,
     ) -> None:
         if batch_size < 1:
             raise TrackerError(f"batch_size must be at least 1, got {batch_size}")
@@ -90,6 +100,7 @@ class Tracker:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.on_batch = on_batch
+        self.close_grace = close_grace
         self.stats = TrackerStats()
         self.rejections: list[dict[str, Any]] = []
         self._http = httpx.Client(
@@ -102,6 +113,7 @@ class Tracker:
         self._in_flight = 0
         self._flush_requested = False
         self._closed = False
+        self._stop = threading.Event()  # close() gave up waiting: deliver nothing more
         self._oldest: float | None = None
         self._thread = threading.Thread(target=self._run, name="attune-tracker", daemon=True)
         self._thread.start()
@@ -177,18 +189,34 @@ class Tracker:
         return True
 
     def close(self, timeout: float | None = None) -> TrackerStats:
-        """Flush, stop the sender thread and close the HTTP connection; returns the totals."""
+        """Flush (up to ``timeout`` seconds), stop the sender thread and close the HTTP
+        connection; returns the totals.
+
+        When the flush times out, the sender is stopped instead of being left to retry: the
+        batch it is retrying and the events still queued are counted in ``stats.unsent`` (and
+        ``stats.failed``) with the reason in ``stats.last_error``. A request on the wire is
+        waited for up to ``close_grace`` seconds; if it is still running then, the sender
+        thread closes the connection itself when it ends.
+        """
         with self._cond:
             if self._closed:
                 return self.stats
         done = self.flush(timeout)
         with self._cond:
             self._closed = True
+            if not done:
+                self._stop.set()
             self._cond.notify_all()
-        self._thread.join(timeout=5.0)
-        self._http.close()
-        if not done:
-            log.warning("tracker closed with %d events unsent", len(self._queue))
+        self._thread.join(timeout=self.close_grace)
+        if self._thread.is_alive():
+            log.warning(
+                "tracker: a request to %s is still running %.0f s after close(); the sender "
+                "thread closes the connection when it ends",
+                self.endpoint,
+                self.close_grace,
+            )
+        else:
+            self._http.close()
         return self.stats
 
     def __enter__(self) -> Tracker:
@@ -201,6 +229,8 @@ class Tracker:
     def _next_batch(self) -> list[dict[str, Any]] | None:
         with self._cond:
             while True:
+                if self._stop.is_set():
+                    return None
                 if self._queue:
                     due = (
                         len(self._queue) >= self.batch_size
@@ -226,6 +256,28 @@ class Tracker:
                 self._cond.wait(min(wait, 0.5) if self._queue else 0.5)
 
     def _run(self) -> None:
+        try:
+            self._run_batches()
+        finally:
+            with self._cond:
+                unsent = len(self._queue)
+                self._queue.clear()
+                self._cond.notify_all()
+            if unsent:
+                self._give_up(unsent, "they were still queued")
+            self._http.close()  # this thread's client: closed once nothing can use it
+
+    def _give_up(self, n: int, why: str) -> None:
+        self.stats.failed += n
+        self.stats.unsent += n
+        reason = f"tracker closed before {n} events were delivered: {why}"
+        last = self.stats.last_error
+        if last and not last.startswith("tracker closed"):
+            reason += f" (last error: {last})"
+        self.stats.last_error = reason
+        log.warning("tracker: %s", reason)
+
+    def _run_batches(self) -> None:
         while True:
             batch = self._next_batch()
             if batch is None:
@@ -254,6 +306,10 @@ class Tracker:
         body = orjson.dumps(batch)
         attempt = 0
         while True:
+            if self._stop.is_set():
+                tries = f"after {attempt} tries" if attempt else "before it was sent"
+                self._give_up(len(batch), f"close() stopped retrying the batch {tries}")
+                return
             retry_after = None
             try:
                 response = self._http.post(self.endpoint, content=body)
@@ -281,7 +337,7 @@ class Tracker:
             attempt += 1
             self.stats.retries += 1
             log.warning("tracker: %s; retry %d in %.1f s", reason, attempt, delay)
-            time.sleep(delay)
+            self._stop.wait(delay)  # close() cuts the wait short
 
     def _record(self, batch: list[dict[str, Any]], response: httpx.Response) -> None:
         status = response.status_code

@@ -14,6 +14,22 @@ While none answers, :meth:`KafkaSink.send` fails at once with :class:`KafkaUnava
 app answers 503 + Retry-After) instead of queueing records that cannot be delivered. The
 producer itself is created in the background and re-created until the broker answers, so the
 collector starts (and reports not-ready) while Kafka is still down.
+
+Recovery: when the broker comes back after an outage, the producer is rebuilt (a new idempotent
+producer id, fresh connections and metadata) instead of reused. kafka-python (3.0.12) cannot
+recover by itself once a batch it had already sent expires during the outage
+(``delivery_timeout_ms``): ``TransactionManager.reset_producer_id()`` drops the producer id but
+leaves the state READY, the sender only asks for a new id from state UNINITIALIZED, and it sends
+nothing (and expires nothing) without an id, so every later record waits forever and
+``flush()`` never returns. The same rebuild happens when the broker answers but the producer
+has acknowledged nothing for ``collector.ack_timeout_s`` while a request waited (a stalled
+producer). While a producer is being rebuilt the sink is not ready and ``send`` fails fast.
+Records the old producer still held were never acknowledged to anyone (their requests were
+answered 503 or are answered 503 when the old producer is closed), so dropping them loses no
+acknowledged event; a client's retry may store some of them twice, which ``event_id`` dedups.
+
+Shutdown is bounded: :meth:`KafkaSink.stop` waits up to ``collector.ack_timeout_s`` for the
+records awaiting acknowledgement, logs how many it gives up on, and force-closes the producer.
 """
 
 from __future__ import annotations
@@ -98,6 +114,12 @@ class KeyPartitioner:
         return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
 
+def _kafka_producer(settings: dict[str, Any]) -> Any:
+    from kafka import KafkaProducer
+
+    return KafkaProducer(**settings)
+
+
 class _BatchAck:
     """Counts one request's record acknowledgements down, from any thread."""
 
@@ -135,16 +157,41 @@ class _BatchAck:
             self.future.set_result(None)
 
 
+def close_producer(producer: Any, timeout_s: float) -> bool:
+    """Close a kafka-python producer within about ``timeout_s`` (+1 s); True if it flushed.
+
+    ``KafkaProducer.close(timeout)`` first flushes, and raises when the flush times out
+    without ever stopping its sender thread, so a producer whose records cannot be delivered
+    could not be closed at all. When the flush times out, the sender is force-closed (the
+    library's own path for an expired close timeout): it fails every record it still holds.
+    """
+    from kafka.errors import KafkaTimeoutError
+
+    try:
+        producer.close(timeout=timeout_s)
+        return True
+    except KafkaTimeoutError:
+        pass
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+    with contextlib.suppress(KafkaTimeoutError):
+        producer.close(timeout=1.0)
+    return False
+
+
 class KafkaSink:
-    """One idempotent kafka-python producer per collector process."""
+    """One idempotent kafka-python producer per collector process (rebuilt after outages)."""
 
     def __init__(
         self,
         cfg: AttuneConfig,
         on_error: Callable[[str], None] | None = None,
         on_probe: Callable[[bool], None] | None = None,
+        producer_factory: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         self.cfg = cfg
+        self._producer_factory = producer_factory or _kafka_producer
         self.ack_timeout_s = cfg.collector.ack_timeout_s
         self.max_pending_bytes = cfg.kafka.producer.buffer_memory
         self._on_error = on_error or (lambda kind: None)
@@ -153,39 +200,121 @@ class KafkaSink:
         self._known_topics: set[str] = set()
         self._partitioner = KeyPartitioner()
         self._pending_bytes = 0
+        self._pending_records = 0
+        self._pending_requests = 0
+        self._last_ack = time.monotonic()  # when a request was last fully acknowledged
         self.reachable = False
         self.last_error: str | None = None
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kafka-sink")
+        self.rebuilds = 0
+        # 3 workers: closing an old producer, building a new one, first sends to a topic
+        self._executor = ThreadPoolExecutor(max_workers=3, thread_name_prefix="kafka-sink")
         self._tasks: list[asyncio.Task[None]] = []
+        self._connect: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Future[bool]] = set()
         self._stopping = False
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self.reachable = await self._probe()
         self._on_probe(self.reachable)
-        self._tasks = [
-            asyncio.create_task(self._watchdog(), name="kafka-watchdog"),
-            asyncio.create_task(self._connect_loop(), name="kafka-connect"),
-        ]
+        self._tasks = [asyncio.create_task(self._watchdog(), name="kafka-watchdog")]
+        self._start_connecting()
 
     async def stop(self) -> None:
+        """Stop, whatever state Kafka is in, within ``collector.ack_timeout_s`` + 8 s at most.
+
+        Waits up to ``ack_timeout_s`` for requests still waiting for acks, then closes the
+        producer with a 1 s flush (force-closed if that times out: :func:`close_producer`),
+        and logs an error naming what was not flushed.
+        """
         self._stopping = True
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._connect] if self._connect is not None else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._producer is not None:
-            producer, self._producer = self._producer, None
-            # Flush what is buffered (requests still waiting get their answer) and close.
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, lambda: producer.close(timeout=self.ack_timeout_s)
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            # Requests still waiting get their answer: wait (bounded) for their acks.
+            deadline = time.monotonic() + self.ack_timeout_s
+            while self._pending_requests and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            requests, records, size = (
+                self._pending_requests,
+                self._pending_records,
+                self._pending_bytes,
             )
+            flushed = False
+            with contextlib.suppress(TimeoutError):
+                flushed = await asyncio.wait_for(
+                    asyncio.get_running_loop().run_in_executor(
+                        self._executor, close_producer, producer, 1.0
+                    ),
+                    timeout=5.0,
+                )
+            if requests or not flushed:
+                what = (
+                    f"{records} record(s) ({size} bytes) of {requests} waiting request(s)"
+                    if requests
+                    else "the records it still held (their requests had already timed out)"
+                )
+                log.error(
+                    "shutdown: Kafka did not acknowledge everything within %g s "
+                    "(collector.ack_timeout_s); the producer was closed without flushing %s. "
+                    "No acknowledged event is lost: those requests were answered 503 and "
+                    "clients retry them",
+                    self.ack_timeout_s,
+                    what,
+                )
+        if self._closing:
+            await asyncio.wait(self._closing, timeout=3.0)
         self._executor.shutdown(wait=False)
 
     @property
     def ready(self) -> bool:
+        """The broker answers and a producer that is not stalled is connected to it."""
         return self.reachable and self._producer is not None
+
+    def _start_connecting(self) -> None:
+        if self._stopping or (self._connect is not None and not self._connect.done()):
+            return
+        self._connect = asyncio.create_task(self._connect_loop(), name="kafka-connect")
+
+    def _close_in_background(self, producer: Any, timeout_s: float, which: str) -> None:
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._executor, close_producer, producer, timeout_s)
+        self._closing.add(fut)
+
+        def closed(fut: asyncio.Future[bool]) -> None:
+            self._closing.discard(fut)
+            if fut.cancelled():
+                return
+            if fut.exception() is not None:
+                log.warning("closing the %s Kafka producer failed: %s", which, fut.exception())
+            elif not fut.result():
+                log.warning(
+                    "closed the %s Kafka producer without flushing it: the records it still "
+                    "held were not acknowledged by Kafka, so their requests were answered 503 "
+                    "and clients retry them",
+                    which,
+                )
+
+        fut.add_done_callback(closed)
+
+    def rebuild(self, reason: str) -> None:
+        """Drop the current producer (closed in the background) and connect a new one."""
+        old, self._producer = self._producer, None
+        if old is None or self._stopping:
+            return
+        self.rebuilds += 1
+        self.last_error = reason
+        self._on_error("producer_rebuilt")
+        log.warning("rebuilding the Kafka producer: %s", reason)
+        self._known_topics.clear()
+        # The old producer's records were never acknowledged to anyone: fail them at once.
+        self._close_in_background(old, timeout_s=0.0, which="old")
+        self._start_connecting()
 
     async def _probe(self) -> bool:
         for host, port in bootstrap_addresses(self.cfg):
@@ -208,18 +337,23 @@ class KafkaSink:
                 log.warning("Kafka is %s", "reachable again" if reachable else "unreachable")
                 if not reachable:
                     self._on_error("unreachable")
+                else:  # see the module docstring: an old producer may never send again
+                    self.rebuild("Kafka is reachable again after an outage")
             self.reachable = reachable
 
     async def _connect_loop(self) -> None:
-        from kafka import KafkaProducer
-
         loop = asyncio.get_running_loop()
         settings = {**producer_settings(self.cfg), "bootstrap_timeout_ms": 3000}
         while self._producer is None and not self._stopping:
             try:
-                self._producer = await loop.run_in_executor(
-                    self._executor, lambda: KafkaProducer(**settings)
+                producer = await loop.run_in_executor(
+                    self._executor, self._producer_factory, settings
                 )
+                if self._stopping:
+                    self._close_in_background(producer, timeout_s=0.0, which="new")
+                    return
+                self._producer = producer
+                self._last_ack = time.monotonic()
                 log.info("Kafka producer connected to %s", self.cfg.kafka.bootstrap_servers)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -237,10 +371,12 @@ class KafkaSink:
         if not records:
             return
         producer = self._producer
-        if producer is None or not self.reachable:
+        if not self.reachable:
+            raise KafkaUnavailable(f"Kafka at {self.cfg.kafka.bootstrap_servers} is not reachable")
+        if producer is None:
             raise KafkaUnavailable(
-                f"Kafka at {self.cfg.kafka.bootstrap_servers} is not reachable"
-                + (f" ({self.last_error})" if self.last_error and producer is None else "")
+                f"the Kafka producer is (re)connecting to {self.cfg.kafka.bootstrap_servers}"
+                + (f" ({self.last_error})" if self.last_error else "")
             )
         size = sum(len(v) for _, _, v in records)
         if self._pending_bytes + size > self.max_pending_bytes:
@@ -251,7 +387,10 @@ class KafkaSink:
             )
         loop = asyncio.get_running_loop()
         ack = _BatchAck(loop, len(records))
+        started = time.monotonic()
         self._pending_bytes += size
+        self._pending_records += len(records)
+        self._pending_requests += 1
         try:
             unknown = {t for t, _, _ in records} - self._known_topics
             if unknown:  # first send to a topic may block on metadata: not on the loop
@@ -263,6 +402,12 @@ class KafkaSink:
                 await asyncio.wait_for(ack.future, self.ack_timeout_s)
             except TimeoutError:
                 self._on_error("ack_timeout")
+                if self._last_ack < started and producer is self._producer and self.reachable:
+                    # Nothing at all was acknowledged while this request waited: stalled.
+                    self.rebuild(
+                        f"the producer acknowledged nothing for {self.ack_timeout_s:g} s "
+                        "while Kafka was reachable"
+                    )
                 raise KafkaUnavailable(
                     f"Kafka did not acknowledge within {self.ack_timeout_s:g} s"
                 ) from None
@@ -270,8 +415,11 @@ class KafkaSink:
                 self._on_error(type(exc).__name__)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 raise KafkaUnavailable(f"Kafka refused the events ({self.last_error})") from None
+            self._last_ack = time.monotonic()
         finally:
             self._pending_bytes -= size
+            self._pending_records -= len(records)
+            self._pending_requests -= 1
 
     def _send_all(
         self, producer: Any, records: Sequence[tuple[str, bytes, bytes]], ack: _BatchAck
@@ -300,6 +448,7 @@ class KafkaSink:
         return {
             "reachable": self.reachable,
             "producer": self._producer is not None,
+            "producer_rebuilds": self.rebuilds,
             "pending_bytes": self._pending_bytes,
             "last_error": self.last_error,
             "checked_at": time.time(),

@@ -152,3 +152,59 @@ def test_generated_fields_and_bad_use() -> None:
         t.track("item_view", user_id="u")
     with pytest.raises(TrackerError, match="batch_size"):
         Tracker("http://x", "k", batch_size=0)
+
+
+def test_close_during_a_retry_stops_the_sender_and_reports_the_batch_undelivered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The collector answers 503 and asks for a 10 s pause: close(timeout=0.3) comes while the
+    # sender waits to retry. Before the fix close() closed the client under the sender, whose
+    # retry then failed with "Cannot send a request, as the client has been closed".
+    script = Script([unavailable("10")] * 5)
+    t = tracker(script, batch_size=3, max_retries=None)
+    for i in range(5):  # 3 go out as one batch (batch_size 3), 2 stay queued
+        t.track("item_view", user_id="u", items=[{"item_id": str(i)}])
+    deadline = time.monotonic() + 3
+    while t.stats.retries == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert t.stats.retries == 1  # the sender is in its 10 s backoff
+    start = time.monotonic()
+    stats = t.close(timeout=0.3)
+    took = time.monotonic() - start
+    assert took < 2.0  # 0.3 s flush + the sender waking at once, not the 10 s backoff
+    assert not t._thread.is_alive()
+    assert len(script.bodies) == 1  # no request after close
+    # By hand: 3 in the batch being retried + 2 queued = 5 events not delivered.
+    assert (stats.accepted, stats.failed, stats.unsent) == (0, 5, 5)
+    assert stats.last_error is not None
+    assert stats.last_error.startswith("tracker closed before 2 events were delivered")
+    assert "closed" not in "".join(r.getMessage() for r in caplog.records if r.exc_info)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(
+        "tracker closed before 3 events were delivered: close() stopped retrying the batch "
+        "after 1 tries (last error: HTTP 503" in m
+        for m in messages
+    ), messages
+    assert not any("Cannot send a request" in m for m in messages)
+
+
+def test_close_waits_for_a_request_on_the_wire_and_counts_it_delivered() -> None:
+    # First try 503 (retry at once), the retry is answered 200 only 0.6 s later: close(0.2)
+    # comes while that request is on the wire, which is waited for (close_grace 5 s).
+    release = threading.Event()
+
+    def slow_ok(events: list[dict[str, Any]]) -> httpx.Response:
+        release.wait(5)
+        return ok(events)
+
+    script = Script([unavailable("0"), slow_ok])
+    t = tracker(script, batch_size=2)
+    t.track("item_view", user_id="u", items=[{"item_id": "1"}])
+    t.track("item_view", user_id="u", items=[{"item_id": "2"}])
+    deadline = time.monotonic() + 3
+    while len(script.bodies) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    threading.Timer(0.6, release.set).start()
+    stats = t.close(timeout=0.2)
+    assert not t._thread.is_alive()
+    assert (stats.accepted, stats.failed, stats.unsent, stats.retries) == (2, 0, 0, 1)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from typing import Any
 
 import pytest
 
-from attune.config import AttuneConfig, KafkaConfig
+from attune.config import AttuneConfig, CollectorConfig, KafkaConfig
 from attune.ingest.producer import (
     KafkaSink,
     KafkaUnavailable,
@@ -128,3 +130,152 @@ def test_key_partitioner_new_table_when_partitions_change() -> None:
     first[b"k"] = 1
     assert kp.table("t", (2, 1, 0)) is first  # same set of partitions
     assert kp.table("t", (0, 1, 2, 3)) is not first
+
+
+class _FakeFuture:
+    """A kafka-python record future: completed by the fake producer, or never (wedged)."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Any] = []
+        self.errbacks: list[Any] = []
+
+    def add_callback(self, fn: Any) -> None:
+        self.callbacks.append(fn)
+
+    def add_errback(self, fn: Any) -> None:
+        self.errbacks.append(fn)
+
+
+class _FakeSender:
+    def __init__(self, producer: _FakeProducer) -> None:
+        self.producer = producer
+        self.force_closed = False
+
+    def force_close(self) -> None:  # kafka-python fails every record it still holds
+        self.force_closed = True
+        for fut in self.producer.held:
+            for fn in fut.errbacks:
+                fn(RuntimeError("Producer is closed forcefully."))
+        self.producer.held.clear()
+
+
+class _FakeProducer:
+    """The parts of KafkaProducer the sink uses. ``wedged``: acknowledges nothing, and its
+    close(timeout) times out in flush, as kafka-python 3.0.12's does after an expired batch."""
+
+    def __init__(self, wedged: bool) -> None:
+        self.wedged = wedged
+        self.held: list[_FakeFuture] = []
+        self.sent: list[bytes] = []
+        self.closed = False
+        self._sender = _FakeSender(self)
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def send(self, topic: str, key: bytes, value: bytes, partition: int) -> _FakeFuture:
+        fut = _FakeFuture()
+        if self.wedged:
+            self.held.append(fut)
+        else:
+            self.sent.append(value)
+            threading.Timer(0.01, lambda: [fn(None) for fn in fut.callbacks]).start()
+        return fut
+
+    def close(self, timeout: float | None = None) -> None:
+        from kafka.errors import KafkaTimeoutError
+
+        if self.held:
+            raise KafkaTimeoutError("Timeout waiting for future")
+        self.closed = True
+
+
+def _sink(ack_timeout_s: float, producers: list[_FakeProducer]) -> KafkaSink:
+    cfg = AttuneConfig(
+        kafka=KafkaConfig(bootstrap_servers="127.0.0.1:1"),
+        collector=CollectorConfig(ack_timeout_s=ack_timeout_s),
+    )
+    made = iter(producers)
+    return KafkaSink(cfg, producer_factory=lambda settings: next(made))
+
+
+async def _until(condition: Any, timeout_s: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_a_stalled_producer_is_rebuilt_and_readiness_follows() -> None:
+    wedged, healthy = _FakeProducer(wedged=True), _FakeProducer(wedged=False)
+    sink = _sink(0.3, [wedged, healthy])
+
+    async def run() -> list[bool]:
+        sink.reachable = True  # the broker answers (no watchdog in this test)
+        sink._start_connecting()
+        await _until(lambda: sink.ready)
+        with pytest.raises(KafkaUnavailable, match=r"did not acknowledge within 0\.3 s"):
+            await sink.send([("t", b"k", b"lost")])
+        ready_after_stall = sink.ready  # the stalled producer is gone at once
+        await _until(lambda: sink.ready)
+        await sink.send([("t", b"k", b"after")])  # acknowledged by the new producer
+        await sink.stop()
+        return [ready_after_stall, wedged._sender.force_closed, healthy.closed]
+
+    assert asyncio.run(run()) == [False, True, True]
+    assert sink.rebuilds == 1
+    assert healthy.sent == [b"after"]
+
+
+def test_broker_back_after_an_outage_gets_a_new_producer() -> None:
+    first, second = _FakeProducer(wedged=False), _FakeProducer(wedged=False)
+    sink = _sink(1.0, [first, second])
+    probes = iter([True, False, False, True])  # start, then down twice, then back
+
+    async def probe() -> bool:
+        return next(probes, True)
+
+    sink._probe = probe  # type: ignore[method-assign]
+
+    async def run() -> tuple[bool, bool]:
+        await sink.start()
+        await _until(lambda: sink.ready)
+        await _until(lambda: not sink.reachable)  # the watchdog probes once a second
+        down_ready = sink.ready
+        await _until(lambda: sink.ready and sink.rebuilds == 1, timeout_s=5.0)
+        await sink.send([("t", b"k", b"v")])
+        await sink.stop()
+        return down_ready, first.closed
+
+    assert asyncio.run(run()) == (False, True)
+    assert second.sent == [b"v"] and first.sent == []
+
+
+def test_stop_never_hangs_on_a_wedged_producer_and_says_what_was_not_flushed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    wedged = _FakeProducer(wedged=True)
+    sink = _sink(0.5, [wedged])
+
+    async def run() -> float:
+        sink.reachable = True
+        sink._start_connecting()
+        await _until(lambda: sink.ready)
+        request = asyncio.create_task(sink.send([("t", b"k", b"v1"), ("t", b"k", b"v2")]))
+        await asyncio.sleep(0.1)  # the request waits for acks that never come
+        start = time.monotonic()
+        await sink.stop()
+        took = time.monotonic() - start
+        with pytest.raises(KafkaUnavailable):  # answered (503), not left hanging
+            await request
+        return took
+
+    # By hand: stop() waits for the request until its 0.5 s ack timeout (0.4 s left), then
+    # spends the 1 s flush of close_producer before force-closing: about 1.4 s, under 3 s.
+    assert asyncio.run(run()) < 3.0
+    assert sink.rebuilds == 0
+    assert wedged._sender.force_closed
+    assert any(
+        "closed without flushing" in r.getMessage() and r.levelname in ("ERROR", "WARNING")
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
