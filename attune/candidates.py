@@ -6,8 +6,9 @@ The pool is built from the candidate sources in a fixed order, each item kept on
 source), until ``max_ranked`` items are in:
 
 1. **retrieval** – the retrieval model's results, best first (with its score);
-2. **neighbours** – the co-occurrence neighbours of each seed item (the request's seed item,
-   then the user's latest items), seed by seed, best first, ``origin = "similar"``;
+2. **neighbours** – the co-occurrence neighbours of the seed items (the request's seed item,
+   then the user's latest items), best :func:`neighbour_scores` first, ``origin = "similar"``
+   (the seed is the first one that proposed the item);
 3. **trending** – the trending items, best first.
 
 Items a hard filter removes (:func:`attune.rules.blocked_by`: seen, dismissed, suppressed
@@ -33,6 +34,36 @@ Neighbours = Mapping[str, Sequence[tuple[str, float]]]
 """Seed item -> its co-occurrence neighbours ``(item, score)``, best first; seeds in order."""
 
 
+def neighbour_scores(neighbours: Neighbours) -> dict[str, tuple[float, str]]:
+    """Item -> (its neighbour score, the first seed that proposed it): the sum of its
+    similarities to the seeds, item-kNN's score of a user whose history is the seeds. In the
+    order items were first proposed (seed by seed, best first)."""
+    out: dict[str, tuple[float, str]] = {}
+    for seed, rows in neighbours.items():
+        for item, score in rows:
+            total, first = out.get(item, (0.0, seed))
+            out[item] = (total + score, first)
+    return out
+
+
+def add_neighbour_score(
+    ranked: Iterable[Candidate], scores: Mapping[str, tuple[float, str]], weight: float
+) -> list[Candidate]:
+    """``ranked`` with ``weight`` times each candidate's neighbour score (0 when no seed
+    proposed it) added to its score: the ranking model's view of the user blended with
+    item-kNN's (``api.candidates.neighbour_weight``). Unscored candidates stay unscored."""
+    if weight == 0:
+        return list(ranked)
+    return [
+        c
+        if c.score is None
+        else Candidate(
+            c.item_id, c.score + weight * scores.get(c.item_id, (0.0, ""))[0], c.origin, c.seed
+        )
+        for c in ranked
+    ]
+
+
 def candidate_pool(
     retrieved: Iterable[Candidate],
     neighbours: Neighbours,
@@ -54,9 +85,9 @@ def candidate_pool(
 
     for c in retrieved:
         add(c)
-    for seed, rows in neighbours.items():
-        for item, _score in rows:
-            add(Candidate(item, None, "similar", seed))
+    proposed = neighbour_scores(neighbours)
+    for item in sorted(proposed, key=lambda i: -proposed[i][0]):  # stable: ties keep order
+        add(Candidate(item, None, "similar", proposed[item][1]))
     for item in trending:
         add(Candidate(item, None, "trending"))
     return pool

@@ -44,6 +44,7 @@ key                          type  written by         read by                 ex
 ``P:i:{item}:meta``          hash  catalog mirror     write script, API       never
 ``P:i:{item}:similar``       zset  batch views stage  API (neighbours)        views TTL
 ``P:i:{item}:bought_with``   zset  batch views stage  API (similar items)     views TTL
+``P:i:{item}:knn``           zset  batch views stage  API (neighbours)        views TTL
 ``P:i:{item}:vec``           str   new-item vectors   API (new items)         never
 ``P:new_items``              zset  new-item vectors   API (new items)         never
 ``P:new_items:meta``         hash  new-item vectors   API, speed status       never
@@ -189,6 +190,10 @@ class Keys:
 
     def item_bought_with(self, item_id: str) -> str:
         return f"{self.prefix}:i:{{{item_id}}}:bought_with"
+
+    def item_knn(self, item_id: str) -> str:
+        """Items engaged with by the same users (item-kNN, shrunk cosine)."""
+        return f"{self.prefix}:i:{{{item_id}}}:knn"
 
     def item_vector(self, item_id: str) -> str:
         """The retrieval vector of an item the served model does not know (float32,

@@ -366,11 +366,15 @@ def write_redis(cfg: Any, syn: Synthetic, version: str, pseudonymize: Any) -> No
     by_genre: dict[str, list[int]] = {}
     for i, g in enumerate(genre_of):
         by_genre.setdefault(g, []).append(i)
+    # the neighbour lists the API reads (api.candidates.neighbours)
+    neighbours_key = (
+        store.keys.item_knn if cfg.api.candidates.neighbours == "user" else store.keys.item_similar
+    )
     for i, name in enumerate(syn.items):
         mates = by_genre[genre_of[i]]
         picks = rng.choice(mates, size=min(10, len(mates)), replace=False)
         pipe.zadd(
-            store.keys.item_similar(name),
+            neighbours_key(name),
             {
                 syn.items[j]: float(s)
                 for j, s in zip(picks, rng.random(len(picks)), strict=True)

@@ -9,15 +9,16 @@ training data only (nothing after the split's cutoff):
    store's recent list, most recent first);
 2. **retrieval** – the retrieval model's best ``api.candidates.retrieval`` items over the whole
    catalog (what the exported ``serving_default`` signature returns);
-3. **neighbours** – each seed's best ``api.candidates.per_seed`` session co-occurrence
-   neighbours: :func:`session_cooccurrence`, the NumPy twin of the batch layer's
-   ``spark/gold.py`` ``item_cooccurrence`` (``kind = session``; same session rule, same score
-   ``n_ab / sqrt(n_a n_b)``, same ``batch.cooccurrence`` limits);
+3. **neighbours** – each seed's best ``api.candidates.per_seed`` co-occurrence neighbours of
+   the kind ``api.candidates.neighbours`` (``user``: item-kNN, ``session``):
+   :func:`training_cooccurrence`, the NumPy twin of the batch layer's ``spark/gold.py``
+   ``item_cooccurrence`` (same baskets, same score, same ``batch.cooccurrence`` limits);
 4. **trending** – the best ``api.candidates.trending`` items of the ``api.candidates.
    trending_window_s`` window ending at the cutoff (whole slices, like the speed layer's
    counts: :func:`trending_items`);
 5. **pool** – :func:`attune.candidates.candidate_pool`, the API's function;
-6. **ranking** – the ranking model scores the pool;
+6. **ranking** – the ranking model scores the pool, plus ``api.candidates.neighbour_weight``
+   times each candidate's neighbour score (:func:`attune.candidates.add_neighbour_score`);
 7. **rules** – :func:`attune.rules.apply_rules`, the API's function, with ``api.rules``: the
    hard filters, boosts, the diversity cap per primary genre, and the fill with trending then
    popular items (engagement counts, the speed layer's all-time popularity).
@@ -37,7 +38,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attune.candidates import best_admissible, candidate_pool, fits_cap, keep_new_slots
+from attune.candidates import (
+    add_neighbour_score,
+    best_admissible,
+    candidate_pool,
+    fits_cap,
+    keep_new_slots,
+    neighbour_scores,
+)
 from attune.config import AttuneConfig, CooccurrenceConfig
 from attune.rules import Candidate, Exclusions, apply_rules, blocked_by
 from models.data import interaction_mask
@@ -86,6 +94,9 @@ def session_cooccurrence(
     items: np.ndarray,
     n_items: int,
     params: CooccurrenceConfig,
+    *,
+    max_items: int | None = None,
+    shrinkage: float = 0.0,
 ) -> CooccurrenceTable:
     """Co-occurrence neighbours of every item, from engagement events in time order.
 
@@ -96,11 +107,15 @@ def session_cooccurrence(
     is the number of such baskets holding ``a``, ``n_ab`` those holding both; pairs seen in
     fewer than ``min_count`` baskets are dropped; ``score = n_ab / sqrt(n_a n_b)``; each item
     keeps its ``top_k`` best by score, then count, then catalog index (ids are sorted).
+
+    The kind ``user`` (:func:`training_cooccurrence`) is the same with one basket per user,
+    ``max_items = max_user_items`` and ``score = n_ab / (sqrt(n_a n_b) + shrinkage)``.
     """
+    max_items = params.max_session_items if max_items is None else max_items
     frame = pd.DataFrame({"basket": baskets, "item": np.asarray(items, dtype=np.int64)})
     frame["order"] = np.arange(len(frame))
     latest = frame.drop_duplicates(["basket", "item"], keep="last").sort_values("order")
-    kept = latest.groupby("basket", sort=False).tail(params.max_session_items)
+    kept = latest.groupby("basket", sort=False).tail(max_items)
     sizes = kept.groupby("basket", sort=False)["item"].transform("size")
     kept = kept[sizes.to_numpy() >= 2]
     groups = kept.groupby("basket", sort=False)["item"].apply(np.asarray)
@@ -111,7 +126,7 @@ def session_cooccurrence(
     a, b = np.divmod(uniq, n_items)
     keep = (a != b) & (count >= params.min_count)
     a, b, count = a[keep], b[keep], count[keep]
-    score = count / np.sqrt(support[a] * support[b])
+    score = count / (np.sqrt(support[a] * support[b]) + shrinkage)
     order = np.lexsort((b, -count, -score, a))
     a, b, score, count = a[order], b[order], score[order], count[order]
     per_item = np.bincount(a, minlength=n_items)
@@ -123,13 +138,29 @@ def session_cooccurrence(
     return CooccurrenceTable(indptr, b.astype(np.int64), score.astype(np.float64), count)
 
 
-def training_cooccurrence(data: TrainingData, cfg: AttuneConfig) -> CooccurrenceTable:
-    """:func:`session_cooccurrence` of the training data's interaction events, with the
-    configured session gap (``speed.features.session_gap``) and limits (``batch.cooccurrence``):
-    what the batch layer would have written to Redis at the end of the training data."""
+def training_cooccurrence(
+    data: TrainingData, cfg: AttuneConfig, kind: str | None = None
+) -> CooccurrenceTable:
+    """:func:`session_cooccurrence` of the training data's interaction events, of ``kind``
+    (``session`` or ``user``; default ``api.candidates.neighbours``, what the API's neighbour
+    source reads), with the configured session gap (``speed.features.session_gap``) and limits
+    (``batch.cooccurrence``): what the batch layer would have written to Redis at the end of the
+    training data."""
+    kind = cfg.api.candidates.neighbours if kind is None else kind
     inter = data.interactions[interaction_mask(data.interactions)]
     items = data.item_indices(inter["item_id"].to_numpy(dtype=object))
     ts_ms = unix_seconds(inter["timestamp"]) * 1000
+    params = cfg.batch.cooccurrence
+    if kind == "user":
+        users = inter["user_id"].to_numpy(dtype=object).astype(str)
+        return session_cooccurrence(
+            users,
+            items,
+            data.n_items,
+            params,
+            max_items=params.max_user_items,
+            shrinkage=params.user_shrinkage,
+        )
     sessions = inter["session_id"].to_numpy(dtype=object) if "session_id" in inter else None
     baskets = session_keys(
         inter["user_id"].to_numpy(dtype=object),
@@ -144,7 +175,9 @@ def ranking_source(data: TrainingData, cfg: AttuneConfig) -> Any:
     """What ``train_ranking`` needs to train on the candidate sources
     (``models.ranking.source_negatives`` / ``source_features``): the neighbour source as the API
     would read it, or None when neither is on. One definition for ``attune models evaluate``
-    and ``attune models train``."""
+    and ``attune models train``. Both options read the session co-occurrence (the kind their
+    point-in-time training features, :mod:`models.ranking_features`, are computed from),
+    whatever ``api.candidates.neighbours`` says; both are off by default (measured worse)."""
     rc = cfg.models.ranking
     if rc.source_negatives <= 0 and not rc.source_features:
         return None
@@ -153,7 +186,10 @@ def ranking_source(data: TrainingData, cfg: AttuneConfig) -> Any:
 
     cands = cfg.api.candidates
     return SourceNeighbours(
-        training_cooccurrence(data, cfg), cands.seeds, cands.per_seed, SourceSettings(cfg)
+        training_cooccurrence(data, cfg, "session"),
+        cands.seeds,
+        cands.per_seed,
+        SourceSettings(cfg),
     )
 
 
@@ -277,6 +313,7 @@ class ServedPipeline:
             for row, user in enumerate(users)
         ]
         pools: list[dict[str, Candidate]] = []
+        proposed: list[dict[str, tuple[float, str]]] = []
         for row, ex in enumerate(exclusions):
             retrieved = [
                 Candidate(str(data.catalog[i]), float(s), "retrieval")
@@ -285,10 +322,12 @@ class ServedPipeline:
             ]
             retrieved += self.new_candidates(retrieval_scores[row], ex)
             seeds = [s for s in seeds_of[row] if s]
+            neighbours = self.neighbours_of(seeds)
+            proposed.append(neighbour_scores(neighbours))
             pools.append(
                 candidate_pool(
                     retrieved,
-                    self.neighbours_of(seeds),
+                    neighbours,
                     self.trending[: cand.trending],
                     max_ranked=cand.max_ranked,
                     ex=ex,
@@ -296,7 +335,10 @@ class ServedPipeline:
                     rules=rules,
                 )
             )
-        ranked = self._rank(users, pools)
+        ranked = [
+            add_neighbour_score(r, proposed[row], cand.neighbour_weight)
+            for row, r in enumerate(self._rank(users, pools))
+        ]
         fill = [Candidate(i, None, "trending") for i in self.trending] + [
             Candidate(i, None, "popular") for i in self.popular
         ]

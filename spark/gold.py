@@ -28,8 +28,10 @@ Tables (see :mod:`spark.tables`):
     (Its user and item counts are HyperLogLog++ estimates: exact for small counts.)
 ``gold/item_cooccurrence``
     ``kind = session``: items engaged with in the same session; ``kind = bought``: items bought
-    by the same user ("users who bought X also bought Y"). Score: cosine of the co-occurrence
-    count, ``n_ab / sqrt(n_a * n_b)``; ``top_k`` neighbours per item.
+    by the same user ("users who bought X also bought Y"); ``kind = user``: items engaged with
+    by the same user (item-kNN; the user's latest ``max_user_items``). Score: cosine of the
+    co-occurrence count, ``n_ab / sqrt(n_a * n_b)``, shrunk for ``user``:
+    ``n_ab / (sqrt(n_a * n_b) + user_shrinkage)``; ``top_k`` neighbours per item.
 ``gold/trending``, ``gold/user_segments``, ``gold/popular_by_segment``,
 ``gold/experiment_metrics``
     see their functions below; segments are RFM rules documented in :func:`user_segments`.
@@ -353,8 +355,11 @@ def training_examples(events: DataFrame, segments: DataFrame | None) -> DataFram
 # Co-occurrence
 
 
-def _pairs(baskets: DataFrame, min_count: int, top_k: int, kind: str) -> DataFrame:
-    """``baskets``: ``basket, items`` (distinct) -> top ``top_k`` neighbours per item."""
+def _pairs(
+    baskets: DataFrame, min_count: int, top_k: int, kind: str, shrinkage: float = 0.0
+) -> DataFrame:
+    """``baskets``: ``basket, items`` (distinct) -> top ``top_k`` neighbours per item, scored
+    ``n_ab / (sqrt(n_a n_b) + shrinkage)``."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -379,7 +384,9 @@ def _pairs(baskets: DataFrame, min_count: int, top_k: int, kind: str) -> DataFra
         counts.where(F.col("count") >= min_count)
         .join(sa, "item_id")
         .join(sb, "other_item_id")
-        .withColumn("score", F.col("count") / F.sqrt(F.col("_na") * F.col("_nb")))
+        .withColumn(
+            "score", F.col("count") / (F.sqrt(F.col("_na") * F.col("_nb")) + F.lit(shrinkage))
+        )
     )
     order = Window.partitionBy("item_id").orderBy(F.desc("score"), F.desc("count"), "other_item_id")
     return (
@@ -412,7 +419,7 @@ def _latest_distinct(df: DataFrame, basket: list[str], limit: int) -> DataFrame:
 def item_cooccurrence(
     rows: DataFrame, params: CooccurrenceConfig, session_gap_ms: int
 ) -> DataFrame:
-    """Both kinds of co-occurrence from feature rows (see the module docstring).
+    """The three kinds of co-occurrence from feature rows (see the module docstring).
 
     A session is the events' ``session_id``; events without one are grouped per user into
     blocks of ``session_gap_ms`` (an approximation of gap-based sessions that needs no sort).
@@ -432,8 +439,11 @@ def item_cooccurrence(
         ["user"],
         params.max_user_purchases,
     )
-    return _pairs(sessions, params.min_count, params.top_k, "session").unionByName(
-        _pairs(bought, params.min_count, params.top_k, "bought")
+    users = _latest_distinct(engaged, ["user"], params.max_user_items)
+    return (
+        _pairs(sessions, params.min_count, params.top_k, "session")
+        .unionByName(_pairs(bought, params.min_count, params.top_k, "bought"))
+        .unionByName(_pairs(users, params.min_count, params.top_k, "user", params.user_shrinkage))
     )
 
 

@@ -264,11 +264,12 @@ def run_views(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
     for kind, fmt in (
         ("session", _key_format(keys.item_similar)),
         ("bought", _key_format(keys.item_bought_with)),
+        ("user", _key_format(keys.item_knn)),
     ):
         rows = _zset_rows(cooc.where(F.col("kind") == kind), "item_id", "other_item_id", "score")
         rows.foreachPartition(ZsetWriter(r.host, r.port, r.db, fmt, ttl, counter=items_written))
     n_items = int(items_written.value)
-    ctx.progress(f"views: {n_items:,} neighbour lists (similar, bought with)")
+    ctx.progress(f"views: {n_items:,} neighbour lists (similar, bought with, kNN)")
 
     popular = read_table(spark, lake.gold_popular_by_segment)
     seg_rows = _zset_rows(popular, "segment", "item_id", "engagements").collect()

@@ -60,7 +60,13 @@ from attune.api.model_client import GuardedModels, ModelUnavailable
 from attune.api.new_items import ORIGIN as NEW
 from attune.api.new_items import best_new_items, candidate_content
 from attune.api.store import ApiStore, RequestData
-from attune.candidates import candidate_pool, fits_cap, keep_new_slots
+from attune.candidates import (
+    add_neighbour_score,
+    candidate_pool,
+    fits_cap,
+    keep_new_slots,
+    neighbour_scores,
+)
 from attune.config import AttuneConfig, ConfigError, RulesConfig
 from attune.experiments.assignment import (
     Assigner,
@@ -421,7 +427,9 @@ class Recommender:
         neighbours: dict[str, list[tuple[str, float]]] = {}
         if has_signal:
             nb_task = (
-                asyncio.create_task(self.store.neighbours(seeds, cand_cfg.per_seed))
+                asyncio.create_task(
+                    self.store.neighbours(seeds, cand_cfg.per_seed, cand_cfg.neighbours)
+                )
                 if "neighbours" in sources or "session" in sources
                 else None
             )
@@ -566,8 +574,11 @@ class Recommender:
             return [c for c in pool.values() if c.origin == "retrieval"], f"ranking {exc.reason}"
         timings["ranking"] = time.perf_counter() - started
         scores = out["scores"][0]
-        # keep the origin (for the reason); the score is the ranking model's
-        return [
+        # keep the origin (for the reason); the score is the ranking model's, blended with
+        # the neighbour source's view (item-kNN) when api.candidates.neighbour_weight says so
+        ranked = [
             Candidate(i, float(s), pool[i].origin, pool[i].seed)
             for i, s in zip(ids, scores, strict=True)
-        ], None
+        ]
+        weight = api.candidates.neighbour_weight
+        return add_neighbour_score(ranked, neighbour_scores(neighbours), weight), None

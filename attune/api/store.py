@@ -221,14 +221,16 @@ class ApiStore:
         )
 
     async def neighbours(
-        self, seeds: Sequence[str], per_seed: int
+        self, seeds: Sequence[str], per_seed: int, kind: str = "session"
     ) -> dict[str, list[tuple[str, float]]]:
-        """The batch layer's co-occurrence neighbours of each seed item, best first."""
+        """The batch layer's co-occurrence neighbours of each seed item, best first: of the
+        ``kind`` ``session`` (seen in the same sessions) or ``user`` (item-kNN)."""
         if not seeds:
             return {}
+        key = self.keys.item_knn if kind == "user" else self.keys.item_similar
         pipe = self.client.pipeline(transaction=False)
         for seed in seeds:
-            pipe.zrevrange(self.keys.item_similar(seed), 0, per_seed - 1, withscores=True)
+            pipe.zrevrange(key(seed), 0, per_seed - 1, withscores=True)
         replies = await pipe.execute()
         return {
             seed: [(_s(m), float(s)) for m, s in rows]

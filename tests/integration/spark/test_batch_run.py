@@ -227,12 +227,26 @@ def test_first_run_writes_every_stage(first_run: World) -> None:
         ],
     )
     # sessions with 2+ items: sb {i1, i2, i3}, sc {i1, i2}: only i1-i2 is seen twice;
-    # support i1 2, i2 2 -> cosine 2 / 2 = 1; no user bought two items
+    # support i1 2, i2 2 -> cosine 2 / 2 = 1; no user bought two items.
+    # kind user (engaged items per user, 2+): alice {i1, i2}, bob {i1, i2, i3, i4}, carol
+    # {i1, i2, i3}; support i1 3, i2 3, i3 2, i4 1; pairs seen by 2+ users: i1-i2 3, i1-i3 2,
+    # i2-i3 2; score n_ab / (sqrt(n_a n_b) + 200): 3 / (3 + 200), 2 / (sqrt(6) + 200);
+    # i3's tie between i1 and i2 goes to the smaller id
+    s12, s13 = 3 / 203, 2 / (6**0.5 + 200)
     assertDataFrameEqual(
         w.table("gold_item_cooccurrence").select(
             "kind", "item_id", "rank", "other_item_id", "count", "score"
         ),
-        [("session", "i1", 1, "i2", 2, 1.0), ("session", "i2", 1, "i1", 2, 1.0)],
+        [
+            ("session", "i1", 1, "i2", 2, 1.0),
+            ("session", "i2", 1, "i1", 2, 1.0),
+            ("user", "i1", 1, "i2", 3, s12),
+            ("user", "i1", 2, "i3", 2, s13),
+            ("user", "i2", 1, "i1", 3, s12),
+            ("user", "i2", 2, "i3", 2, s13),
+            ("user", "i3", 1, "i1", 2, s13),
+            ("user", "i3", 2, "i2", 2, s13),
+        ],
     )
     # every user was first seen within 7 days of 03-05 and nobody bought twice: all "new";
     # erin withdrew consent after her only interaction: no segment, no features
@@ -283,6 +297,11 @@ def test_first_run_writes_every_stage(first_run: World) -> None:
             b"segment": b"new",
         }
         assert client.zrange(keys.item_similar("i1"), 0, -1) == [b"i2"]
+        # a zset orders equal scores by member: read best first, i2 comes before i1
+        assert client.zrevrange(keys.item_knn("i3"), 0, -1, withscores=True) == [
+            (b"i2", pytest.approx(s13)),
+            (b"i1", pytest.approx(s13)),
+        ]
         # popular for "new" in the 30 days: engagements i1 (e01, e07, e10), i2 (e03, e05, e06,
         # e08, e11), i3 (e09, e17), i4 (e15); erin (e20) has no segment any more
         popular = client.zrevrange(keys.segment_popular("new"), 0, -1, withscores=True)

@@ -44,11 +44,15 @@ class FakeStore:
         self.nb = neighbours
         self.catalog = CATALOG
         self.new_items = NewItems()
+        self.kinds: list[str] = []
 
     async def read_request(self, subject: str, now_ms: int) -> RequestData:
         return self.data
 
-    async def neighbours(self, seeds: Any, per_seed: int) -> dict[str, list[tuple[str, float]]]:
+    async def neighbours(
+        self, seeds: Any, per_seed: int, kind: str = "session"
+    ) -> dict[str, list[tuple[str, float]]]:
+        self.kinds.append(kind)
         return {s: self.nb.get(s, [])[:per_seed] for s in seeds}
 
 
@@ -149,6 +153,23 @@ def test_model_path_retrieves_ranks_and_applies_rules() -> None:
     assert out.recommendation_id.startswith("none:default:")
     assert len(out.recommendation_id) == 13 + 20
     assert (out.experiment, out.variant) == ("none", "default")
+
+
+def test_neighbour_score_is_blended_into_the_ranking_score() -> None:
+    # seen1's item-kNN neighbours: n1 0.5, r3 0.4. Ranking scores (FakeClient): r1 10, r2 9,
+    # r3 8, n1 20, t1 6. With neighbour_weight 30: n1 20 + 30 * 0.5 = 35, r3 8 + 30 * 0.4 = 20;
+    # the others have no neighbour score -> n1, r3, r1, r2, t1 (without it r3 is fourth).
+    client = FakeClient()
+    cfg = AttuneConfig()
+    cands = cfg.api.candidates.model_copy(update={"neighbour_weight": 30.0, "neighbours": "user"})
+    cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update={"candidates": cands})})
+    store = FakeStore(data(), {"seen1": [("n1", 0.5), ("r3", 0.4)]})
+    models = GuardedModels(client, 0.05, CircuitBreaker("m", 2, 60.0))
+    rec = Recommender(cfg, store, models, clock=lambda: 1_700_000_000.0)  # type: ignore[arg-type]
+    out = run(rec)
+    assert [i.item_id for i in out.items] == ["n1", "r3", "r1", "r2", "t1"]
+    assert [i.score for i in out.items][:2] == [pytest.approx(35.0), pytest.approx(20.0)]
+    assert store.kinds == ["user"]  # the item-kNN lists were read
 
 
 def test_seed_item_goes_first_in_the_sequence() -> None:

@@ -201,3 +201,23 @@ def test_neighbour_negatives_by_hand() -> None:
     # row 0: seed 0 -> 1; row 1: 1 is the positive; row 2: seed 2 has no neighbour; row 3: no
     # history; row 4: seed 3 -> 0, a recent item (seen); row 5: seed 3 -> 0
     assert got.tolist() == [1, -1, -1, -1, -1, 0]
+
+
+def test_user_kind_shrinks_the_cosine() -> None:
+    # The same baskets as _table, read as users (kind user: one basket per user), with
+    # shrinkage 1: score = n_ab / (sqrt(n_a n_b) + 1).
+    #   AB = AC = 2 / (sqrt(6) + 1) = 2 / 3.44949 = 0.57980; AD = 1 / (sqrt(3) + 1) = 0.36603;
+    #   BC = 1 / (2 + 1) = 0.33333; CD = 1 / (sqrt(2) + 1) = 0.41421.
+    baskets = ["s1"] * 4 + ["s2"] * 2 + ["s3"] + ["s4"] * 4
+    items = [A, B, A, C, A, B, D, B, C, D, A]
+    params = CooccurrenceConfig(max_session_items=20, min_count=1, top_k=2)
+    table = session_cooccurrence(
+        np.array(baskets, dtype=object), np.array(items), 4, params, max_items=3, shrinkage=1.0
+    )
+    got = {i: table.neighbours(i, 10) for i in range(4)}
+    assert [i for i, _ in got[A]] == [B, C]
+    assert got[A][0][1] == pytest.approx(0.57980, abs=1e-5)
+    assert [i for i, _ in got[C]] == [A, D]
+    assert got[C][1][1] == pytest.approx(0.41421, abs=1e-5)
+    assert [i for i, _ in got[D]] == [C, A]
+    assert got[D][1][1] == pytest.approx(0.36603, abs=1e-5)

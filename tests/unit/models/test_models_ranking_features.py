@@ -165,7 +165,7 @@ def test_graph_twin_matches_the_end_of_training_tables() -> None:
     data = _data()
     settings = _settings()
     space = FeatureSpace.build(data, 1.0)
-    table = training_cooccurrence(data, settings.cfg)
+    table = training_cooccurrence(data, settings.cfg, "session")
     tables = build_tables(data, settings, space.event_items, space.event_times, table)
     params = settings.cfg.models.ranking.model_copy(
         update={"embedding_dim": 8, "source_features": True}
@@ -228,7 +228,7 @@ def test_export_round_trip_with_source_features(tmp_path: Path) -> None:
     params = settings.cfg.models.ranking.model_copy(
         update={"embedding_dim": 8, "epochs": 1, "batch_size": 8, "source_features": True}
     )
-    source = SourceNeighbours(training_cooccurrence(data, settings.cfg), 3, 5, settings)
+    source = SourceNeighbours(training_cooccurrence(data, settings.cfg, "session"), 3, 5, settings)
     trained = train_ranking(data, params, 1.0, seed=1, progress=False, source=source)
     save_ranking(trained, tmp_path / "rank")
     loaded = load_saved_model(tmp_path / "rank")

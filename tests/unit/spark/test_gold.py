@@ -138,7 +138,7 @@ def _views(user: str, session: str | None, items: list[str], hour: int, etype: s
     ]
 
 
-def test_item_cooccurrence_by_session_and_by_purchase(spark: SparkSession) -> None:
+def test_item_cooccurrence_by_session_by_purchase_and_by_user(spark: SparkSession) -> None:
     from pyspark.sql import Row
     from pyspark.testing import assertDataFrameEqual
 
@@ -158,6 +158,9 @@ def test_item_cooccurrence_by_session_and_by_purchase(spark: SparkSession) -> No
     # support: A 2, B 3, C 2 -> cosine AB = BC = 2 / sqrt(2 * 3)
     s = 2 / math.sqrt(6)
     # purchases per user: u1 {A,B}, u2 {A,B} -> AB 2, support A 2, B 2 -> cosine 2 / 2 = 1
+    # engaged per user (kind user): u1 {A,B,C,D,E}, u2 {A,B}, u3 {B,C}: AB 2, BC 2, the other
+    # pairs 1; support A 2, B 3, C 2 -> shrunk cosine 2 / (sqrt(6) + 200) (user_shrinkage 200)
+    u = 2 / (math.sqrt(6) + 200)
     assertDataFrameEqual(
         out,
         [
@@ -167,6 +170,10 @@ def test_item_cooccurrence_by_session_and_by_purchase(spark: SparkSession) -> No
             Row(kind="session", item_id="C", rank=1, other_item_id="B", count=2, score=s),
             Row(kind="bought", item_id="A", rank=1, other_item_id="B", count=2, score=1.0),
             Row(kind="bought", item_id="B", rank=1, other_item_id="A", count=2, score=1.0),
+            Row(kind="user", item_id="A", rank=1, other_item_id="B", count=2, score=u),
+            Row(kind="user", item_id="B", rank=1, other_item_id="A", count=2, score=u),
+            Row(kind="user", item_id="B", rank=2, other_item_id="C", count=2, score=u),
+            Row(kind="user", item_id="C", rank=1, other_item_id="B", count=2, score=u),
         ],
     )
 
