@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -167,11 +167,48 @@ class LakeConfig(_Section):
     root: str = Field("lake", description="Delta Lake root: a folder (under var_dir) or a URI.")
 
 
+class EventTimesConfig(_Section):
+    """The plausible window of event times (``timestamp``) the collector and the API accept.
+
+    An event is refused (400, naming the field and the window) when its time is before
+    ``earliest`` or more than ``max_ahead`` after the server received it (the server's clock,
+    never the client's): a time in year 1 or 9999 is a client bug that would poison readers.
+    """
+
+    earliest: datetime = Field(
+        datetime(2000, 1, 1, tzinfo=UTC),
+        description="The earliest event time accepted (ISO 8601 with a zone).",
+    )
+    max_ahead: timedelta = Field(
+        timedelta(days=1),
+        description="How far after the server's receive time an event time may be (clock skew).",
+    )
+
+    @field_validator("earliest")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.utcoffset() is None:
+            raise ValueError("needs a zone, e.g. 2000-01-01T00:00:00Z")
+        return v
+
+    @field_validator("max_ahead")
+    @classmethod
+    def _not_negative(cls, v: timedelta) -> timedelta:
+        if v < timedelta(0):
+            raise ValueError("must be a duration of zero or more, e.g. P1D or 86400")
+        return v
+
+
 class CollectorConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 8080
     max_batch_events: int = Field(1000, ge=1)
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Request body limit of every endpoint (413 over it).",
+    )
+    event_times: EventTimesConfig = EventTimesConfig()
     ack_timeout_s: float = Field(10.0, gt=0, description="How long to wait for Kafka's ack.")
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with a 503.")
     workers: int = Field(
@@ -1017,6 +1054,11 @@ class ApiConfig(_Section):
     port: int = Field(8000, ge=1, le=65535)
     read_keys_file: Path = Field(
         Path("secrets/read_keys.yaml"), description="Key name -> read key (mode 0600)."
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Request body limit of every endpoint (413 over it).",
     )
     rate_limit: RateLimitConfig = RateLimitConfig()
     key_rate_limits: dict[str, RateLimitConfig] = Field(

@@ -11,6 +11,19 @@ restated by hand:
   (and its DDL, for Delta tables);
 * :data:`EVENT_TYPES` -> which fields each type needs, used by validation and the docs.
 
+Times have one format end to end. Apps send :data:`EventTime`: an RFC 3339 time with a zone
+(``2024-05-01T12:00:00Z``, ``2024-05-01T14:00:00.250+02:00``, four-digit year, ``T``, seconds)
+or an integer of epoch milliseconds; attune writes every time as :func:`format_time` does
+(``2024-05-01T12:00:00.000Z``), which is an :data:`EventTime` too, so whatever was written
+parses back. Requests are strict: a boolean is ``true`` or ``false`` (not ``"yes"``), an integer
+is a JSON integer (not ``true``, not ``"10"``).
+
+A server also refuses event times outside a plausible :class:`TimeWindow` (by default from
+2000-01-01 to one day after the server received the event): a year-1 or year-9999 time is a
+client bug, and passing it on would poison every reader's time arithmetic. The window is given
+to validation in its context (:data:`TIME_WINDOW`); without it (reading stored events back) no
+window applies.
+
 Event types fall into four categories:
 
 behavioural
@@ -32,14 +45,24 @@ not an interaction, has no affinity weight and is not counted (see :mod:`attune.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import UnionType
-from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 if TYPE_CHECKING:  # pyspark is heavy; only the Spark jobs pay for importing it
@@ -144,8 +167,146 @@ EventTypeName = Literal[
 ]
 
 
+# ----------------------------------------------------------------------------------------
+# Times
+
+
+TIME_WINDOW = "event_time_window"
+"""Key of the :class:`TimeWindow` in a validation context (``model_validate(..., context=)``)."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+_RFC3339_NAIVE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?"
+)
+_KINDS = {bool: "a boolean", float: "a number with a fraction", list: "an array", dict: "an object"}
+_TIME_HELP = (
+    "send an ISO 8601 time with a zone, e.g. 2024-05-01T12:00:00Z or "
+    "2024-05-01T14:00:00.250+02:00, or epoch milliseconds as an integer"
+)
+
+
+def parse_time(value: Any) -> datetime:
+    """An :data:`EventTime` as an aware UTC ``datetime``, or a ``PydanticCustomError``.
+
+    Accepts an RFC 3339 string with a zone (four-digit year, ``T``, seconds, up to nine
+    fractional digits, ``Z`` or ``+HH:MM``), an integer of epoch milliseconds (not a boolean,
+    not a float, not a string of digits) or, from Python, an aware ``datetime``.
+    """
+    if isinstance(value, datetime):
+        if value.utcoffset() is None:
+            raise PydanticCustomError("timezone_aware", "the time needs a zone: " + _TIME_HELP)
+        ts = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        try:
+            ts = _EPOCH + timedelta(milliseconds=value)
+        except OverflowError:
+            raise PydanticCustomError(
+                "time_range",
+                "{value} epoch milliseconds is out of range: " + _TIME_HELP,
+                {"value": value},
+            ) from None
+    elif isinstance(value, str):
+        if _RFC3339.fullmatch(value) is None:
+            if _RFC3339_NAIVE.fullmatch(value):
+                raise PydanticCustomError("timezone_aware", "the time needs a zone: " + _TIME_HELP)
+            raise PydanticCustomError(
+                "time_format", "'{value}' is not a time: " + _TIME_HELP, {"value": value[:64]}
+            )
+        try:  # (Python 3.11's fromisoformat cuts fractions beyond microseconds)
+            ts = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise PydanticCustomError(
+                "time_format",
+                "'{value}' is not a valid time ({reason}): " + _TIME_HELP,
+                {"value": value, "reason": str(exc)},
+            ) from None
+    else:
+        raise PydanticCustomError(
+            "time_type",
+            "expected a time, got {kind}: " + _TIME_HELP,
+            {"kind": _KINDS.get(type(value), type(value).__name__)},
+        )
+    if ts.tzinfo is UTC:  # the usual case ("...Z", epoch milliseconds)
+        return ts
+    try:
+        return ts.astimezone(UTC)
+    except (OverflowError, ValueError):  # e.g. 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+        raise PydanticCustomError(
+            "time_range", "the time is out of range in UTC: " + _TIME_HELP
+        ) from None
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """The event times a server accepts at one moment: from ``earliest`` to ``latest``.
+
+    Made per request by :meth:`around` from the server's receive time (never the client's
+    clock), and passed to validation in its context under :data:`TIME_WINDOW`.
+    """
+
+    earliest: datetime
+    latest: datetime
+    rule: str = ""
+    """How the window is configured, for the error message (e.g. which config keys)."""
+
+    @classmethod
+    def around(
+        cls, received_at: datetime, *, earliest: datetime, max_ahead: timedelta, rule: str = ""
+    ) -> TimeWindow:
+        return cls(earliest, received_at + max_ahead, rule)
+
+    def check(self, ts: datetime) -> None:
+        if self.earliest <= ts <= self.latest:
+            return
+        raise PydanticCustomError(
+            "time_window",
+            "{time} is outside the accepted window {earliest} to {latest}{rule}: send the time "
+            "the event happened, with its zone",
+            {
+                "time": format_time(ts),
+                "earliest": format_time(self.earliest),
+                "latest": format_time(self.latest),
+                "rule": f" ({self.rule})" if self.rule else "",
+            },
+        )
+
+
+def _event_time(value: Any, info: ValidationInfo) -> datetime:
+    """:func:`parse_time`, then the context's :class:`TimeWindow` (if any) checks the time."""
+    ts = parse_time(value)
+    context = info.context
+    if context:
+        window = context.get(TIME_WINDOW)
+        if window is not None:
+            window.check(ts)
+    return ts
+
+
+EventTime = Annotated[
+    AwareDatetime,
+    BeforeValidator(_event_time),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "date-time", "pattern": f"^{_RFC3339.pattern}$"},
+                {"type": "integer", "description": "epoch milliseconds"},
+            ]
+        }
+    ),
+]
+"""A time as apps send it and attune stores it (see the module docstring)."""
+
+
+# ----------------------------------------------------------------------------------------
+# The envelope
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    # strict: no coercion of what apps send ("yes" is no boolean, "10" and true no integer)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, strict=True)
 
 
 class Item(_Model):
@@ -193,8 +354,10 @@ class _EnvelopeFields(_Model):
     )
     type: EventTypeName
     session_id: str | None = Field(None, max_length=128)
-    timestamp: AwareDatetime = Field(
-        description="Client time, ISO 8601 with a zone (or epoch milliseconds)."
+    timestamp: EventTime = Field(
+        description="When the event happened: ISO 8601 with a zone, e.g. 2024-05-01T12:00:00Z, "
+        "or epoch milliseconds; within the server's plausible window (by default from "
+        "2000-01-01 to one day after it receives the event)."
     )
     items: list[Item] = Field(default_factory=list, max_length=500)
     context: Context | None = None
@@ -253,7 +416,7 @@ class StoredEvent(_EnvelopeFields):
     user_id: str | None = Field(None, description="HMAC pseudonym of the app's user id.")
     anonymous_id: str | None = Field(None, description="HMAC pseudonym of the anonymous id.")
     consent: ResolvedConsent
-    received_at: AwareDatetime = Field(description="Server receive time.")
+    received_at: EventTime = Field(description="Server receive time.")
     source: str = Field(description="Name of the write key's source.")
 
     @property
@@ -267,9 +430,16 @@ class StoredEvent(_EnvelopeFields):
 
 
 def format_time(ts: datetime) -> str:
-    """``2013-02-28T14:38:27.000Z``: the one time format attune writes."""
+    """``2013-02-28T14:38:27.000Z``: the one time format attune writes (an :data:`EventTime`).
+
+    The year always has four digits (``strftime("%Y")`` writes year 1 as ``1``, which no
+    reader parses back).
+    """
     ts = ts.astimezone(UTC)
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+    return (
+        f"{ts.year:04d}-{ts.month:02d}-{ts.day:02d}T{ts.hour:02d}:{ts.minute:02d}:"
+        f"{ts.second:02d}.{ts.microsecond // 1000:03d}Z"
+    )
 
 
 def to_jsonable(model: BaseModel) -> dict[str, Any]:

@@ -13,6 +13,11 @@ features the speed layer wrote for the same user. The full reference is ``docs/a
 ``POST /v1/feedback``          dismiss / not interested, or undo: Redis at once, event to Kafka
 ``GET  /healthz`` ``/readyz`` ``/metrics``
 
+Request bodies are strict JSON (a boolean is ``true``/``false``, an integer is no ``"10"`` and
+no ``true``; 422 names the field) of at most ``api.max_body_bytes`` on every endpoint (413,
+refused before the body is read: :class:`attune.web.BodyLimit`). ``GET /openapi.json`` declares
+every body and every answer with its schema.
+
 Personalized answers carry ``Cache-Control: private, no-store``; public ones an ``ETag`` (a
 hash of the body) and ``Cache-Control: public, max-age=N``, and ``If-None-Match`` with the
 current ETag gets ``304 Not Modified``. Each recommendation response carries ``Server-Timing``
@@ -48,13 +53,15 @@ from attune.api.recommender import Recommender, RecRequest, RecResult
 from attune.api.store import ApiStore
 from attune.api.targeting import Profile, eligible_messages, pick_content
 from attune.config import AttuneConfig, ConfigError
-from attune.events import format_time
+from attune.events import TIME_WINDOW, EventTime, format_time
 from attune.experiments.assignment import Assigner
 from attune.experiments.spec import experiments_of, experiments_path, load_experiments
 from attune.experiments.state import parse_states, status_of
 from attune.ingest.consent import ConsentStore
+from attune.ingest.pipeline import TYPE_ERRORS, json_type, time_window
 from attune.ingest.producer import KafkaSink, KafkaUnavailable
 from attune.secrets import Pseudonymizer, pseudonym_key
+from attune.web import BodyLimit, install_openapi, json_body, ref, responses
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +87,8 @@ class ApiError(Exception):
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    # strict: no coercion ("yes" is no boolean; "10" and true are no integer)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, strict=True)
 
 
 class ContextIn(_In):
@@ -90,6 +98,8 @@ class ContextIn(_In):
 
 
 class SubjectIn(_In):
+    """Who is asking: ``user_id`` (a logged-in user) or ``anonymous_id`` (a visitor)."""
+
     user_id: str | None = Field(None, min_length=1, max_length=256)
     anonymous_id: str | None = Field(None, min_length=1, max_length=256)
     context: ContextIn = ContextIn()
@@ -109,12 +119,16 @@ class FiltersIn(_In):
 
 
 class RecommendationsIn(SubjectIn):
+    """A recommendations request: who, how many (``k``), filters, an optional seed item."""
+
     k: int | None = Field(None, ge=1)
     filters: FiltersIn = FiltersIn()
     seed_item: str | None = Field(None, min_length=1, max_length=256)
 
 
 class FeedbackIn(SubjectIn):
+    """Feedback on shown items: dismiss or not interested, or (``undo``) taking it back."""
+
     action: Literal["dismiss", "not_interested"]
     items: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         min_length=1, max_length=100
@@ -122,10 +136,16 @@ class FeedbackIn(SubjectIn):
     undo: bool = False
     recommendation_id: str | None = Field(None, max_length=64)
     event_id: str | None = Field(None, min_length=1, max_length=64)
-    timestamp: datetime | None = None
+    timestamp: EventTime | None = Field(
+        None,
+        description="When the user gave the feedback (default: now); within the plausible "
+        "window of event times (collector.event_times).",
+    )
 
 
 class MessagesIn(SubjectIn):
+    """A messages request: who, and at most how many messages (``max``)."""
+
     max: int = Field(1, ge=1, le=20)
 
 
@@ -136,18 +156,22 @@ def _errors(exc: ValidationError) -> list[dict[str, str]]:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = f"unknown field {err['loc'][-1]!r}: see docs/api.md for the fields"
+        elif err["type"] in TYPE_ERRORS:
+            message = f"{message}, got {json_type(err.get('input'))}"
         out.append({"field": loc, "message": message})
     return out
 
 
-async def _parse(request: Request, model: type[BaseModel]) -> Any:
-    body = await request.body()
+async def _parse(
+    request: Request, model: type[BaseModel], context: dict[str, Any] | None = None
+) -> Any:
+    body = await request.body()  # within api.max_body_bytes (BodyLimit refused larger ones)
     try:
         data = orjson.loads(body) if body.strip() else {}
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"invalid JSON at byte {exc.pos}: {exc.msg}") from None
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         raise ApiError(422, "invalid request", errors=_errors(exc)) from None
 
@@ -578,11 +602,11 @@ class Api:
         return _json(200, {"messages": shown, "capped": capped}, {"Cache-Control": PRIVATE})
 
     async def feedback(self, request: Request) -> Response:
-        body: FeedbackIn = await _parse(request, FeedbackIn)
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        window = time_window(self.cfg.collector.event_times, now)
+        body: FeedbackIn = await _parse(request, FeedbackIn, {TIME_WINDOW: window})
         subject, _ = self.subject(body)
-        when = body.timestamp or datetime.fromtimestamp(self.clock(), UTC)
-        if when.tzinfo is None:
-            raise ApiError(422, "timestamp needs a zone, e.g. 2024-05-01T12:00:00Z")
+        when = body.timestamp or now
         event_ms = int(when.timestamp() * 1000)
         items = list(dict.fromkeys(body.items))
         await self.store.write_feedback(subject, body.action, items, event_ms, body.undo)
@@ -639,6 +663,20 @@ class Api:
         )
 
 
+def _endpoint_of(path: str) -> str:
+    """The endpoint label of a path, as the handlers count it (``/v1/content/home`` ->
+    ``content``); paths that are no endpoint count as ``other``."""
+    parts = path.split("/")
+    if len(parts) >= 3 and parts[1] == "v1" and parts[2] in _ENDPOINTS:
+        return parts[2]
+    return "other"
+
+
+_ENDPOINTS = frozenset(
+    {"recommendations", "similar", "trending", "content", "messages", "feedback"}
+)
+
+
 def _query_k(request: Request, default: int, limit: int) -> int:
     raw = request.query_params.get("k")
     if raw is None:
@@ -679,6 +717,32 @@ def create_app(
         redoc_url=None,
     )
     app.state.api = api
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=cfg.api.max_body_bytes,
+        key="api.max_body_bytes",
+        fix="send a smaller request, or ask the operator to raise api.max_body_bytes",
+        on_refused=lambda path, status: api.metrics.requests.labels(
+            _endpoint_of(path), str(status)
+        ).inc(),
+    )
+    install_openapi(app, [RecommendationsIn, SubjectIn, MessagesIn, FeedbackIn])
+    # what every /v1 endpoint may answer besides 200; each adds its own (404, 422 of a body)
+    v1_errors = [401, 413, 429, 500, 503]
+    query_k = {
+        "parameters": [
+            {
+                "name": "k",
+                "in": "query",
+                "required": False,
+                "description": f"How many items (default api.default_k = {cfg.api.default_k}).",
+                "schema": {"type": "integer", "minimum": 1, "maximum": cfg.api.max_k},
+            }
+        ]
+    }
+
+    def body_of(model: type[BaseModel]) -> dict[str, Any]:
+        return json_body(ref(model), f"{model.__doc__ or model.__name__} (docs/api.md)")
 
     async def guarded(
         endpoint: str, request: Request, work: Callable[[], Awaitable[Response]]
@@ -704,35 +768,69 @@ def create_app(
         api.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         return response
 
-    @app.post("/v1/recommendations", summary="Recommendations for a user or visitor")
+    @app.post(
+        "/v1/recommendations",
+        summary="Recommendations for a user or visitor",
+        openapi_extra=body_of(RecommendationsIn),
+        responses=responses([400, 422, *v1_errors]),
+    )
     async def post_recommendations(request: Request) -> Response:
         return await guarded("recommendations", request, lambda: api.recommendations(request))
 
-    @app.get("/v1/similar/{item_id}", summary="Items seen together with this one")
+    @app.get(
+        "/v1/similar/{item_id}",
+        summary="Items seen together with this one",
+        openapi_extra=query_k,
+        responses={**responses([422, *v1_errors]), 304: {"description": "Not Modified"}},
+    )
     async def get_similar(request: Request, item_id: str) -> Response:
         return await guarded("similar", request, lambda: api.similar(request, item_id))
 
-    @app.get("/v1/trending", summary="Trending items")
+    @app.get(
+        "/v1/trending",
+        summary="Trending items",
+        openapi_extra=query_k,
+        responses={**responses([422, *v1_errors]), 304: {"description": "Not Modified"}},
+    )
     async def get_trending(request: Request) -> Response:
         return await guarded("trending", request, lambda: api.trending(request))
 
-    @app.post("/v1/content/{slot}", summary="The content variant of a slot for a user")
+    @app.post(
+        "/v1/content/{slot}",
+        summary="The content variant of a slot for a user",
+        openapi_extra=body_of(SubjectIn),
+        responses=responses([400, 404, 422, *v1_errors]),
+    )
     async def post_content(request: Request, slot: str) -> Response:
         return await guarded("content", request, lambda: api.content(request, slot))
 
-    @app.post("/v1/messages", summary="Targeted messages within their frequency caps")
+    @app.post(
+        "/v1/messages",
+        summary="Targeted messages within their frequency caps",
+        openapi_extra=body_of(MessagesIn),
+        responses=responses([400, 422, *v1_errors]),
+    )
     async def post_messages(request: Request) -> Response:
         return await guarded("messages", request, lambda: api.messages(request))
 
-    @app.post("/v1/feedback", summary="Dismiss / not interested, or undo")
+    @app.post(
+        "/v1/feedback",
+        summary="Dismiss / not interested, or undo",
+        openapi_extra=body_of(FeedbackIn),
+        responses=responses([400, 422, *v1_errors]),
+    )
     async def post_feedback(request: Request) -> Response:
         return await guarded("feedback", request, lambda: api.feedback(request))
 
-    @app.get("/healthz", summary="Liveness")
+    @app.get("/healthz", summary="Liveness", responses=responses([413]))
     async def healthz() -> Response:
         return _json(200, {"status": "ok"})
 
-    @app.get("/readyz", summary="Readiness: Redis reachable (the model server may be down)")
+    @app.get(
+        "/readyz",
+        summary="Readiness: Redis reachable (the model server may be down)",
+        responses={**responses([413]), 503: {"description": "Redis is not reachable."}},
+    )
     async def readyz() -> Response:
         redis_ok = await api.store.ping()
         body = {
@@ -755,7 +853,7 @@ def create_app(
         }
         return _json(200 if body["ready"] else 503, body)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", responses=responses([413]))
     async def metrics() -> Response:
         return Response(api.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

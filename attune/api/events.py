@@ -51,7 +51,7 @@ class EventSender:
         self.cfg = cfg
         self.sink = sink
         self.consent = consent
-        self.processor = BatchProcessor(pseudonymize)
+        self.processor = BatchProcessor(pseudonymize, cfg.collector.event_times)
         self.topic = cfg.kafka.topic("events").name
         self.default_consent = cfg.privacy.default_consent.model_dump()
         self._queue: list[dict[str, Any]] = []
@@ -77,7 +77,8 @@ class EventSender:
         Raises :class:`EventRejected` for an invalid event and
         :class:`attune.ingest.producer.KafkaUnavailable` when Kafka does not acknowledge.
         """
-        batch = self.processor.validate(list(raw_events))
+        received_at = datetime.now(UTC)
+        batch = self.processor.validate(list(raw_events), received_at)
         if batch.rejections:
             errors = "; ".join(
                 f"{e['field']}: {e['message']}" for r in batch.rejections for e in r.errors
@@ -88,7 +89,7 @@ class EventSender:
             stored,
             default=self.default_consent,
             drop_without_analytics=self.cfg.privacy.drop_without_analytics_consent,
-            received_at=datetime.now(UTC),
+            received_at=received_at,
             source=self.cfg.api.source,
         )
         if plan.rejections:

@@ -15,8 +15,8 @@ Endpoints:
     * **400** – every event was rejected (the reasons are in ``rejected``), or the body is not
       JSON / not an event, array or batch (``{"error": ...}`` with the parse position);
     * **401** – missing or unknown write key; **413** – body over ``collector.max_body_bytes``
-      (by Content-Length or by the bytes actually streamed) or batch over
-      ``collector.max_batch_events``;
+      (by Content-Length or by the bytes actually streamed, on every endpoint:
+      :class:`attune.web.BodyLimit`) or batch over ``collector.max_batch_events``;
     * **503** + ``Retry-After: collector.retry_after_s`` – Kafka (or Redis, which holds consent)
       is unreachable or did not acknowledge in ``collector.ack_timeout_s``. Nothing in the
       request was acknowledged; retrying it is safe because ``event_id`` makes it idempotent
@@ -30,6 +30,9 @@ Endpoints:
 ``GET /v1/schema`` – the JSON Schema of an event (derived from :mod:`attune.events`).
 ``GET /healthz`` – liveness. ``GET /readyz`` – 200 when Kafka and Redis are reachable, else 503.
 ``GET /metrics`` – Prometheus metrics (:mod:`attune.collector.metrics`).
+
+``GET /openapi.json`` declares the request body (derived from :class:`attune.events.Event`) and
+every answer with its schema (:func:`attune.web.install_openapi`).
 """
 
 from __future__ import annotations
@@ -48,10 +51,11 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, Field
 
 from attune.collector.metrics import METRICS_DIR_ENV, CollectorMetrics
 from attune.config import AttuneConfig
-from attune.events import format_time, json_schema
+from attune.events import Event, format_time, json_schema
 from attune.ingest.consent import ConsentStore
 from attune.ingest.pipeline import (
     BatchProcessor,
@@ -63,6 +67,7 @@ from attune.ingest.pipeline import (
 )
 from attune.ingest.producer import KafkaSink, KafkaUnavailable
 from attune.secrets import Pseudonymizer, WriteKeyIndex, load_write_keys, pseudonym_key
+from attune.web import BodyLimit, ErrorBody, FieldError, install_openapi, json_body, ref, responses
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +125,7 @@ class Collector:
         )
         self.consent = consent or ConsentStore.from_config(cfg)
         self.pseudonymize = Pseudonymizer(pseudonym_key(cfg))
-        self.processor = BatchProcessor(self.pseudonymize)
+        self.processor = BatchProcessor(self.pseudonymize, cfg.collector.event_times)
         self.keys = _WriteKeys(cfg)
         self.events_topic = cfg.kafka.topic("events").name
         self.dead_letter_topic = cfg.kafka.topic("dead_letter").name
@@ -153,39 +158,13 @@ class Collector:
             )
         return source
 
-    async def read_body(self, request: Request) -> bytes:
-        limit = self.cfg.collector.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            try:
-                length = int(declared)
-            except ValueError:
-                raise RequestError(400, f"invalid Content-Length header {declared!r}") from None
-            if length > limit:
-                raise RequestError(
-                    413,
-                    f"body of {length} bytes is over the limit of {limit} bytes "
-                    "(collector.max_body_bytes): send smaller batches",
-                )
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(
-                    413,
-                    f"body is over the limit of {limit} bytes (collector.max_body_bytes): "
-                    "send smaller batches",
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     async def handle_events(self, request: Request) -> Response:
         source = self.authenticate(request)
-        body = await self.read_body(request)
+        # within collector.max_body_bytes: BodyLimit refused larger bodies before this point
+        body = await request.body()
         raw_events = parse_body(body, self.cfg.collector.max_batch_events)
         received_at = self.clock()
-        batch = self.processor.validate(raw_events)
+        batch = self.processor.validate(raw_events, received_at)
         try:
             stored = await self.consent.read_many(batch.subjects())
         except Exception as exc:
@@ -251,6 +230,56 @@ class _Unavailable(Exception):
     pass
 
 
+# ----------------------------------------------------------------------------------------
+# The OpenAPI document: what POST /v1/events answers
+
+
+class RejectedEvent(BaseModel):
+    index: int = Field(description="Position of the event in the request (0-based).")
+    event_id: str | None = Field(description="Its event_id, if it had a string one.")
+    errors: list[FieldError]
+
+
+class EventsAnswer(BaseModel):
+    """The answer of ``POST /v1/events`` (200, 207, and 400 when every event was rejected)."""
+
+    accepted: int = Field(description="Events Kafka acknowledged.")
+    dropped: int = Field(description="Events acknowledged but not stored (no analytics consent).")
+    rejected: list[RejectedEvent]
+
+
+def _events_body(max_batch_events: int) -> dict[str, Any]:
+    """``POST /v1/events``: one event, a JSON array of events, or ``{"batch": [...]}``."""
+    array = {"type": "array", "items": ref(Event), "minItems": 1, "maxItems": max_batch_events}
+    return {
+        "oneOf": [
+            ref(Event),
+            array,
+            {
+                "type": "object",
+                "properties": {"batch": array},
+                "required": ["batch"],
+                "additionalProperties": False,
+            },
+        ]
+    }
+
+
+_EVENTS_ANSWERS: dict[int, dict[str, Any]] = {
+    200: {"description": "Every event was accepted (or dropped).", "schema": ref(EventsAnswer)},
+    207: {"description": "Some events were rejected.", "schema": ref(EventsAnswer)},
+    400: {
+        "description": "Every event was rejected (`rejected` says why), or the body is not "
+        "JSON / not an event, array or batch (`error`).",
+        "schema": {"anyOf": [ref(EventsAnswer), ref(ErrorBody)]},
+    },
+    413: {
+        "description": "The body is over collector.max_body_bytes, or the batch over "
+        "collector.max_batch_events.",
+    },
+}
+
+
 def create_app(
     cfg: AttuneConfig,
     *,
@@ -292,8 +321,27 @@ def create_app(
         redoc_url=None,
     )
     app.state.collector = collector
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=cfg.collector.max_body_bytes,
+        key="collector.max_body_bytes",
+        fix="send smaller batches",
+        on_refused=lambda _path, status: collector.metrics.requests.labels(str(status)).inc(),
+    )
+    install_openapi(app, [Event, EventsAnswer])
+    # every endpoint: a body over the limit is refused (413), whatever the method
+    limited = responses([413])
 
-    @app.post("/v1/events", summary="Send one event, an array of events or {batch: [...]}")
+    @app.post(
+        "/v1/events",
+        summary="Send one event, an array of events or {batch: [...]}",
+        openapi_extra=json_body(
+            _events_body(cfg.collector.max_batch_events),
+            'One event, a JSON array of events or {"batch": [...]}; GET /v1/schema has the '
+            "event's schema with each type's required fields.",
+        ),
+        responses=responses([200, 207, 400, 401, 413, 500, 503], _EVENTS_ANSWERS),
+    )
     async def post_events(request: Request) -> Response:
         start = time.perf_counter()
         try:
@@ -310,15 +358,19 @@ def create_app(
         collector.metrics.latency.observe(time.perf_counter() - start)
         return response
 
-    @app.get("/v1/schema", summary="JSON Schema of an event")
+    @app.get("/v1/schema", summary="JSON Schema of an event", responses=limited)
     async def get_schema() -> Response:
         return Response(collector.schema, media_type=JSON)
 
-    @app.get("/healthz", summary="Liveness")
+    @app.get("/healthz", summary="Liveness", responses=limited)
     async def healthz() -> Response:
         return _json(200, {"status": "ok"})
 
-    @app.get("/readyz", summary="Readiness: Kafka and Redis reachable")
+    @app.get(
+        "/readyz",
+        summary="Readiness: Kafka and Redis reachable",
+        responses={**limited, 503: {"description": "Kafka or Redis is not reachable."}},
+    )
     async def readyz() -> Response:
         redis_ok = await collector.consent.ping()
         kafka = collector.sink.health()
@@ -331,7 +383,7 @@ def create_app(
         }
         return _json(200 if ready else 503, body)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", responses=limited)
     async def metrics() -> Response:
         return Response(collector.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

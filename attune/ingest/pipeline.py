@@ -5,10 +5,11 @@ personalization API logs its impressions and feedback through the same steps:
 
 1. :func:`parse_body` – bytes -> list of raw events. A body is one event object, a JSON array
    of events, or ``{"batch": [...]}``.
-2. :meth:`BatchProcessor.validate` – each raw event is validated against
-   :class:`attune.events.Event`; a bad event becomes a :class:`Rejection` naming the field and
-   the reason, the others go on. User and anonymous ids are pseudonymized here, so nothing after
-   this step sees a raw id.
+2. :meth:`BatchProcessor.validate` – each raw event is validated (strictly) against
+   :class:`attune.events.Event`, its time against the plausible window around the receive time
+   (:class:`attune.events.TimeWindow`, from ``collector.event_times``); a bad event becomes a
+   :class:`Rejection` naming the field and the reason, the others go on. User and anonymous
+   ids are pseudonymized here, so nothing after this step sees a raw id.
 3. The handler reads the stored consent of every subject of the batch from Redis (one pipelined
    round trip) and calls :meth:`ValidatedBatch.plan`, which resolves each event's consent
    (:func:`resolve_consent`), drops events without analytics consent when configured, and
@@ -40,7 +41,8 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticUndefined
 
-from attune.events import EVENT_TYPES, Event, ResolvedConsent, format_time
+from attune.config import EventTimesConfig
+from attune.events import EVENT_TYPES, TIME_WINDOW, Event, ResolvedConsent, TimeWindow, format_time
 
 CONSENT_FLAGS: tuple[str, ...] = tuple(ResolvedConsent.model_fields)
 CONSENT_UPDATE = "consent_update"
@@ -89,7 +91,7 @@ def parse_body(body: bytes, max_batch_events: int) -> list[Any]:
         events = data["batch"]
         if not isinstance(events, list):
             raise RequestError(
-                400, f'"batch" must be a JSON array of events, got {_json_type(events)}'
+                400, f'"batch" must be a JSON array of events, got {json_type(events)}'
             )
     elif isinstance(data, dict):
         events = [data]
@@ -99,7 +101,7 @@ def parse_body(body: bytes, max_batch_events: int) -> list[Any]:
         raise RequestError(
             400,
             "the body must be an event object, a JSON array of events or "
-            f'{{"batch": [...]}}, got {_json_type(data)}',
+            f'{{"batch": [...]}}, got {json_type(data)}',
         )
     if not events:
         raise RequestError(400, "the batch is empty: send at least one event")
@@ -112,7 +114,8 @@ def parse_body(body: bytes, max_batch_events: int) -> list[Any]:
     return events
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """A JSON value's type as messages name it: ``a string``, ``an object``, ``null``, ..."""
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
     if value is None:
         return "null"
@@ -156,9 +159,29 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
                 "or send epoch milliseconds"
             )
         elif kind == "model_type" and not loc:
-            message = f"an event must be a JSON object, got {_json_type(err.get('input'))}"
+            message = f"an event must be a JSON object, got {json_type(err.get('input'))}"
+        elif kind in TYPE_ERRORS:
+            message = f"{message}, got {json_type(err.get('input'))}"
         out.append({"field": loc or "(event)", "message": message})
     return out
+
+
+# Strict type errors: the message says what was expected, the suffix what came instead
+# ("Input should be a valid boolean, got a string").
+TYPE_ERRORS = frozenset(
+    {"bool_type", "int_type", "float_type", "string_type", "list_type", "dict_type", "model_type"}
+)
+
+
+def time_window(times: EventTimesConfig, received_at: datetime) -> TimeWindow:
+    """The event times accepted for a request received at ``received_at``."""
+    return TimeWindow.around(
+        received_at,
+        earliest=times.earliest,
+        max_ahead=times.max_ahead,
+        rule="from collector.event_times.earliest to collector.event_times.max_ahead after the "
+        "server received it",
+    )
 
 
 @dataclass(frozen=True)
@@ -417,24 +440,30 @@ class ValidatedBatch:
 
 
 class BatchProcessor:
-    """Validates and pseudonymizes the events of one request."""
+    """Validates and pseudonymizes the events of one request.
 
-    def __init__(self, pseudonymize: Pseudonymize) -> None:
+    ``times`` is the plausible window of event times (``collector.event_times``), applied
+    around each request's receive time.
+    """
+
+    def __init__(self, pseudonymize: Pseudonymize, times: EventTimesConfig) -> None:
         self.pseudonymize = pseudonymize
+        self.times = times
 
-    def validate(self, raw_events: list[Any]) -> ValidatedBatch:
+    def validate(self, raw_events: list[Any], received_at: datetime) -> ValidatedBatch:
+        context = {TIME_WINDOW: time_window(self.times, received_at)}
         try:  # fast path: the whole batch is valid (one call into pydantic-core)
-            events = _EVENT_LIST.validate_python(raw_events)
+            events = _EVENT_LIST.validate_python(raw_events, context=context)
         except ValidationError:
-            return self._validate_each(raw_events)
+            return self._validate_each(raw_events, context)
         return ValidatedBatch([self._valid(i, ev) for i, ev in enumerate(events)], [])
 
-    def _validate_each(self, raw_events: list[Any]) -> ValidatedBatch:
+    def _validate_each(self, raw_events: list[Any], context: dict[str, Any]) -> ValidatedBatch:
         valid: list[ValidEvent] = []
         rejections: list[Rejection] = []
         for index, raw in enumerate(raw_events):
             try:
-                ev = Event.model_validate(raw)
+                ev = Event.model_validate(raw, context=context)
             except ValidationError as exc:
                 rejections.append(
                     Rejection(index, raw_event_id(raw), field_errors(exc), raw_event_type(raw))

@@ -153,3 +153,20 @@ def test_relative_paths_go_under_var_dir(tmp_path: Path) -> None:
     assert cfg.paths.resolve("jars/kafka") == tmp_path / "state" / "jars" / "kafka"
     assert cfg.paths.resolve("/abs/path") == Path("/abs/path")
     assert cfg.run_dir == tmp_path / "state" / "run"
+
+
+def test_event_time_window_errors_name_the_key_and_the_fix() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(environ={"ATTUNE__COLLECTOR__EVENT_TIMES__MAX_AHEAD": "-60"})
+    assert (
+        "collector.event_times.max_ahead: Value error, must be a duration of zero or more, "
+        "e.g. P1D or 86400" in str(err.value)
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(environ={"ATTUNE__COLLECTOR__EVENT_TIMES__EARLIEST": "2000-01-01T00:00:00"})
+    assert (
+        "collector.event_times.earliest: Value error, needs a zone, e.g. "
+        "2000-01-01T00:00:00Z" in str(err.value)
+    )
+    cfg = load_config(environ={"ATTUNE__COLLECTOR__EVENT_TIMES__EARLIEST": "1995-01-01T00:00:00Z"})
+    assert cfg.collector.event_times.earliest.year == 1995

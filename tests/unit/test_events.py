@@ -10,9 +10,11 @@ from pydantic import ValidationError
 from attune.config import AttuneConfig
 from attune.events import (
     EVENT_TYPES,
+    TIME_WINDOW,
     Event,
     ResolvedConsent,
     StoredEvent,
+    TimeWindow,
     format_time,
     json_schema,
     spark_ddl,
@@ -233,6 +235,136 @@ def test_stored_event_canonical_json_written_by_hand() -> None:
     )
     assert stored.to_json() == expected
     assert stored.key == "5bdcc146bf60754e6a042426089575c7"
+
+
+def test_a_written_time_of_any_year_parses_back() -> None:
+    # strftime("%Y") wrote year 1 as "1-01-01T...", which no reader parsed back (a poison
+    # record); the year always has four digits now.
+    assert format_time(datetime(1, 1, 1, tzinfo=UTC)) == "0001-01-01T00:00:00.000Z"
+    assert format_time(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)) == (
+        "9999-12-31T23:59:59.999Z"
+    )
+    for year in (1, 999, 2024, 9999):
+        stored = StoredEvent(
+            event_id="e-1",
+            type="item_view",
+            user_id="p",
+            timestamp=datetime(year, 1, 1, tzinfo=UTC),
+            items=[{"item_id": "i1"}],
+            consent=ResolvedConsent(analytics=True, personalization=True, marketing=False),
+            received_at=datetime(2024, 5, 1, tzinfo=UTC),
+            source="web",
+        )
+        again = StoredEvent.model_validate_json(stored.to_json())
+        assert again.timestamp == datetime(year, 1, 1, tzinfo=UTC)
+        assert again.to_json() == stored.to_json()
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [
+        ("2024-05-01T12:00:00Z", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        # 14:00:00.250 at +02:00 is 12:00:00.250 UTC
+        ("2024-05-01T14:00:00.250+02:00", datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC)),
+        # nanoseconds are cut to microseconds
+        ("2024-05-01T12:00:00.123456789Z", datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)),
+        # 1,714,564,800,000 ms = 19844 days * 86,400,000 + 12 h: 2024-05-01T12:00:00Z
+        (1_714_564_800_000, datetime(2024, 5, 1, 12, tzinfo=UTC)),
+    ],
+)
+def test_event_times_in_the_one_format_are_accepted(sent: object, expected: datetime) -> None:
+    ev = Event.model_validate({**BASE, "timestamp": sent})
+    assert ev.timestamp == expected and ev.timestamp.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        "1-01-01T00:00:00.000Z",  # what attune used to write for year 1
+        "2024-05-01 12:00:00Z",  # a space, not T
+        "2024-05-01T12:00Z",  # no seconds
+        "20240501T120000Z",  # ISO 8601 basic format
+        "1714564800000",  # digits in a string
+        1_714_564_800_000.5,  # a float
+        True,  # a boolean is no epoch
+        "2024-02-30T12:00:00Z",  # no such day
+    ],
+)
+def test_other_time_formats_are_refused(sent: object) -> None:
+    (err,) = _errors({**BASE, "timestamp": sent})
+    assert err["loc"] == ("timestamp",)
+    assert "2024-05-01T12:00:00Z" in err["msg"]  # the message shows the format to send
+    assert "{" not in err["msg"]  # every placeholder filled in
+
+
+def test_a_time_message_says_what_was_sent() -> None:
+    (err,) = _errors({**BASE, "timestamp": "2024-05-01 12:00:00Z"})
+    assert err["msg"].startswith("'2024-05-01 12:00:00Z' is not a time: send an ISO 8601 time")
+    (err,) = _errors({**BASE, "timestamp": 1.5})
+    assert err["msg"].startswith("expected a time, got a number with a fraction: ")
+
+
+def test_event_times_outside_the_window_name_the_window() -> None:
+    received = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    window = TimeWindow.around(
+        received, earliest=datetime(2000, 1, 1, tzinfo=UTC), max_ahead=timedelta(days=1)
+    )
+    context = {TIME_WINDOW: window}
+    # the edges are inside: 2000-01-01T00:00Z and received + 1 day = 2024-05-02T12:00Z
+    for inside in ("2000-01-01T00:00:00Z", "2024-05-02T12:00:00Z"):
+        Event.model_validate({**BASE, "timestamp": inside}, context=context)
+    for outside, shown in [
+        ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000Z"),
+        ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59.000Z"),
+        (0, "1970-01-01T00:00:00.000Z"),  # epoch 0
+        ("1999-12-31T23:59:59.999Z", "1999-12-31T23:59:59.999Z"),  # 1 ms before earliest
+        ("2024-05-02T12:00:00.001Z", "2024-05-02T12:00:00.001Z"),  # 1 ms after the latest
+    ]:
+        with pytest.raises(ValidationError) as info:
+            Event.model_validate({**BASE, "timestamp": outside}, context=context)
+        (err,) = info.value.errors()
+        assert err["loc"] == ("timestamp",) and err["type"] == "time_window"
+        assert err["msg"].startswith(
+            f"{shown} is outside the accepted window 2000-01-01T00:00:00.000Z to "
+            "2024-05-02T12:00:00.000Z"
+        )
+    # without a window (reading stored events back) any four-digit year parses
+    Event.model_validate({**BASE, "timestamp": "0001-01-01T00:00:00Z"})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "loc"),
+    [
+        ("consent", {"analytics": "yes"}, ("consent", "analytics")),
+        ("consent", {"analytics": 1}, ("consent", "analytics")),
+        ("items", [{"item_id": "i1", "quantity": "2"}], ("items", 0, "quantity")),
+        ("items", [{"item_id": "i1", "quantity": True}], ("items", 0, "quantity")),
+        ("items", [{"item_id": "i1", "position": 1.0}], ("items", 0, "position")),
+        ("items", [{"item_id": 7}], ("items", 0, "item_id")),
+        ("dwell_ms", "100", ("dwell_ms",)),
+        ("rating", True, ("rating",)),
+        ("rating", "4.5", ("rating",)),
+        ("schema_version", "1", ("schema_version",)),
+    ],
+)
+def test_types_are_strict(field: str, value: object, loc: tuple[object, ...]) -> None:
+    (err,) = _errors({**BASE, field: value})
+    assert err["loc"] == loc
+
+
+def test_strict_still_takes_json_numbers_for_floats() -> None:
+    # a rating of 9 (a JSON integer) is the float 9.0, as before
+    ev = Event.model_validate({**BASE, "type": "rating", "rating": 9})
+    assert ev.rating == 9.0 and isinstance(ev.rating, float)
+
+
+def test_the_published_schema_shows_the_time_format() -> None:
+    timestamp = json_schema()["properties"]["timestamp"]
+    string, integer = timestamp["anyOf"]
+    assert string["format"] == "date-time" and integer == {
+        "type": "integer",
+        "description": "epoch milliseconds",
+    }
 
 
 def test_every_event_type_declares_a_known_category() -> None:

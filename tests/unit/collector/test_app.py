@@ -248,3 +248,102 @@ def test_redis_down_is_503_too(setup: Any) -> None:
     assert r.status_code == 503 and r.headers["retry-after"] == "7"
     assert "Redis (consent state) is not reachable" in r.json()["error"]
     assert sink.records == []
+
+
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [
+        ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000Z"),
+        ("9999-12-31T00:00:00Z", "9999-12-31T00:00:00.000Z"),
+        (0, "1970-01-01T00:00:00.000Z"),  # epoch 0, in milliseconds
+    ],
+)
+def test_implausible_event_time_is_400_and_never_reaches_the_events_topic(
+    setup: Any, sent: Any, shown: str
+) -> None:
+    client, sink, _, key, _ = setup
+    r = client.post("/v1/events", json=_ev("t", timestamp=sent), headers={"X-Write-Key": key})
+    assert r.status_code == 400
+    # NOW is 2024-05-01T12:00Z: the default window ends one day later
+    assert r.json()["rejected"][0]["errors"] == [
+        {
+            "field": "timestamp",
+            "message": f"{shown} is outside the accepted window 2000-01-01T00:00:00.000Z to "
+            "2024-05-02T12:00:00.000Z (from collector.event_times.earliest to "
+            "collector.event_times.max_ahead after the server received it): send the time the "
+            "event happened, with its zone",
+        }
+    ]
+    assert [t for t, _, _ in sink.records] == ["attune.events.dead-letter"]
+
+
+def test_every_accepted_time_is_written_so_that_it_parses_back(setup: Any) -> None:
+    from attune.events import StoredEvent
+
+    client, sink, _, key, _ = setup
+    times = ["2000-01-01T00:00:00Z", "2024-05-01T14:00:00.5+02:00", 1_714_564_800_000]
+    batch = [_ev(str(i), timestamp=t) for i, t in enumerate(times)]
+    r = client.post("/v1/events", json=batch, headers={"X-Write-Key": key})
+    assert r.status_code == 200
+    written = [orjson.loads(v)["timestamp"] for _, _, v in sink.records]
+    # +02:00 is two hours ahead of UTC; 1,714,564,800,000 ms is 2024-05-01T12:00:00Z
+    assert written == [
+        "2000-01-01T00:00:00.000Z",
+        "2024-05-01T12:00:00.500Z",
+        "2024-05-01T12:00:00.000Z",
+    ]
+    for _, _, value in sink.records:
+        StoredEvent.model_validate_json(value)
+
+
+def test_loose_types_are_refused_naming_the_field(setup: Any) -> None:
+    client, sink, _, key, _ = setup
+    update = {**_ev("c1", type="consent_update", consent={"analytics": "yes"})}
+    del update["items"]
+    r = client.post("/v1/events", json=update, headers={"X-Write-Key": key})
+    assert r.status_code == 400
+    assert r.json()["rejected"][0]["errors"] == [
+        {"field": "consent.analytics", "message": "Input should be a valid boolean, got a string"}
+    ]
+    r = client.post(
+        "/v1/events",
+        json=_ev("q", items=[{"item_id": "i1", "quantity": "2"}]),
+        headers={"X-Write-Key": key},
+    )
+    assert r.status_code == 400
+    assert r.json()["rejected"][0]["errors"][0]["field"] == "items.0.quantity"
+    assert [t for t, _, _ in sink.records] == ["attune.events.dead-letter"] * 2
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/v1/schema", "/metrics"])
+def test_every_endpoint_has_the_body_limit(setup: Any, path: str) -> None:
+    client, *_ = setup
+    r = client.request("GET", path, content=b"x" * 3000)
+    assert r.status_code == 413
+    assert r.json() == {
+        "error": "body of 3000 bytes is over the limit of 2048 bytes (collector.max_body_bytes): "
+        "send smaller batches"
+    }
+
+
+def test_openapi_declares_the_body_and_every_answer(setup: Any) -> None:
+    client, *_ = setup
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    post = doc["paths"]["/v1/events"]["post"]
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    # one event, an array of events (at most max_batch_events = 5), or {"batch": [...]}
+    event = {"$ref": "#/components/schemas/Event"}
+    assert body["oneOf"][0] == event
+    assert body["oneOf"][1] == {"type": "array", "items": event, "minItems": 1, "maxItems": 5}
+    assert body["oneOf"][2]["required"] == ["batch"]
+    assert "timestamp" in schemas["Event"]["required"]
+    assert schemas["ConsentFlags"]["properties"]["analytics"]["anyOf"][0] == {"type": "boolean"}
+    for status in ("400", "401", "413", "500", "503"):
+        answer = post["responses"][status]["content"]["application/json"]["schema"]
+        refs = [answer] if "$ref" in answer else answer["anyOf"]
+        for r in refs:  # every schema an answer points at is in the document
+            assert r["$ref"].removeprefix("#/components/schemas/") in schemas
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            assert "413" in op["responses"], f"{method} {path} does not declare 413"

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from attune.config import EventTimesConfig
 from attune.events import Event, StoredEvent, format_time
 from attune.ingest.pipeline import (
     BatchProcessor,
@@ -47,11 +48,11 @@ def ev(**fields: Any) -> dict[str, Any]:
 
 
 def processor() -> BatchProcessor:
-    return BatchProcessor(Pseudonymizer(KEY))
+    return BatchProcessor(Pseudonymizer(KEY), EventTimesConfig())
 
 
 def plan(raw: list[dict[str, Any]], stored: dict | None = None, drop: bool = True) -> Any:
-    batch = processor().validate(raw)
+    batch = processor().validate(raw, RECEIVED)
     return batch, batch.plan(
         stored or {},
         default=DEFAULT,
@@ -110,7 +111,7 @@ def test_bad_bodies_are_400_with_a_reason(body: bytes, needle: str) -> None:
 
 
 def _only_rejection(raw: dict[str, Any]) -> Rejection:
-    batch = processor().validate([raw])
+    batch = processor().validate([raw], RECEIVED)
     assert batch.valid == []
     (rejection,) = batch.rejections
     return rejection
@@ -151,6 +152,52 @@ def test_naive_timestamp_message_says_how_to_fix() -> None:
     assert "needs a zone" in r.errors[0]["message"]
 
 
+def test_event_time_outside_the_window_names_the_field_and_the_window() -> None:
+    # RECEIVED is 2024-05-01T12:00:00.250Z; the default window runs from 2000-01-01T00:00Z to
+    # RECEIVED + 1 day = 2024-05-02T12:00:00.250Z
+    for sent, shown in [
+        ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000Z"),
+        ("9999-01-01T00:00:00Z", "9999-01-01T00:00:00.000Z"),
+        (0, "1970-01-01T00:00:00.000Z"),
+    ]:
+        r = _only_rejection(ev(timestamp=sent))
+        assert r.errors == [
+            {
+                "field": "timestamp",
+                "message": f"{shown} is outside the accepted window 2000-01-01T00:00:00.000Z to "
+                "2024-05-02T12:00:00.250Z (from collector.event_times.earliest to "
+                "collector.event_times.max_ahead after the server received it): send the time "
+                "the event happened, with its zone",
+            }
+        ]
+    # one bad time in a batch refuses that event only
+    batch = processor().validate([ev(), ev(event_id="e2", timestamp=0)], RECEIVED)
+    assert [v.index for v in batch.valid] == [0] and [r.index for r in batch.rejections] == [1]
+
+
+def test_the_window_is_configured() -> None:
+    times = EventTimesConfig(
+        earliest=datetime(1995, 1, 1, tzinfo=UTC), max_ahead=timedelta(minutes=5)
+    )
+    own = BatchProcessor(Pseudonymizer(KEY), times)
+    # 1997 is inside from 1995; RECEIVED + 4 min inside, + 6 min outside
+    assert own.validate([ev(timestamp="1997-06-01T00:00:00Z")], RECEIVED).rejections == []
+    assert own.validate([ev(timestamp="2024-05-01T12:04:00Z")], RECEIVED).rejections == []
+    (r,) = own.validate([ev(timestamp="2024-05-01T12:06:00Z")], RECEIVED).rejections
+    assert "to 2024-05-01T12:05:00.250Z" in r.errors[0]["message"]
+
+
+def test_strict_type_errors_say_what_came_instead() -> None:
+    r = _only_rejection(ev(type="consent_update", items=None, consent={"analytics": "yes"}))
+    assert r.errors == [
+        {"field": "consent.analytics", "message": "Input should be a valid boolean, got a string"}
+    ]
+    r = _only_rejection(ev(items=[{"item_id": "i1", "quantity": True}]))
+    assert r.errors == [
+        {"field": "items.0.quantity", "message": "Input should be a valid integer, got a boolean"}
+    ]
+
+
 def test_missing_ids_and_unknown_field() -> None:
     r = _only_rejection(ev(user_id=None))
     assert r.errors[0]["field"] == "user_id or anonymous_id"
@@ -161,7 +208,7 @@ def test_missing_ids_and_unknown_field() -> None:
 
 
 def test_non_object_event_is_rejected_not_fatal() -> None:
-    batch = processor().validate([ev(), 42])
+    batch = processor().validate([ev(), 42], RECEIVED)
     assert len(batch.valid) == 1
     (r,) = batch.rejections
     assert r.index == 1 and r.event_id is None
@@ -320,7 +367,7 @@ def test_fast_format_time_examples() -> None:
 
 def test_dead_letter_record_pseudonymizes_ids_and_keeps_reasons() -> None:
     raw = {"event_id": "bad", "type": "clik", "user_id": "alice", "anonymous_id": 12345}
-    batch = processor().validate([raw])
+    batch = processor().validate([raw], RECEIVED)
     (rejection,) = batch.rejections
     record = dead_letter_record(raw, rejection, "web", "2024-05-01T12:00:00.250Z", pseudo)
     assert record["payload"]["user_id"] == pseudo("alice")
