@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     b_run.add_argument("--json", action="store_true", help="print the run report as JSON")
     b_run.set_defaults(handler=_handler("spark.job:cmd_run"))
 
-    # attune privacy erase --user ID | apply | vacuum | verify
+    # attune privacy erase --user ID | apply | vacuum | verify | export --user ID
     privacy = sub.add_parser("privacy", help="data-subject requests (right to erasure)")
     privacy_sub = privacy.add_subparsers(dest="action", required=True, metavar="ACTION")
     erase = privacy_sub.add_parser(
@@ -276,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_verify.add_argument("--json", action="store_true", help="print the report as JSON")
     p_verify.set_defaults(handler=_handler("spark.privacy:cmd_verify"))
+    p_export = privacy_sub.add_parser(
+        "export",
+        help="everything held about a user (Redis, Delta, experiments, models) as one JSON "
+        "document (default under var/reports/privacy/); exit 1 when a store cannot be read",
+    )
+    p_export.add_argument(
+        "--user", required=True, metavar="ID", help="the app's user id, as the user knows it"
+    )
+    p_export.add_argument("--out", metavar="PATH", help="where to write the document")
+    p_export.set_defaults(handler=_handler("spark.privacy_export:cmd_export"))
 
     # attune experiments list | show ID | start ID [--force] | stop ID | report [--date D]
     experiments = sub.add_parser(

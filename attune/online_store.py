@@ -740,11 +740,18 @@ def delete_user(redis: Redis, user: str, store: OnlineStore) -> int:
     precomputed recommendations and the consent state, found with SCAN so a key added later is
     not forgotten; and the consent key of older versions, in case it was not migrated yet.
     """
-    k = store.keys
-    keys = {*k.user_keys(user), k.legacy_consent(user)}
-    for key in redis.scan_iter(match=k.user_glob(user), count=1000):
-        keys.add(key.decode() if isinstance(key, bytes) else key)
-    return int(redis.delete(*keys))
+    return int(redis.delete(*user_key_names(redis, user, store.keys)))
+
+
+def user_key_names(redis: Redis, user: str, keys: Keys) -> set[str]:
+    """The name of every key ``user`` may have (some may not exist): the fixed per-user keys
+    (:data:`attune.keys.USER_KEYS`), the consent key of older versions, and what a SCAN of the
+    user's own prefix finds (message caps, and any key added later). Erasure deletes them;
+    ``attune privacy export`` reads them."""
+    names = {*keys.user_keys(user), keys.legacy_consent(user)}
+    for key in redis.scan_iter(match=keys.user_glob(user), count=1000):
+        names.add(key.decode() if isinstance(key, bytes) else key)
+    return names
 
 
 def wait_for_item(
