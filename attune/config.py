@@ -373,6 +373,11 @@ class SpeedConfig(_Section):
     online_interval: timedelta = Field(
         timedelta(0), description="Micro-batch interval of the online query (0 = back to back)."
     )
+    redis_outage_wait: timedelta = Field(
+        timedelta(minutes=5),
+        description="How long an online micro-batch retries its (idempotent) Redis writes while "
+        "Redis is unreachable before the query fails and restarts from its checkpoint.",
+    )
     realtime_batch: timedelta = Field(
         timedelta(seconds=5),
         description="Real-time mode's batch (checkpoint) duration; Spark's minimum is 5 s.",

@@ -26,13 +26,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attune.features import FeatureParams, online_rows
-from attune.online_store import OnlineStore, OnlineStoreWriter
+from attune.online_store import ApplyStats, OnlineStore, OnlineStoreWriter
 from speed_layer.bronze import BronzeBatchWriter, ensure_tables
 from speed_layer.catalog import Catalog, CatalogRefresher, NewItemVectors
 from speed_layer.parsing import parse_records, valid_events
@@ -224,11 +225,18 @@ class OnlineBatchWriter:
     """``foreachBatch`` of the online query: one micro-batch of feature rows -> Redis."""
 
     def __init__(
-        self, writer: OnlineStoreWriter, catalog: Catalog, board: StatusBoard | None
+        self,
+        writer: OnlineStoreWriter,
+        catalog: Catalog,
+        board: StatusBoard | None,
+        redis_wait_s: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.writer = writer
         self.catalog = catalog
         self.board = board
+        self.redis_wait_s = redis_wait_s
+        self._sleep = sleep
         self.totals = {"batches": 0, "rows": 0, "applied": 0, "duplicates": 0, "too_late": 0}
 
     def __call__(self, rows_df: DataFrame, batch_id: int) -> None:
@@ -239,9 +247,9 @@ class OnlineBatchWriter:
             log.exception("refreshing the catalog failed; using the mirror as it is")
         rows = rows_df.collect()
         collected = time.perf_counter()
-        stats = self.writer.apply((r["user"], r["ts_ms"], r["iid"], r["payload"]) for r in rows)
-        if stats.applied:
-            self.writer.refresh_trending()
+        stats = self.write(
+            [(r["user"], r["ts_ms"], r["iid"], r["payload"]) for r in rows], batch_id
+        )
         done = time.perf_counter()
         log.debug(
             "online batch %d: %d rows, spark %.0f ms, redis %.0f ms",
@@ -267,6 +275,45 @@ class OnlineBatchWriter:
                     "last_redis_ms": round((done - collected) * 1000, 1),
                 },
             )
+
+    def write(self, rows: list[tuple[str, int, str, str]], batch_id: int) -> ApplyStats:
+        """Apply ``rows``, waiting out a Redis outage of up to ``redis_wait_s``.
+
+        While Redis is unreachable (a restart, a failover) the batch retries instead of failing:
+        the write script is idempotent per interaction, so a retry after a connection lost
+        halfway changes nothing that was already applied, and the batch's Kafka offsets are
+        committed only after this returns, so nothing is skipped. Failing at once would stop
+        the query; its restart needs Redis too (the catalog mirror) and counts against the
+        supervisor's restart limit, so an outage of a few seconds would end the speed layer.
+        """
+        import redis
+
+        deadline = time.monotonic() + self.redis_wait_s
+        delay, retried = 0.1, False
+        while True:
+            try:
+                stats = self.writer.apply(rows)
+                if stats.applied or retried:  # a failed try may have applied some rows
+                    self.writer.refresh_trending()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                if not retried:
+                    log.warning(
+                        "online batch %d: Redis is unreachable (%s); retrying for up to %.0f s "
+                        "(speed.redis_outage_wait)",
+                        batch_id,
+                        exc,
+                        left,
+                    )
+                retried = True
+                self._sleep(min(delay, left))
+                delay = min(delay * 2, 1.0)
+                continue
+            if retried:
+                log.warning("online batch %d: Redis is back; batch written", batch_id)
+            return stats
 
 
 class RealTimeRedisWriter:
@@ -370,7 +417,11 @@ def start_online(
     if cfg.speed.trigger == "microbatch":
         query = (
             rows.writeStream.queryName(name)
-            .foreachBatch(OnlineBatchWriter(writer, catalog, board))
+            .foreachBatch(
+                OnlineBatchWriter(
+                    writer, catalog, board, cfg.speed.redis_outage_wait.total_seconds()
+                )
+            )
             .option("checkpointLocation", str(checkpoint))
             .trigger(processingTime=f"{_ms(cfg.speed.online_interval)} milliseconds")
             .start()
