@@ -496,7 +496,7 @@ def test_the_api_over_rest_answers_from_the_model(env: Env) -> None:
     )
     child = start_api(rest_cfg)
     try:
-        body = {"user_id": user, "k": K, "context": {"placement": "home"}}
+        body: dict[str, Any] = {"user_id": user, "k": K, "context": {"placement": "home"}}
         grpc_items = items_of(env.recommend(**body))
         r = httpx.post(
             f"{api_url(rest_cfg)}/v1/recommendations",

@@ -16,12 +16,10 @@ reads here (its impressions go to this module's own topic).
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import pytest
@@ -35,6 +33,7 @@ from attune.serving.process import start_model_server
 from attune.stack import create_topics
 from attune.supervisor import Child
 from tests.integration.api.test_api import mini, train_tiny_model
+from tests.integration.poller import Poller
 from tests.integration.private_redis import private_redis, with_private_redis
 from tests.integration.speed_layer.helpers import (
     delete_topics,
@@ -54,15 +53,6 @@ NEIGHBOURS: dict[str | bytes, bytes | float | int | str] = {
     "1024648": 0.5,
 }  # Lawless, Argo: its batch-layer neighbours
 RECOVERY_BOUND_S = 10.0
-
-
-@dataclass
-class Answer:
-    at: float  # time.monotonic() when the answer arrived
-    status: int
-    source: str | None
-    degraded: str | None
-    items: list[str]
 
 
 @dataclass
@@ -127,48 +117,9 @@ def env(cfg: AttuneConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         delete_topics(test_cfg)
 
 
-class Poller:
-    """Asks the API for recommendations every ``interval_s`` in a thread, keeping every answer."""
-
-    def __init__(self, env: Env, interval_s: float = 0.1) -> None:
-        self.env = env
-        self.interval_s = interval_s
-        self.answers: list[Answer] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="api-poller", daemon=True)
-
-    def __enter__(self) -> Poller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-    def _run(self) -> None:
-        body = {"anonymous_id": f"visitor-{RUN}", "seed_item": SEED, "k": 5}
-        headers = {"X-Read-Key": self.env.read_key}
-        with httpx.Client(base_url=self.env.api.url, headers=headers, timeout=30) as http:
-            while not self._stop.is_set():
-                r = http.post("/v1/recommendations", json=body)
-                data: dict[str, Any] = r.json() if r.status_code == 200 else {}
-                self.answers.append(
-                    Answer(
-                        time.monotonic(),
-                        r.status_code,
-                        data.get("source"),
-                        data.get("degraded"),
-                        [i["item_id"] for i in data.get("items", [])],
-                    )
-                )
-                self._stop.wait(self.interval_s)
-
-    def since(self, t: float) -> list[Answer]:
-        return [a for a in list(self.answers) if a.at >= t]
-
-
 def test_the_api_answers_from_fallbacks_and_is_back_on_the_model_within_10_s(env: Env) -> None:
-    with Poller(env) as poller:
+    body = {"anonymous_id": f"visitor-{RUN}", "seed_item": SEED, "k": 5}
+    with Poller(env.api.url, env.read_key, body) as poller:
         wait_until(lambda: poller.since(0.0), 30, "a first answer")
         assert poller.answers[0].source == "model", poller.answers[0]
 

@@ -22,10 +22,8 @@ Meanwhile the API answers 200, or, while Redis is down, 503 naming Redis with a
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +38,7 @@ from attune.config import AttuneConfig, free_port
 from attune.online_store import OnlineStore, read_user_features
 from attune.replay import publish_catalog, read_catalog
 from attune.secrets import create_write_key
+from tests.integration.poller import Poller
 from tests.integration.private_redis import private_redis, with_private_redis
 from tests.integration.speed_layer.helpers import (
     delete_prefix,
@@ -63,14 +62,6 @@ MOVIES = "movietweetings-mini/movies.csv"
 REDIS_DOWN_ERROR = "Redis (the online store) is not reachable"
 
 
-@dataclass
-class Answer:
-    at: float
-    status: int
-    body: dict[str, Any]
-    retry_after: str | None
-
-
 def event(user: str, item: str) -> dict[str, Any]:
     return {
         "event_id": uuid.uuid4().hex,
@@ -79,40 +70,6 @@ def event(user: str, item: str) -> dict[str, Any]:
         "timestamp": datetime.now(UTC).isoformat(),
         "items": [{"item_id": item}],
     }
-
-
-class Poller:
-    """Asks the API for recommendations every ``interval_s`` in a thread, keeping every answer."""
-
-    def __init__(self, url: str, read_key: str, interval_s: float = 0.1) -> None:
-        self.url = url
-        self.read_key = read_key
-        self.interval_s = interval_s
-        self.answers: list[Answer] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="api-poller", daemon=True)
-
-    def __enter__(self) -> Poller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-    def _run(self) -> None:
-        headers = {"X-Read-Key": self.read_key}
-        with httpx.Client(base_url=self.url, headers=headers, timeout=30) as http:
-            while not self._stop.is_set():
-                r = http.post("/v1/recommendations", json={"user_id": USERS[0], "k": 5})
-                try:
-                    body = r.json()
-                except ValueError:  # not JSON: keep the text for the failure message
-                    body = {"text": r.text}
-                self.answers.append(
-                    Answer(time.monotonic(), r.status_code, body, r.headers.get("retry-after"))
-                )
-                self._stop.wait(self.interval_s)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +135,7 @@ def test_a_redis_restart_loses_no_event_and_counts_none_twice(
             api = start_api(test_cfg)
             r = redis_client(test_cfg)
             try:
-                with Poller(api.url, read_key) as poller:
+                with Poller(api.url, read_key, {"user_id": USERS[0], "k": 5}) as poller:
                     phase(url, ITEMS[:5])
                     # 5 views per user applied: the speed layer writes to this Redis
                     wait_until(lambda: counts(r) == dict.fromkeys(USERS, 5), 90, "phase 1")
