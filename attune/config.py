@@ -850,7 +850,11 @@ class ServingBatchingConfig(_Section):
 class ServingConfig(_Section):
     """``attune serve models``: the TF-Serving-protocol model server (REST + gRPC)."""
 
-    host: str = Field("127.0.0.1", description="Listen address of both APIs.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Listen address of both APIs. Loopback by default: the server has no "
+        "authentication (like TF Serving), and any other address is logged as a warning.",
+    )
     rest_port: int = Field(8501, ge=1, le=65535)
     grpc_port: int = Field(8500, ge=1, le=65535)
     model_config_file: Path | None = Field(

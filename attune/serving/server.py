@@ -22,6 +22,26 @@ from attune.config import AttuneConfig, ConfigError
 
 log = logging.getLogger(__name__)
 
+LOOPBACK_HOSTS = frozenset({"localhost", "::1"})
+
+
+def exposure_warning(host: str) -> str | None:
+    """The warning to log when the model server listens beyond this machine, else None.
+
+    Like TensorFlow Serving, the model server has no authentication: anyone who reaches its
+    ports can call every model (and read what the models hold, e.g. the users' id vocabulary).
+    The default is loopback; a wider address is allowed (a container, or a private network
+    behind a firewall) but never silently."""
+    if host in LOOPBACK_HOSTS or host.startswith("127."):
+        return None
+    where = "every network interface" if host in ("0.0.0.0", "::", "") else host
+    return (
+        f"the model server listens on {where} (serving.host {host!r}) and has no "
+        "authentication, like TensorFlow Serving: anyone who reaches its ports can call every "
+        "model. Keep them behind a firewall or a private network reachable only by the API, or "
+        "set serving.host: 127.0.0.1 (docs/serving.md, 'Network boundary')"
+    )
+
 
 @dataclass(frozen=True)
 class ServerOptions:
@@ -211,6 +231,9 @@ class ModelServer:
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Load the models, start both APIs in background threads, return once they listen."""
+        warning = exposure_warning(self.options.host)
+        if warning is not None:
+            log.warning(warning)
         self._start_models_and_grpc()
         self._uvicorn = self._uvicorn_server()
         self._rest_thread = threading.Thread(target=self._uvicorn.run, name="rest", daemon=True)
