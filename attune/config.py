@@ -240,6 +240,13 @@ class PrivacyConfig(_Section):
         True,
         description="Events whose analytics consent is false are acknowledged but not stored.",
     )
+    erased_model_block: timedelta = Field(
+        timedelta(days=30),
+        gt=timedelta(0),
+        description="After an erasure, how long the API keeps the user's id away from the "
+        "models (their id embedding is in the served models until a model trained after the "
+        "erasure is served): longer than the retraining cadence plus its worst delay.",
+    )
 
 
 def _default_affinity_weights() -> dict[str, float]:

@@ -55,6 +55,7 @@ key                          type  written by         read by                 ex
 ``P:seg:<segment>:popular``  zset  batch views stage  (no reader yet)         next run
 ``P:views``                  hash  batch views stage  ``attune demo``         never
 ``P:exp:state``              hash  experiments CLI    API, experiments CLI    never
+``P:erased:{user}``          str   privacy erase      API (query user id)     model block
 ``P:exp:history``            list  experiments CLI    experiments CLI         never
 ``P:exp:live:<d>``           hash  write script       ``read_live_counts``    3 days
 ``P:exp:live:<d>:users:*``   hll   write script       ``read_live_counts``    3 days
@@ -190,6 +191,12 @@ class Keys:
 
     def item_bought_with(self, item_id: str) -> str:
         return f"{self.prefix}:i:{{{item_id}}}:bought_with"
+
+    def erased(self, user: str) -> str:
+        """Set when ``user`` was erased (value: erasure time, ms): the API stops sending their
+        id to the models, whose id vocabulary still holds them until the next model. Outside
+        the user's prefix so that deleting the user's keys keeps it."""
+        return f"{self.prefix}:erased:{{{user}}}"
 
     def item_knn(self, item_id: str) -> str:
         """Items engaged with by the same users (item-kNN, shrunk cosine)."""

@@ -743,6 +743,17 @@ def delete_user(redis: Redis, user: str, store: OnlineStore) -> int:
     return int(redis.delete(*user_key_names(redis, user, store.keys)))
 
 
+def mark_erased(redis: Redis, users: Iterable[str], keys: Keys, now_ms: int, ttl_s: int) -> int:
+    """Mark ``users`` erased for ``ttl_s`` (:meth:`attune.keys.Keys.erased`): the API stops
+    sending their ids to the models at once. Returns how many were marked."""
+    users = list(users)
+    pipe = redis.pipeline(transaction=False)
+    for user in users:
+        pipe.set(keys.erased(user), now_ms, ex=ttl_s)
+    pipe.execute()
+    return len(users)
+
+
 def user_key_names(redis: Redis, user: str, keys: Keys) -> set[str]:
     """The name of every key ``user`` may have (some may not exist): the fixed per-user keys
     (:data:`attune.keys.USER_KEYS`), the consent key of older versions, and what a SCAN of the

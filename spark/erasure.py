@@ -214,15 +214,24 @@ def delete_rows(
 
 def delete_redis_keys(cfg: AttuneConfig, pseudonyms: Iterable[str]) -> int:
     """Delete every Redis key of ``pseudonyms`` (online features, batch views, API feedback,
-    consent: :func:`attune.online_store.delete_user`); returns how many keys were deleted."""
+    consent: :func:`attune.online_store.delete_user`) and mark them erased for
+    ``privacy.erased_model_block`` (:func:`attune.online_store.mark_erased`: the API stops
+    sending their ids to the served models at once; counted from the latest call, so the batch
+    run that deletes their rows restarts it); returns how many keys were deleted."""
+    import time
+
     import redis
 
-    from attune.online_store import OnlineStore, delete_user
+    from attune.online_store import OnlineStore, delete_user, mark_erased
 
+    pseudonyms = list(pseudonyms)
     store = OnlineStore.from_config(cfg)
     client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
     try:
-        return sum(delete_user(client, p, store) for p in pseudonyms)
+        deleted = sum(delete_user(client, p, store) for p in pseudonyms)
+        ttl_s = int(cfg.privacy.erased_model_block.total_seconds())
+        mark_erased(client, pseudonyms, store.keys, int(time.time() * 1000), ttl_s)
+        return deleted
     finally:
         client.close()
 

@@ -238,8 +238,10 @@ class Recommender:
             pairs = [(req.seed_item, now_s)] + [p for p in pairs if p[0] != req.seed_item]
         if not pairs:
             pairs = [("", 0)]
+        # An erased user's id embedding is still in the served models until a model trained
+        # after the erasure is served: the empty id is the models' unknown user.
         return {
-            "user_id": np.array([req.subject], dtype=object),
+            "user_id": np.array(["" if data.erased else req.subject], dtype=object),
             "recent_items": np.array([[item for item, _ in pairs]], dtype=object),
             "recent_times": np.array([[t for _, t in pairs]], dtype=np.int64),
             "request_time": np.array([now_s], dtype=np.int64),

@@ -92,6 +92,7 @@ class RequestData:
     consent: dict[str, bool]
     trending: list[str]
     popular: list[str]
+    erased: bool = False  # erased: the models must not see the user's id (Keys.erased)
 
     @property
     def has_history(self) -> bool:
@@ -203,9 +204,10 @@ class ApiStore:
         pipe.get(self.keys.consent(subject))
         pipe.zrevrange(self.trending_key, 0, max(c.trending, 1) - 1)
         pipe.zrevrange(self.keys.popular, 0, c.popular - 1)
+        pipe.exists(self.keys.erased(subject))
         raw = await pipe.execute()
         features = decode_user_features(subject, raw[:FEATURE_READS], self.store)
-        recs, segment, suppressed, consent, trending, popular = raw[FEATURE_READS:]
+        recs, segment, suppressed, consent, trending, popular, erased = raw[FEATURE_READS:]
         hidden: dict[str, str] = {}
         for member in suppressed:
             category, _, item = _s(member).partition(SUPPRESSED_SEP)
@@ -218,6 +220,7 @@ class ApiStore:
             consent=decode_state(consent),
             trending=[_s(m) for m in trending],
             popular=[_s(m) for m in popular],
+            erased=bool(erased),
         )
 
     async def neighbours(

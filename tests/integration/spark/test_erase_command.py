@@ -51,8 +51,13 @@ def test_erase_records_the_pseudonym_and_deletes_redis_keys_now(
         assert client.exists(*zoe) == 0
         assert list(client.scan_iter(match=store.keys.user_glob(pseudonym))) == []
         assert client.exists(*other) == 2
+        # the API keeps zoe's id away from the served models for privacy.erased_model_block
+        marker = store.keys.erased(pseudonym)
+        assert marker == f"{p}:erased:{{{pseudonym}}}"
+        ttl = client.ttl(marker)
+        assert 30 * 86_400 - 60 <= ttl <= 30 * 86_400  # the default, P30D
     finally:
-        client.delete(*other)
+        client.delete(*other, store.keys.erased(pseudonym))
         client.close()
     rows = spark.read.format("delta").load(Lake.from_config(world).erasure_requests).collect()
     assert [(r["pseudonym"], r["id_kind"]) for r in rows] == [(pseudonym, "user")]

@@ -172,6 +172,19 @@ def test_neighbour_score_is_blended_into_the_ranking_score() -> None:
     assert store.kinds == ["user"]  # the item-kNN lists were read
 
 
+def test_an_erased_users_id_never_reaches_the_models() -> None:
+    # their id embedding is still in the served models: the query carries the unknown id ""
+    client = FakeClient()
+    rec, _ = recommender(client, data(erased=True))
+    out = run(rec)
+    assert out.source == "model"
+    assert [call[1]["user_id"][0] for call in client.calls] == ["", ""]  # retrieval, ranking
+    client = FakeClient()
+    rec, _ = recommender(client, data())
+    run(rec)
+    assert [call[1]["user_id"][0] for call in client.calls] == ["u", "u"]
+
+
 def test_seed_item_goes_first_in_the_sequence() -> None:
     client = FakeClient()
     rec, _ = recommender(client, data())
