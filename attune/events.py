@@ -188,6 +188,15 @@ _TIME_HELP = (
 )
 
 
+def _kind_of(value: Any) -> str:
+    """What a client sent instead of a time. ``5.0`` and ``5e3`` are integral numbers written
+    as decimals (JSON Schema counts them as integers; these models' strict types do not), and
+    so are integers beyond 64 bits once parsed: saying "with a fraction" would mislead."""
+    if isinstance(value, float) and value.is_integer():
+        return f"{value!r}, a number written with a decimal point or an exponent"
+    return _KINDS.get(type(value), type(value).__name__)
+
+
 def parse_time(value: Any) -> datetime:
     """An :data:`EventTime` as an aware UTC ``datetime``, or a ``PydanticCustomError``.
 
@@ -227,7 +236,7 @@ def parse_time(value: Any) -> datetime:
         raise PydanticCustomError(
             "time_type",
             "expected a time, got {kind}: " + _TIME_HELP,
-            {"kind": _KINDS.get(type(value), type(value).__name__)},
+            {"kind": _kind_of(value)},
         )
     if ts.tzinfo is UTC:  # the usual case ("...Z", epoch milliseconds)
         return ts
