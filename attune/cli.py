@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp_watch.set_defaults(handler=_handler("speed_layer.watchdog:cmd_watchdog"))
 
     # attune keys create SOURCE
-    keys = sub.add_parser("keys", help="manage collector write keys")
+    keys = sub.add_parser("keys", help="manage write, read and admin keys")
     keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
     kc = keys_sub.add_parser("create", help="create (or rotate) the write key of a source")
     kc.add_argument("source", help="source name, e.g. web, ios, demo")
@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kr.add_argument("name", help="key name, e.g. web, ios (rate limits are per name)")
     kr.set_defaults(handler=_handler("attune.api.keys:cmd_create_read_key"))
+    ka = keys_sub.add_parser(
+        "create-admin",
+        help="create (or rotate) an admin key: /metrics, /docs, /openapi.json of both services",
+    )
+    ka.add_argument("name", help="key name, e.g. prometheus, dashboard")
+    ka.set_defaults(handler=_handler("attune.secrets:cmd_create_admin_key"))
 
     # attune events schema
     events = sub.add_parser("events", help="the event schema and what landed in Kafka")

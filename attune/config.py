@@ -217,6 +217,11 @@ class CollectorConfig(_Section):
     write_keys_file: Path = Field(
         Path("secrets/write_keys.yaml"), description="source -> sha256 of its write key."
     )
+    metrics_requires_admin: bool = Field(
+        True,
+        description="/metrics, /docs and /openapi.json need an admin key "
+        "(`attune keys create-admin NAME`); false: open to anyone who reaches the port.",
+    )
 
 
 class Consent(_Section):
@@ -1069,7 +1074,16 @@ class ApiConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     read_keys_file: Path = Field(
-        Path("secrets/read_keys.yaml"), description="Key name -> read key (mode 0600)."
+        Path("secrets/read_keys.yaml"), description="Key name -> sha256 of its read key (0600)."
+    )
+    admin_keys_file: Path = Field(
+        Path("secrets/admin_keys.yaml"),
+        description="Key name -> sha256 of its admin key (0600); the collector reads it too.",
+    )
+    metrics_requires_admin: bool = Field(
+        True,
+        description="/metrics, /docs and /openapi.json need an admin key "
+        "(`attune keys create-admin NAME`); false: open to anyone who reaches the port.",
     )
     max_body_bytes: int = Field(
         1024 * 1024,

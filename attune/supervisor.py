@@ -268,15 +268,19 @@ def _http_opener() -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, str]:
-    """``GET url``: (status, body) for any HTTP answer, error statuses included; raises
-    :class:`NoAnswer` saying why when there is none."""
+def http_get(
+    url: str, timeout_s: float = 2.0, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """``GET url`` (with ``headers``, e.g. an admin key): (status, body) for any HTTP answer,
+    error statuses included; raises :class:`NoAnswer` saying why when there is none."""
     # imported here: the CLI imports this module, and `attune --help` should stay quick
     import http.client
     import urllib.error
+    import urllib.request
 
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with _http_opener().open(url, timeout=timeout_s) as response:
+        with _http_opener().open(request, timeout=timeout_s) as response:
             return int(response.status), response.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         with exc:

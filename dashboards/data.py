@@ -725,8 +725,11 @@ class Scrape:
         return self.after is not None
 
 
-def scrape_twice(url: str, seconds: float, timeout_s: float = 1.0) -> Scrape:
-    """GET ``url`` twice, ``seconds`` apart; rates come from the difference."""
+def scrape_twice(
+    url: str, seconds: float, timeout_s: float = 1.0, headers: dict[str, str] | None = None
+) -> Scrape:
+    """GET ``url`` twice, ``seconds`` apart, with ``headers`` (the admin key /metrics needs);
+    rates come from the difference."""
     import time
 
     from attune.supervisor import NoAnswer, http_get
@@ -738,11 +741,17 @@ def scrape_twice(url: str, seconds: float, timeout_s: float = 1.0) -> Scrape:
             time.sleep(max(0.0, seconds - (time.monotonic() - started[0])))
         started.append(time.monotonic())
         try:
-            status, body = http_get(url, timeout_s)
+            status, body = http_get(url, timeout_s, headers)
         except NoAnswer as exc:
             return Scrape(url, None, None, seconds, str(exc))
         if status != 200:
-            return Scrape(url, None, None, seconds, f"HTTP {status}")
+            hint = (
+                ": the admin key was refused; the dashboard and the service must share "
+                "api.admin_keys_file (or set metrics_requires_admin: false)"
+                if status in (401, 403)
+                else ""
+            )
+            return Scrape(url, None, None, seconds, f"HTTP {status}{hint}")
         samples.append(parse_metrics(body))
     return Scrape(url, samples[0], samples[1], started[1] - started[0], None, datetime.now(UTC))
 

@@ -118,7 +118,12 @@ def served(models: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _scrape(url: str, seconds: float) -> data.Scrape:
-    return data.scrape_twice(url, seconds)
+    from attune.secrets import ensure_admin_key
+
+    # /metrics needs an admin key (collector/api.metrics_requires_admin): the dashboard keeps
+    # its own, "dashboard", in a 0600 client file beside api.admin_keys_file
+    key = ensure_admin_key(config(), "dashboard")
+    return data.scrape_twice(url, seconds, headers={"X-Admin-Key": key})
 
 
 def collector_scrape() -> data.Scrape:

@@ -815,20 +815,22 @@ def step_await_serving(run: Run) -> dict[str, Any]:
 
 
 def _read_key(cfg: AttuneConfig) -> str:
-    """The smoke test's API read key (``models.retrain.smoke_read_key``) from the API's read-key
-    file (the API reads the same file)."""
-    import yaml
+    """The smoke test's API read key (``models.retrain.smoke_read_key``). The API's read-key
+    file holds only digests, so the smoke test keeps its plain key in its own 0600 client file
+    and creates (or rotates) the key when that file is missing; the API reads the same
+    read-keys file and finds a new key within a second."""
+    from attune.secrets import client_key
 
-    name = cfg.models.retrain.smoke_read_key
+    return client_key(
+        cfg.paths.resolve(cfg.api.read_keys_file), "read", cfg.models.retrain.smoke_read_key
+    )
+
+
+def _read_key_client_file(cfg: AttuneConfig) -> Path:
+    from attune.secrets import client_key_path
+
     path = cfg.paths.resolve(cfg.api.read_keys_file)
-    keys = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
-    key = keys.get(name) if isinstance(keys, dict) else None
-    if not isinstance(key, str):
-        raise RetrainError(
-            f"no API read key named {name!r} in {path} (models.retrain.smoke_read_key): create "
-            f"one with `attune keys create-read {name}`"
-        )
-    return key
+    return client_key_path(path, cfg.models.retrain.smoke_read_key)
 
 
 def api_url(cfg: AttuneConfig) -> str:
@@ -963,8 +965,9 @@ def _smoke_request(
     if response is not None and response.status_code in (401, 403):
         name = cfg.models.retrain.smoke_read_key
         raise RetrainError(
-            f"the API at {url} refused the read key {name!r} ({response.status_code}): "
-            f"create it again with `attune keys create-read {name}`"
+            f"the API at {url} refused the read key {name!r} ({response.status_code}): the "
+            "API must read the read-keys file this job writes (api.read_keys_file); delete "
+            f"the client file {_read_key_client_file(cfg)} to create the key again"
         )
     return response, problem, round((time.perf_counter() - t0) * 1000, 1)
 

@@ -11,7 +11,10 @@ features the speed layer wrote for the same user. The full reference is ``docs/a
 ``POST /v1/content/{slot}``    the content variant for a slot
 ``POST /v1/messages``          targeted messages within their frequency caps
 ``POST /v1/feedback``          dismiss / not interested, or undo: Redis at once, event to Kafka
-``GET  /healthz`` ``/readyz`` ``/metrics``
+``GET  /healthz`` ``/readyz``  open (liveness, readiness)
+``GET  /metrics`` ``/docs`` ``/openapi.json``  admin endpoints: an admin key (``Authorization:
+Bearer`` or ``X-Admin-Key``; ``attune keys create-admin NAME``) unless
+``api.metrics_requires_admin`` is false; a read key there gets 403, an admin key on ``/v1`` too
 
 Request bodies are strict JSON (a boolean is ``true``/``false``, an integer is no ``"10"`` and
 no ``true``; 422 names the field) of at most ``api.max_body_bytes`` on every endpoint (413,
@@ -41,6 +44,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import FastAPI, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from redis.exceptions import RedisError
@@ -60,7 +64,14 @@ from attune.experiments.state import parse_states, status_of
 from attune.ingest.consent import ConsentStore
 from attune.ingest.pipeline import TYPE_ERRORS, json_type, time_window
 from attune.ingest.producer import KafkaSink, KafkaUnavailable
-from attune.secrets import Pseudonymizer, pseudonym_key
+from attune.secrets import (
+    HashedKeys,
+    Pseudonymizer,
+    admin_keys_path,
+    admin_refusal,
+    presented_key,
+    pseudonym_key,
+)
 from attune.web import BodyLimit, install_openapi, json_body, ref, responses
 
 log = logging.getLogger(__name__)
@@ -227,6 +238,7 @@ class Api:
         self.cfg = cfg
         self.metrics = ApiMetrics()
         self.keys = ReadKeys(cfg)
+        self.admin_keys = HashedKeys(admin_keys_path(cfg), "admin")
         self.limiter = RateLimiter(cfg.api.rate_limit, dict(cfg.api.key_rate_limits))
         self.pseudonymize = Pseudonymizer(pseudonym_key(cfg))
         self.store = ApiStore(cfg)
@@ -421,12 +433,25 @@ class Api:
             await asyncio.sleep(self.cfg.api.candidates.new_items_refresh_s)
 
     # -- auth ---------------------------------------------------------------------------
+    def admin_denial(self, request: Request) -> Response | None:
+        """None when ``request`` may read an admin endpoint (``/metrics``, ``/docs``,
+        ``/openapi.json``: an admin key, or ``api.metrics_requires_admin`` is false), else the
+        401/403 answer."""
+        if not self.cfg.api.metrics_requires_admin:
+            return None
+        refused = admin_refusal(
+            presented_key(request.headers, "x-admin-key") or request.headers.get("x-read-key"),
+            self.admin_keys.name_for,
+            self.keys.name_for,
+            "read",
+        )
+        if refused is None:
+            return None
+        status, message = refused
+        return _json(status, {"error": message}, {"WWW-Authenticate": "Bearer"})
+
     def authorize(self, request: Request) -> str:
-        presented = request.headers.get("x-read-key")
-        if presented is None:
-            auth = request.headers.get("authorization", "")
-            scheme, _, token = auth.partition(" ")
-            presented = token.strip() if scheme.lower() == "bearer" else None
+        presented = presented_key(request.headers, "x-read-key")
         if not presented:
             error = ApiError(
                 401,
@@ -436,6 +461,12 @@ class Api:
             error.headers["WWW-Authenticate"] = "Bearer"
             raise error
         name = self.keys.name_for(presented)
+        if name is None and self.admin_keys.name_for(presented) is not None:
+            raise ApiError(
+                403,
+                "an admin key cannot call /v1 endpoints: send a read key "
+                "(`attune keys create-read NAME`)",
+            )
         if name is None:
             error = ApiError(
                 401,
@@ -713,7 +744,8 @@ def create_app(
         title="attune personalization API",
         version="1",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # /docs and /openapi.json are admin endpoints, declared below
+        openapi_url=None,
         redoc_url=None,
     )
     app.state.api = api
@@ -728,7 +760,11 @@ def create_app(
     )
     install_openapi(app, [RecommendationsIn, SubjectIn, MessagesIn, FeedbackIn])
     # what every /v1 endpoint may answer besides 200; each adds its own (404, 422 of a body)
-    v1_errors = [401, 413, 429, 500, 503]
+    v1_errors = [401, 403, 413, 429, 500, 503]
+    admin_errors = responses(
+        [401, 403, 413],
+        {403: {"description": "A read key, which is no admin key (api.metrics_requires_admin)."}},
+    )
     query_k = {
         "parameters": [
             {
@@ -853,9 +889,22 @@ def create_app(
         }
         return _json(200 if body["ready"] else 503, body)
 
-    @app.get("/metrics", summary="Prometheus metrics", responses=responses([413]))
-    async def metrics() -> Response:
+    @app.get("/metrics", summary="Prometheus metrics (admin key)", responses=admin_errors)
+    async def metrics(request: Request) -> Response:
+        denied = api.admin_denial(request)
+        if denied is not None:
+            return denied
         return Response(api.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_document(request: Request) -> Response:
+        return api.admin_denial(request) or _json(200, app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        return api.admin_denial(request) or get_swagger_ui_html(
+            openapi_url="/openapi.json", title=f"{app.title} - docs"
+        )
 
     return app
 

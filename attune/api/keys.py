@@ -1,9 +1,16 @@
 """Read keys of the personalization API and their per-key rate limits.
 
-Read keys live in ``api.read_keys_file`` (``var/secrets/read_keys.yaml``, mode 0600): key name
--> key. A request presents its key as ``Authorization: Bearer <key>`` or ``X-Read-Key: <key>``;
-the API compares SHA-256 digests in constant time (:class:`attune.secrets.WriteKeyIndex` does
-exactly that for any name -> key map) and never logs a key, only its name.
+Read keys live in ``api.read_keys_file`` (``var/secrets/read_keys.yaml``, mode 0600) as key
+name -> ``sha256:<hex>`` of the key: the key itself is printed once, by ``attune keys
+create-read NAME``, and never stored by the API (:mod:`attune.secrets` explains why an unsalted
+SHA-256 of a 192-bit random key is enough). A file of the old format (plain keys) is rewritten
+hashed the first time it is read, with a log line, and its keys keep working. A request presents
+its key as ``Authorization: Bearer <key>`` or ``X-Read-Key: <key>``; the API compares SHA-256
+digests in constant time and never logs a key, only its name.
+
+Local clients that must present a read key (the demo, the retrain smoke test, the benchmarks)
+call :func:`ensure_read_key`, which keeps their plain key in their own 0600 file under
+``secrets/clients/``.
 
 Each key name has a token bucket (:class:`TokenBucket`): ``rate_per_s`` tokens a second up to
 ``burst``; a request takes one token or gets 429 with ``Retry-After`` (whole seconds until a
@@ -14,16 +21,12 @@ token is back). ``api.key_rate_limits`` gives a key its own limit, the others sh
 from __future__ import annotations
 
 import argparse
-import math
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
-from attune.config import AttuneConfig, ConfigError, RateLimitConfig
-from attune.secrets import WriteKeyIndex, _write_private
+from attune.config import AttuneConfig, RateLimitConfig
+from attune.secrets import HashedKeys, client_key, create_hashed_key, load_key_digests
 
 KEY_PREFIX = "rk_"
 
@@ -33,61 +36,27 @@ def read_keys_path(cfg: AttuneConfig) -> Path:
 
 
 def load_read_keys(cfg: AttuneConfig) -> dict[str, str]:
-    """``{key name: read key}`` (empty when the file does not exist yet)."""
-    path = read_keys_path(cfg)
-    if not path.exists():
-        return {}
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-    ):
-        raise ConfigError(f"{path} must map key names to read keys (strings)")
-    return data
+    """``{key name: sha256:<hex> of its read key}`` (empty when the file does not exist yet);
+    a plain-text file of the old format is rewritten hashed."""
+    return load_key_digests(read_keys_path(cfg), "read")
 
 
 def create_read_key(cfg: AttuneConfig, name: str) -> str:
-    """Create or rotate the read key ``name`` and return it."""
-    if not name or not name.replace("-", "").replace("_", "").isalnum():
-        raise ConfigError(f"read key name {name!r}: use letters, digits, '-' and '_' only")
-    keys = load_read_keys(cfg)
-    keys[name] = KEY_PREFIX + secrets.token_urlsafe(24)
-    _write_private(read_keys_path(cfg), yaml.safe_dump(keys, sort_keys=True).encode())
-    return keys[name]
+    """Create or rotate the read key ``name`` and return it (only its digest is stored)."""
+    return create_hashed_key(read_keys_path(cfg), "read", name)
 
 
 def ensure_read_key(cfg: AttuneConfig, name: str = "demo") -> str:
-    """``name``'s read key, created when missing (demo, tests, benchmark)."""
-    return load_read_keys(cfg).get(name) or create_read_key(cfg, name)
+    """``name``'s plain read key for a local client (demo, smoke test, benchmark), kept in its
+    own 0600 file; created (or rotated) when that file is missing or out of date."""
+    return client_key(read_keys_path(cfg), "read", name)
 
 
-class ReadKeys:
+class ReadKeys(HashedKeys):
     """The read-key index, re-read when the file changes (checked at most once a second)."""
 
     def __init__(self, cfg: AttuneConfig, clock: Callable[[], float] = time.monotonic) -> None:
-        self.path = read_keys_path(cfg)
-        self._cfg = cfg
-        self._clock = clock
-        self._mtime: float | None = None
-        self._checked = -math.inf
-        self._index = WriteKeyIndex({})
-        self.reload()
-
-    def reload(self) -> None:
-        try:
-            mtime = self.path.stat().st_mtime
-        except FileNotFoundError:
-            mtime = None
-        if mtime != self._mtime:
-            self._index = WriteKeyIndex(load_read_keys(self._cfg))
-            self._mtime = mtime
-
-    def name_for(self, presented: str) -> str | None:
-        name = self._index.source_for(presented)
-        if name is None and self._clock() - self._checked >= 1.0:
-            self._checked = self._clock()
-            self.reload()  # a key created after start-up
-            name = self._index.source_for(presented)
-        return name
+        super().__init__(read_keys_path(cfg), "read", clock)
 
 
 class TokenBucket:

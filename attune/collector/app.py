@@ -29,7 +29,11 @@ Endpoints:
 
 ``GET /v1/schema`` – the JSON Schema of an event (derived from :mod:`attune.events`).
 ``GET /healthz`` – liveness. ``GET /readyz`` – 200 when Kafka and Redis are reachable, else 503.
-``GET /metrics`` – Prometheus metrics (:mod:`attune.collector.metrics`).
+``GET /metrics`` – Prometheus metrics (:mod:`attune.collector.metrics`). ``/metrics``, ``/docs``
+and ``GET /openapi.json`` are admin endpoints: they need an admin key (``Authorization: Bearer``
+or ``X-Admin-Key``; ``attune keys create-admin NAME``, shared with the API through
+``api.admin_keys_file``) unless ``collector.metrics_requires_admin`` is false; a write key there
+gets 403.
 
 ``GET /openapi.json`` declares the request body (derived from :class:`attune.events.Event`) and
 every answer with its schema (:func:`attune.web.install_openapi`).
@@ -50,6 +54,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
@@ -66,7 +71,16 @@ from attune.ingest.pipeline import (
     response_status,
 )
 from attune.ingest.producer import KafkaSink, KafkaUnavailable
-from attune.secrets import Pseudonymizer, WriteKeyIndex, load_write_keys, pseudonym_key
+from attune.secrets import (
+    HashedKeys,
+    Pseudonymizer,
+    WriteKeyIndex,
+    admin_keys_path,
+    admin_refusal,
+    load_write_keys,
+    presented_key,
+    pseudonym_key,
+)
 from attune.web import BodyLimit, ErrorBody, FieldError, install_openapi, json_body, ref, responses
 
 log = logging.getLogger(__name__)
@@ -127,6 +141,7 @@ class Collector:
         self.pseudonymize = Pseudonymizer(pseudonym_key(cfg))
         self.processor = BatchProcessor(self.pseudonymize, cfg.collector.event_times)
         self.keys = _WriteKeys(cfg)
+        self.admin_keys = HashedKeys(admin_keys_path(cfg), "admin")
         self.events_topic = cfg.kafka.topic("events").name
         self.dead_letter_topic = cfg.kafka.topic("dead_letter").name
         self.default_consent = cfg.privacy.default_consent.model_dump()
@@ -134,6 +149,23 @@ class Collector:
         self.schema = orjson.dumps(json_schema())
 
     # -- request steps ----------------------------------------------------------------------
+    def admin_denial(self, request: Request) -> Response | None:
+        """None when ``request`` may read an admin endpoint (``/metrics``, ``/docs``,
+        ``/openapi.json``: an admin key from ``api.admin_keys_file``, or
+        ``collector.metrics_requires_admin`` is false), else the 401/403 answer."""
+        if not self.cfg.collector.metrics_requires_admin:
+            return None
+        refused = admin_refusal(
+            presented_key(request.headers, "x-admin-key") or request.headers.get("x-write-key"),
+            self.admin_keys.name_for,
+            self.keys.source_for,
+            "write",
+        )
+        if refused is None:
+            return None
+        status, message = refused
+        return _json(status, {"error": message}, {"WWW-Authenticate": "Bearer"})
+
     def authenticate(self, request: Request) -> str:
         presented = None
         auth = request.headers.get("authorization")
@@ -317,7 +349,8 @@ def create_app(
         title="attune event collector",
         version="1",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # /docs and /openapi.json are admin endpoints, declared below
+        openapi_url=None,
         redoc_url=None,
     )
     app.state.collector = collector
@@ -383,9 +416,32 @@ def create_app(
         }
         return _json(200 if ready else 503, body)
 
-    @app.get("/metrics", summary="Prometheus metrics", responses=limited)
-    async def metrics() -> Response:
+    admin_errors = responses(
+        [401, 403, 413],
+        {
+            403: {
+                "description": "A write key, which is no admin key "
+                "(collector.metrics_requires_admin)."
+            }
+        },
+    )
+
+    @app.get("/metrics", summary="Prometheus metrics (admin key)", responses=admin_errors)
+    async def metrics(request: Request) -> Response:
+        denied = collector.admin_denial(request)
+        if denied is not None:
+            return denied
         return Response(collector.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_document(request: Request) -> Response:
+        return collector.admin_denial(request) or _json(200, app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        return collector.admin_denial(request) or get_swagger_ui_html(
+            openapi_url="/openapi.json", title=f"{app.title} - docs"
+        )
 
     return app
 

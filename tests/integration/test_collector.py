@@ -33,7 +33,7 @@ from attune.config import AttuneConfig, free_port, isolated_config
 from attune.events_cli import read_topic
 from attune.ingest.consent import ConsentStore, cmd_migrate_keys
 from attune.keys import Keys
-from attune.secrets import create_write_key
+from attune.secrets import create_write_key, ensure_admin_key
 
 pytestmark = pytest.mark.integration
 
@@ -133,6 +133,11 @@ def _event(event_id: str, user: str, **extra: Any) -> dict[str, Any]:
         "items": [{"item_id": "0114369"}],
         **extra,
     }
+
+
+def _admin(cfg: AttuneConfig) -> dict[str, str]:
+    """/metrics needs an admin key (collector.metrics_requires_admin)."""
+    return {"X-Admin-Key": ensure_admin_key(cfg, "it")}
 
 
 def _utc_ms(text: str) -> datetime:
@@ -251,7 +256,7 @@ def test_consent_withdrawal_drops_later_behaviour(env: Env) -> None:
         client.close()
     landed = {orjson.loads(x.value)["event_id"] for x in env.records("events")}
     assert f"consent-{RUN}" in landed and f"after-consent-{RUN}" not in landed
-    metrics = httpx.get(f"{env.url}/metrics").text
+    metrics = httpx.get(f"{env.url}/metrics", headers=_admin(env.cfg)).text
     assert (
         'attune_collector_events_total{outcome="dropped",source="it-web",type="item_view"} 1.0'
         in (metrics)
@@ -344,7 +349,7 @@ def test_health_schema_and_metrics(env: Env) -> None:
     assert httpx.get(f"{env.url}/healthz").json() == {"status": "ok"}
     schema = httpx.get(f"{env.url}/v1/schema").json()
     assert "consent_update" in schema["x-event-types"]
-    metrics = httpx.get(f"{env.url}/metrics").text
+    metrics = httpx.get(f"{env.url}/metrics", headers=_admin(env.cfg)).text
     assert "attune_collector_request_seconds_bucket" in metrics
     assert "attune_collector_kafka_reachable 1.0" in metrics
 
@@ -361,7 +366,7 @@ def test_two_workers_share_the_port_and_the_metrics(env: Env) -> None:
             for i in range(0, 40, 4):  # 10 requests of 4 events
                 r = client.post("/v1/events", json=[_event(x, f"w-{x}") for x in ids[i : i + 4]])
                 assert r.status_code == 200 and r.json()["accepted"] == 4
-        text = httpx.get(f"{url}/metrics").text
+        text = httpx.get(f"{url}/metrics", headers=_admin(cfg)).text
     # /metrics sums both worker processes: 10 requests, 40 events, whichever worker served them.
     assert 'attune_collector_requests_total{status="200"} 10.0' in text
     assert (

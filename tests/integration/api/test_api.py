@@ -33,7 +33,7 @@ from attune.experiments.spec import load_experiments
 from attune.experiments.state import StateStore, plan_start
 from attune.online_store import OnlineStore, wait_for_item
 from attune.replay import publish_catalog, read_catalog
-from attune.secrets import create_write_key
+from attune.secrets import create_write_key, ensure_admin_key
 from attune.serving.process import start_model_server
 from attune.stack import create_topics
 from attune.supervisor import Child
@@ -344,7 +344,8 @@ def test_a_request_returns_k_items_that_obey_every_rule(env: Env) -> None:
         "declared": 1,
         "running": ["recs"],
     }
-    metrics = httpx.get(f"{env.url}/metrics", timeout=10).text
+    admin = {"X-Admin-Key": ensure_admin_key(env.cfg, "it")}  # /metrics needs an admin key
+    metrics = httpx.get(f"{env.url}/metrics", timeout=10, headers=admin).text
     variant_label = f'experiment="recs",outcome="ok",variant="{body["variant"]}"'
     assert f"attune_api_variant_requests_total{{{variant_label}}}" in metrics
     # the pin is first; nothing seen, bought, dismissed, excluded or of a hidden category

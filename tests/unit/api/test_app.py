@@ -13,9 +13,10 @@ from fastapi.testclient import TestClient
 from attune.api.app import create_app
 from attune.api.keys import create_read_key
 from attune.config import ApiConfig, AttuneConfig, PathsConfig
+from attune.secrets import ensure_admin_key
 from tests.unit.api.test_feedback import FakeSink
 
-ERRORS = {"400", "401", "413", "422", "429", "503"}
+ERRORS = {"400", "401", "403", "413", "422", "429", "503"}
 
 
 @pytest.fixture
@@ -107,7 +108,8 @@ def test_feedback_time_outside_the_window_is_refused_before_it_is_applied(client
 
 def test_openapi_declares_every_body_and_every_answer(client: Any) -> None:
     c, _ = client
-    doc = c.get("/openapi.json").json()
+    admin = {"X-Admin-Key": ensure_admin_key(c.app.state.api.cfg, "tests")}
+    doc = c.get("/openapi.json", headers=admin).json()
     schemas = doc["components"]["schemas"]
     posts = {path: ops["post"] for path, ops in doc["paths"].items() if "post" in ops}
     assert set(posts) == {

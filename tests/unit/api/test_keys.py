@@ -63,10 +63,19 @@ def test_read_keys_file(tmp_path: Path) -> None:
     assert key.startswith("rk_")
     path = tmp_path / "secrets" / "read_keys.yaml"
     assert path.stat().st_mode & 0o777 == 0o600
-    assert ensure_read_key(cfg, "web") == key
+    assert key not in path.read_text()  # only its digest is stored
     keys = ReadKeys(cfg)
     assert keys.name_for(key) == "web"
     assert keys.name_for(key + "x") is None
+    # a local client keeps its own plain key: the same key on every call, in its 0600 file
+    demo = ensure_read_key(cfg, "demo")
+    assert ensure_read_key(cfg, "demo") == demo
+    assert (tmp_path / "secrets" / "clients" / "read_keys.demo.key").stat().st_mode & 0o777 == 0o600
+    # "web" was shown once, to the operator: a client asking for it gets a new key
+    rotated = ensure_read_key(cfg, "web")
+    assert rotated != key
+    fresh = ReadKeys(cfg)
+    assert fresh.name_for(rotated) == "web" and fresh.name_for(key) is None
     with pytest.raises(ConfigError, match="letters, digits"):
         create_read_key(cfg, "bad name")
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from attune.collector.app import create_app
 from attune.config import AttuneConfig, CollectorConfig, PathsConfig
 from attune.ingest.producer import KafkaUnavailable
-from attune.secrets import create_write_key, pseudonym_key
+from attune.secrets import create_write_key, ensure_admin_key, pseudonym_key
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -82,6 +82,11 @@ def setup(tmp_path: Path) -> Iterator[tuple[TestClient, FakeSink, FakeConsent, s
     app = create_app(cfg, clock=lambda: NOW, sink=sink, consent=consent)  # type: ignore[arg-type]
     with TestClient(app) as client:
         yield client, sink, consent, key, secret
+
+
+def _admin(client: TestClient) -> dict[str, str]:
+    """Headers with an admin key: /metrics and /openapi.json need one."""
+    return {"X-Admin-Key": ensure_admin_key(client.app.state.collector.cfg, "tests")}  # type: ignore[attr-defined]
 
 
 def _pseudo(secret: bytes, value: str) -> str:
@@ -207,7 +212,7 @@ def test_consent_withdrawal_drops_and_is_counted(setup: Any) -> None:
     r = client.post("/v1/events", json=_ev("v1"), headers={"X-Write-Key": key})
     assert r.status_code == 200 and r.json() == {"accepted": 0, "dropped": 1, "rejected": []}
     assert [orjson.loads(v)["event_id"] for _, _, v in sink.records] == ["c1"]
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=_admin(client)).text
     assert (
         'attune_collector_events_total{outcome="dropped",source="web",type="item_view"} 1.0'
         in metrics
@@ -221,7 +226,7 @@ def test_schema_health_and_metrics(setup: Any) -> None:
     assert client.get("/readyz").status_code == 200
     client.post("/v1/events", json=[_ev("a"), _ev("b")], headers={"X-Write-Key": key})
     client.post("/v1/events", json=_ev("c"), headers={"X-Write-Key": "wrong"})
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=_admin(client)).text
     assert (
         'attune_collector_events_total{outcome="accepted",source="web",type="item_view"} 2.0'
         in text
@@ -328,7 +333,7 @@ def test_every_endpoint_has_the_body_limit(setup: Any, path: str) -> None:
 
 def test_openapi_declares_the_body_and_every_answer(setup: Any) -> None:
     client, *_ = setup
-    doc = client.get("/openapi.json").json()
+    doc = client.get("/openapi.json", headers=_admin(client)).json()
     schemas = doc["components"]["schemas"]
     post = doc["paths"]["/v1/events"]["post"]
     body = post["requestBody"]["content"]["application/json"]["schema"]
