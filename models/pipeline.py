@@ -323,7 +323,7 @@ class ServedPipeline:
             retrieved += self.new_candidates(retrieval_scores[row], ex)
             seeds = [s for s in seeds_of[row] if s]
             neighbours = self.neighbours_of(seeds)
-            proposed.append(neighbour_scores(neighbours))
+            proposed.append(neighbour_scores(neighbours) if cand.neighbour_weight else {})
             pools.append(
                 candidate_pool(
                     retrieved,

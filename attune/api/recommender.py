@@ -583,4 +583,6 @@ class Recommender:
             for i, s in zip(ids, scores, strict=True)
         ]
         weight = api.candidates.neighbour_weight
+        if weight == 0:  # the default: no second pass over the neighbours on the hot path
+            return ranked, None
         return add_neighbour_score(ranked, neighbour_scores(neighbours), weight), None
