@@ -356,6 +356,33 @@ def history_rows(exp: Mapping[str, Any], metric: str) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["date"], r["variant"]))
 
 
+def history_domain(
+    rows: Sequence[Mapping[str, Any]], baseline: float, *, share: bool = False
+) -> tuple[tuple[float, float], bool]:
+    """The y range of the over-time chart and whether it cuts an interval.
+
+    Early on, with a handful of users, an always-valid interval can reach +60,000%: drawn in
+    full it flattens the estimates into the zero line. The range shows the baseline, every
+    estimate, and the intervals as far as three times the largest distance of an estimate from
+    the baseline, and at least 100 points either side of it (a preference, a share, stays within
+    0..1; a relative lift cannot fall below -100%). Returns ``((low, high), cut)``; ``cut`` says
+    some interval reaches past the range (the page says so, the tooltip has the full interval).
+    """
+
+    def finite(key: str) -> list[float]:
+        return [float(r[key]) for r in rows if _finite(r.get(key))]
+
+    estimates, lows, highs = finite("estimate"), finite("low"), finite("high")
+    reach = max([1.0] + [3 * abs(e - baseline) for e in estimates])
+    floor, ceiling = (0.0, 1.0) if share else (-1.0, math.inf)
+    low = max(min(lows + estimates + [baseline]), baseline - reach, floor)
+    high = min(max(highs + estimates + [baseline]), baseline + reach, ceiling)
+    if high - low < 1e-9:  # nothing but the baseline to show: a range around it
+        low, high = max(baseline - 0.1, floor), min(baseline + 0.1, ceiling)
+    cut = any(v < low for v in lows) or any(v > high for v in highs)
+    return (low, high), cut
+
+
 def guardrail_rows(
     exp: Mapping[str, Any], live: LiveGuardrails | None = None
 ) -> list[dict[str, Any]]:
@@ -535,9 +562,7 @@ def model_versions(repository: Path) -> list[ModelVersion] | Missing:
             cand = evaluation.get("candidate") or {}
             data = meta.get("data") or {}
             data_text = (
-                f"{fmt_count(data.get('rows'))} rows, {fmt_count(data.get('users'))} users"
-                if data
-                else "–"
+                f"{fmt_count(data.get('rows'))} / {fmt_count(data.get('users'))}" if data else "–"
             )
             served = (serving.get(folder.name) or {}).get("version")
             out.append(
@@ -568,14 +593,14 @@ def model_version_rows(versions: Iterable[ModelVersion]) -> list[dict[str, Any]]
             "model": v.model,
             "version": v.version,
             "served": "served" if v.served else "",
-            "created": v.created_at[:16].replace("T", " "),
-            "data": v.data,
+            "created": v.created_at[:10],
+            "rows / users": v.data,
         }
         for k in OFFLINE_METRICS:
             row[k] = _fmt_metric(v.metrics.get(k), 2 if k == "novelty" else 4)
         scored = [(n, float(b)) for n, b in v.baselines.items() if _finite(b)]
         best = max(scored, key=lambda nb: nb[1], default=None)
-        row["best baseline"] = f"{best[0]} {best[1]:.4f}" if best else "–"
+        row["baseline"] = f"{best[0]} {best[1]:.4f}" if best else "–"
         rows.append(row)
     return rows
 

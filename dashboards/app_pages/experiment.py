@@ -163,14 +163,18 @@ if metrics_with_history:
     baseline, fmt = (0.5, "%") if metric == "preference" else (0.0, "+%")
     label = "preference for " + data.preference_of(il) if isinstance(il, dict) else metric
     y_title = label if metric == "preference" else f"relative lift of {metric}"
+    (y_low, y_high), cut = data.history_domain(
+        data.history_rows(exp, metric), baseline, share=metric == "preference"
+    )
+    y_scale = alt.Scale(domain=[y_low, y_high], nice=False)
     base = alt.Chart(hist).encode(
         x=alt.X("date:T", title="report date", axis=alt.Axis(format="%b %d", tickCount="day"))
     )
     several = hist["variant"].nunique() > 1
     colour = alt.Color("variant:N", title="variant", legend=alt.Legend() if several else None)
-    band = base.mark_area(opacity=0.22).encode(
-        # not from zero: the interval and the baseline (in the rule's layer) set the range
-        y=alt.Y("low:Q", title=y_title, axis=alt.Axis(format=fmt), scale=alt.Scale(zero=False)),
+    # clip: an interval wider than the range (data.history_domain) is cut at the chart's edge
+    band = base.mark_area(opacity=0.22, clip=True).encode(
+        y=alt.Y("low:Q", title=y_title, axis=alt.Axis(format=fmt), scale=y_scale),
         y2="high:Q",
         color=colour,
         tooltip=[
@@ -182,25 +186,35 @@ if metrics_with_history:
             alt.Tooltip("users:Q", format=",", title="users"),
         ],
     )
-    line = base.mark_line(point=True, strokeWidth=2.5).encode(y="estimate:Q", color=colour)
+    line = base.mark_line(point=True, strokeWidth=2.5, clip=True).encode(
+        y=alt.Y("estimate:Q", scale=y_scale), color=colour
+    )
     # each day's interval as a bar too: an area needs two days, the first day has one
-    bars = base.mark_rule(strokeWidth=2, opacity=0.6).encode(y="low:Q", y2="high:Q", color=colour)
+    bars = base.mark_rule(strokeWidth=2, opacity=0.6, clip=True).encode(
+        y=alt.Y("low:Q", scale=y_scale), y2="high:Q", color=colour
+    )
     rule = (
         alt.Chart(pd.DataFrame({"y": [baseline]}))
         .mark_rule(color="#444", strokeDash=[5, 4])
         .encode(y="y:Q")
     )
     st.altair_chart((band + bars + line + rule).properties(height=340), width="stretch")
+    cut_note = (
+        " Intervals still this wide reach past the chart and are cut at its edge (hover a band "
+        "for its full range)."
+        if cut
+        else ""
+    )
     if metric == "preference":
         st.caption(
             "Line: the share of decided impressions won by the ranker, on each report date. "
-            "Band: its 95% interval; 50% (dashed) is no preference."
+            "Band: its 95% interval; 50% (dashed) is no preference." + cut_note
         )
     else:
         st.caption(
             "Line: the relative lift on each report date. Band: its always-valid 95% interval "
             "(a confidence sequence), safe to read every day; the lift is established once the "
-            "band leaves zero (dashed)."
+            "band leaves zero (dashed)." + cut_note
         )
 
 # Guardrails ----------------------------------------------------------------------------------

@@ -52,6 +52,13 @@ ui.table(
     row_style=lambda r: ui.GREEN if r["served"] else None,
     # short headers keep the table as wide as the page; the help says what each measures
     column_config={
+        "created": st.column_config.TextColumn("created", help="the day it was trained (UTC)"),
+        "rows / users": st.column_config.TextColumn(
+            "rows / users", help="training examples and users in the gold data it was trained on"
+        ),
+        "baseline": st.column_config.TextColumn(
+            "baseline", help="the best baseline on the same holdout, with its metric value"
+        ),
         "hit_rate": st.column_config.TextColumn(
             "hits", help="HitRate@k: share of users with a relevant item in their top k"
         ),

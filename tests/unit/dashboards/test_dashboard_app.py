@@ -193,7 +193,7 @@ def test_models_page_shows_versions_served_and_promotions(with_data: Path) -> No
     ]
     ranking_v1 = versions[(versions["model"] == "ranking") & (versions["version"] == 1)]
     assert ranking_v1.iloc[0]["ndcg"] == "0.1208"
-    assert ranking_v1.iloc[0]["best baseline"] == "recent-popularity 0.1181"
+    assert ranking_v1.iloc[0]["baseline"] == "recent-popularity 0.1181"
     promotions = at.dataframe[1].value
     assert list(promotions["promoted"]) == ["refused", "promoted"]  # newest first
     assert "v1 0.1208" in list(promotions["served before"])

@@ -152,6 +152,32 @@ def test_history_rows_of_one_metric_in_date_order(report: dict) -> None:
     assert (rows[-1]["low"], rows[-1]["high"]) == (0.005, 0.119)
 
 
+def _row(estimate: float | None, low: float | None, high: float | None) -> dict:
+    return {"date": "2026-12-06", "variant": "b", "estimate": estimate, "low": low, "high": high}
+
+
+def test_history_domain_cuts_an_interval_of_a_tiny_sample() -> None:
+    # The demo's first day: +97.8% with an always-valid interval -99.4%..+61,352%. Reach is
+    # 3 x 0.978 = 2.934 (more than the 1.0 minimum): the range is -0.994..+2.934, the top cut.
+    (low, high), cut = data.history_domain([_row(0.978, -0.994, 613.52)], 0.0)
+    assert (low, high, cut) == (-0.994, pytest.approx(2.934), True)
+
+
+def test_history_domain_shows_narrow_intervals_whole() -> None:
+    # every interval inside the 100-point minimum reach: the range is just their extent
+    rows = [_row(0.05, -0.1, 0.2), _row(0.08, 0.01, 0.15)]
+    assert data.history_domain(rows, 0.0) == ((-0.1, 0.2), False)
+
+
+def test_history_domain_of_a_preference_stays_a_share() -> None:
+    # 0.6 with 0.2..1.3 around 0.5: reach 1.0, so 0.2..1.5, capped at a share's 1.0: cut
+    assert data.history_domain([_row(0.6, 0.2, 1.3)], 0.5, share=True) == ((0.2, 1.0), True)
+
+
+def test_history_domain_without_numbers_is_a_range_around_the_baseline() -> None:
+    assert data.history_domain([_row(None, None, None)], 0.0) == ((-0.1, 0.1), False)
+
+
 def test_history_of_an_interleaving_preference(report: dict) -> None:
     e = exp(report, "rankers_il")
     assert data.history_metrics(e) == ["preference"]
@@ -265,8 +291,8 @@ def test_model_versions_and_promotions(tmp_path: Path) -> None:
         ("retrieval", 1, True),
     ]
     rows = data.model_version_rows(versions)
-    assert rows[0]["ndcg"] == "0.1262" and rows[0]["created"] == "2026-12-05 03:12"
-    assert rows[0]["best baseline"] == "recent-popularity 0.1181"  # 0.11809 of the two
+    assert rows[0]["ndcg"] == "0.1262" and rows[0]["created"] == "2026-12-05"
+    assert rows[0]["baseline"] == "recent-popularity 0.1181"  # 0.11809 of the two
     # beyond accuracy: personalization to 4 places, novelty (bits) to 2
     assert (rows[0]["personalization"], rows[0]["novelty"]) == ("0.2208", "5.36")
     decisions = data.promotion_rows(tmp_path / "models")
