@@ -174,6 +174,8 @@ class ErrorBody(BaseModel):
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "The body is not valid JSON (or not the expected JSON value).",
     401: "Missing or unknown key.",
+    403: "The key is valid but its scope does not allow this endpoint (write, read and admin "
+    "keys each open their own endpoints).",
     404: "Unknown resource.",
     413: "The body is over the configured size limit.",
     422: "A field is invalid; `errors` names each one.",
@@ -203,12 +205,23 @@ def responses(
     statuses: Iterable[int], overrides: Mapping[int, Mapping[str, Any]] | None = None
 ) -> dict[int | str, dict[str, Any]]:
     """A route's ``responses``: each status with :class:`ErrorBody` (or the schema given in
-    ``overrides``, as ``{"description": ..., "schema": ...}``)."""
+    ``overrides``, as ``{"description": ..., "schema": ...}``).
+
+    Every status gets a description: the override's, else the generic one of
+    :data:`ERROR_DESCRIPTIONS`. A status with neither is refused (``ValueError``) when the app
+    is built, instead of FastAPI filling in the bare HTTP reason phrase ("Forbidden").
+    """
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         given = (overrides or {}).get(status, {})
+        description = given.get("description") or ERROR_DESCRIPTIONS.get(status)
+        if not description:
+            raise ValueError(
+                f"HTTP {status} has no description: add one to attune.web.ERROR_DESCRIPTIONS, "
+                "or pass it in the route's overrides"
+            )
         out[status] = {
-            "description": given.get("description", ERROR_DESCRIPTIONS.get(status, "")),
+            "description": description,
             "content": {"application/json": {"schema": given.get("schema", ref(ErrorBody))}},
         }
     return out

@@ -15,6 +15,12 @@ the online store's write script looks each event's items up (the same rule as
 :func:`attune.features.with_genres`, which the batch layer joins with) and where the
 personalization API reads titles and genres without Spark. :class:`CatalogRefresher` keeps the
 mirror current from a background thread of the speed-layer process.
+
+A change is read once (the topic is consumed incrementally, a Delta version compared once), so a
+mirror write that fails (Redis down) must not drop it: :class:`Catalog` keeps the changes it
+could not write and writes them, merged with the newer ones, with every later refresh until a
+write succeeds. The outage is logged when the first write fails and when one succeeds again,
+not at every retry.
 """
 
 from __future__ import annotations
@@ -69,7 +75,20 @@ def parse_catalog_record(key: bytes | None, value: bytes | None) -> tuple[str, I
 
 
 class Catalog:
-    """The current catalog (``items``), reporting each change to ``on_change``."""
+    """The current catalog (``items``), reporting each change to ``on_change``.
+
+    ``on_change`` gets ``{item_id: record or None (deleted)}`` and writes it somewhere (the
+    speed layer: the Redis mirror,
+    :meth:`attune.online_store.OnlineStoreWriter.write_item_metadata`, which replaces each
+    item's whole entry, so writing a change twice changes nothing). When it raises, the
+    changes stay in ``pending`` and are handed over again, with the changes read since (an
+    item's newest record wins), at the next refresh, until ``on_change`` returns.
+
+    The first write (the whole catalog, at start) is the exception: its failure is raised, so
+    the speed layer does not start applying events against an empty mirror. Later failures
+    are logged once per outage (a warning at the first, an info line when a write succeeds
+    again) and not raised: the in-memory catalog is current, only the mirror lags.
+    """
 
     def __init__(
         self,
@@ -88,6 +107,10 @@ class Catalog:
         self._consumer: KafkaConsumer | None = None
         self.interval_s = cfg.speed.catalog_refresh.total_seconds()
         self._refreshed_at = float("-inf")
+        # changes on_change has not taken yet (its last call raised), and the mirror's state
+        self.pending: dict[str, ItemRecord | None] = {}
+        self.mirror_failing = False
+        self._mirrored_once = False
 
     def refresh(self) -> bool:
         """Pick up catalog changes; True if any item changed."""
@@ -162,8 +185,7 @@ class Catalog:
             elif self.items.get(item_id) != record:
                 self.items[item_id] = record
                 changed = True
-        if changes and self.on_change is not None:
-            self.on_change(changes)
+        self._mirror(changes)
         return changed
 
     # -- delta --------------------------------------------------------------------------
@@ -197,9 +219,43 @@ class Catalog:
         }
         changes.update({k: None for k in self.items.keys() - fresh.keys()})
         self.items = fresh
-        if changes and self.on_change is not None:
-            self.on_change(changes)
+        self._mirror(changes)
         return bool(changes)
+
+    # -- the mirror ---------------------------------------------------------------------
+    def _mirror(self, changes: dict[str, ItemRecord | None]) -> None:
+        """Hand ``changes``, after the ones still pending, to ``on_change`` (see the class)."""
+        if self.on_change is None:
+            return
+        self.pending.update(changes)  # a newer record of an item replaces the pending one
+        if not self.pending:
+            self._mirrored_once = True
+            return
+        try:
+            self.on_change(dict(self.pending))
+        except Exception as exc:
+            if not self._mirrored_once:
+                raise
+            if not self.mirror_failing:
+                log.warning(
+                    "catalog mirror: writing %d item changes failed (%s: %s); keeping them and "
+                    "writing them with each later refresh (speed.catalog_refresh: %.0f s) until "
+                    "one succeeds",
+                    len(self.pending),
+                    type(exc).__name__,
+                    exc,
+                    self.interval_s,
+                )
+                self.mirror_failing = True
+            return
+        if self.mirror_failing:
+            log.info(
+                "catalog mirror: written again, with the %d item changes kept meanwhile",
+                len(self.pending),
+            )
+        self.mirror_failing = False
+        self._mirrored_once = True
+        self.pending.clear()
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -221,11 +277,20 @@ class CatalogRefresher(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        failing = False
         while not self._stop_event.wait(self.interval_s):
             try:
                 self.catalog.refresh()
             except Exception:
-                log.exception("refreshing the catalog failed; retrying in %.0f s", self.interval_s)
+                if not failing:  # once per outage (Kafka down), not every interval
+                    log.exception(
+                        "refreshing the catalog failed; retrying every %.0f s", self.interval_s
+                    )
+                failing = True
+                continue
+            if failing:
+                log.info("refreshing the catalog works again")
+            failing = False
 
     def stop(self) -> None:
         self._stop_event.set()

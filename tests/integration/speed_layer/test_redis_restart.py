@@ -15,7 +15,9 @@ answer 503 during the restart and its clients retry (``tests/integration/test_co
 After the restart the online store must hold every acknowledged event's effect exactly once:
 each user's ``item_view`` counter equals the number of distinct events acknowledged for them,
 and their ``applied`` set holds exactly those events' interaction ids, although every event
-posted during the restart was posted twice (a client retry with the same ``event_id``).
+posted during the restart was posted twice (a client retry with the same ``event_id``). A
+catalog item published while Redis is down reaches the catalog mirror once it is back (the
+speed layer reads it from the topic during the outage, when the mirror write fails).
 Meanwhile the API answers 200, or, while Redis is down, 503 naming Redis with a
 ``Retry-After`` (its designed answer: ``attune.api.app``, ``guarded``), never a 500.
 """
@@ -60,6 +62,9 @@ ITEMS = [f"i{n}" for n in range(15)]  # 5 per phase; each user views each item o
 DOWN_S = 20.0  # how long Redis stays down while events keep coming (a large AOF loads slowly)
 MOVIES = "movietweetings-mini/movies.csv"
 REDIS_DOWN_ERROR = "Redis (the online store) is not reachable"
+# published while Redis is down
+OUTAGE_ID = f"new-{RUN}"
+OUTAGE_ITEM = {"item_id": OUTAGE_ID, "title": "Outage", "year": 2026, "genres": ["Drama"]}
 
 
 def event(user: str, item: str) -> dict[str, Any]:
@@ -142,6 +147,7 @@ def test_a_redis_restart_loses_no_event_and_counts_none_twice(
 
                     stack.redis_down(test_cfg)  # SIGTERM: Redis flushes its append-only file
                     down = time.monotonic()
+                    publish_catalog(test_cfg, [OUTAGE_ITEM])
                     during = phase(url, ITEMS[5:10])
                     post(url, during)  # a client retry of all of them: same event ids
                     time.sleep(max(0.0, DOWN_S - (time.monotonic() - down)))
@@ -152,6 +158,11 @@ def test_a_redis_restart_loses_no_event_and_counts_none_twice(
                     # 15 distinct views per user (5 before, 5 during, 5 after the restart)
                     wait_until(lambda: counts(r) == dict.fromkeys(USERS, 15), 90, "every event")
                     applied_at = time.monotonic()
+                    outage_item = wait_until(
+                        lambda: r.hgetall(store.keys.item_meta(OUTAGE_ID)),
+                        30,
+                        "the catalog item published during the outage in the mirror",
+                    )
                     api_back = wait_until(
                         lambda: next(
                             (a for a in poller.answers if a.at > up and a.status == 200), None
@@ -183,6 +194,9 @@ def test_a_redis_restart_loses_no_event_and_counts_none_twice(
         shared.close()
 
     assert final == dict.fromkeys(USERS, 15)
+    # the mirror's hash (OnlineStoreWriter.write_item_metadata): the title, the genres as a
+    # JSON list, the year as a string
+    assert outage_item == {b"title": b"Outage", b"genres": b'["Drama"]', b"year": b"2026"}
     # an item event's interaction id is "<event_id>#<position>" (docs/online_store.md)
     assert applied == {u: {f"{e}#0" for e in ids} for u, ids in acked.items()}
     assert all(len(ids) == 15 for ids in acked.values())
