@@ -277,15 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_vacuum.set_defaults(handler=_handler("spark.privacy:cmd_vacuum"))
     p_verify = privacy_sub.add_parser(
         "verify",
-        help="count what applied erasures left in Delta and Redis; report in "
-        "var/reports/privacy/; exit 1 when anything is left",
+        help="count what applied erasures left in Delta and Redis, and list every store (Redis, "
+        "Delta, models, Kafka, files) with its state and the time by which it is clean; report "
+        "in var/reports/privacy/; exit 1 when something is left that should be gone by now",
     )
     p_verify.add_argument("--json", action="store_true", help="print the report as JSON")
     p_verify.set_defaults(handler=_handler("spark.privacy:cmd_verify"))
     p_export = privacy_sub.add_parser(
         "export",
         help="everything held about a user (Redis, Delta, experiments, models) as one JSON "
-        "document (default under var/reports/privacy/); exit 1 when a store cannot be read",
+        "document, encrypted traits decrypted (default under var/reports/privacy/); exit 1 "
+        "when a store cannot be read (the profile key missing included)",
     )
     p_export.add_argument(
         "--user", required=True, metavar="ID", help="the app's user id, as the user knows it"

@@ -32,6 +32,14 @@ an erasure does not wait for the night, and check the result:
     whose events reached bronze after its request are likewise new data (the user came back)
     and are reported, not failed. Rows still in old files before VACUUM are not counted: the
     current version of each table is what readers see; ``privacy vacuum`` reports the rest.
+
+    The report then lists every store that can hold an erased user (Redis keys and erased
+    markers, every Delta table, the models' vocabularies, the Kafka topics, logs, export
+    documents, retraining runs) with its state (clean, pending, holds data) and the time by
+    which it is clean: :mod:`spark.erasure_status` decides from the facts gathered here
+    (:func:`observe_stores`). A store past its time that still holds data fails the command
+    too (a VACUUM overdue, a served model no longer covered by the erased markers, a Kafka
+    topic keeping records forever, a log or an export holding a pseudonym).
 """
 
 from __future__ import annotations
@@ -285,6 +293,13 @@ class Verification:
     tables: dict[str, dict[str, Any]]
     redis: dict[str, Any]
     failures: list[str]
+    stores: list[dict[str, Any]] = field(default_factory=list)
+    """Every store that can hold an erased user, with its state and the time by which it is
+    clean (:func:`spark.erasure_status.store_rows`)."""
+    warnings: list[str] = field(default_factory=list)
+    all_clean_by: str | None = None
+    """When every store is clean (None: not known, a store waits for an unscheduled event or
+    holds data)."""
 
     @property
     def ok(self) -> bool:
@@ -452,9 +467,17 @@ def redis_user_keys(cfg: AttuneConfig, pseudonyms: set[str]) -> dict[str, int]:
 
 
 def verify_erasures(
-    cfg: AttuneConfig, spark: SparkSession, now: datetime, *, check_redis: bool = True
+    cfg: AttuneConfig,
+    spark: SparkSession,
+    now: datetime,
+    *,
+    check_redis: bool = True,
+    check_kafka: bool = True,
 ) -> Verification:
-    """Count what the applied erasures left in every erasable table and in Redis."""
+    """Count what the applied erasures left in every erasable table and in Redis, and report
+    every store that can hold an erased user with its state and the time by which it is clean
+    (:mod:`spark.erasure_status`)."""
+    from spark.erasure_status import add_stores
     from spark.tables import Lake, is_table
 
     lake = Lake.from_config(cfg)
@@ -474,7 +497,304 @@ def verify_erasures(
     redis_keys = (
         redis_user_keys(cfg, {r.pseudonym for r in applied}) if check_redis and applied else None
     )
-    return verification(now, applied, len(pending), counts, redis_keys, came_back)
+    result = verification(now, applied, len(pending), counts, redis_keys, came_back)
+    observed = observe_stores(
+        cfg, spark, now, applied, pending, counts, redis_keys, came_back, check_kafka=check_kafka
+    )
+    return add_stores(result, observed, now)
+
+
+def _utc(t: datetime) -> datetime:
+    """A time collected from Spark (naive, local time) as an aware UTC time."""
+    return t.astimezone(UTC)
+
+
+def observe_stores(
+    cfg: AttuneConfig,
+    spark: SparkSession,
+    now: datetime,
+    applied: Sequence[ErasureRequest],
+    pending: Sequence[ErasureRequest],
+    counts: Mapping[str, Mapping[str, int] | None],
+    redis_keys: Mapping[str, int] | None,
+    came_back: set[str],
+    *,
+    check_kafka: bool = True,
+) -> Any:
+    """Gather the facts :func:`spark.erasure_status.store_rows` decides on (all the I/O)."""
+    from spark.erasure_status import Observed, TableFacts
+    from spark.privacy_export import EXPERIMENT_TABLES
+    from spark.tables import Lake, is_table
+
+    requests = [*applied, *pending]
+    requested = [_utc(r.requested_at) for r in requests]
+    erased = {r.pseudonym for r in requests} - came_back
+    lake = Lake.from_config(cfg)
+    paths = lake.tables()
+    configured = cfg.batch.maintenance.vacuum_retention
+    tables: list[TableFacts] = []
+    for name in LEFTOVER:
+        path = paths[name]
+        exists = counts[name] is not None if name in counts else is_table(spark, path)
+        if not exists or not requests:
+            tables.append(TableFacts(name, path, exists))
+            continue
+        retention = effective_retention(name, configured, table_retention_property(spark, path))
+        unvacuumed, complete = table_deletes(spark, path, retention, min(requested))
+        table_counts = counts.get(name) or {}
+        tables.append(
+            TableFacts(
+                name, path, True, sum(table_counts.values()), retention, unvacuumed, complete
+            )
+        )
+    left_keys = {p: n for p, n in (redis_keys or {}).items() if n and p not in came_back}
+    came_back_keys = {p for p, n in (redis_keys or {}).items() if n and p in came_back}
+    return Observed(
+        requested=requested,
+        pending=len(pending),
+        redis_where=f"redis://{cfg.redis.host}:{cfg.redis.port}/{cfg.redis.db}",
+        redis_keys_left=sum(left_keys.values()),
+        redis_came_back=len(came_back_keys),
+        markers=erased_markers(cfg, {r.pseudonym for r in requests}),
+        marker_block=cfg.privacy.erased_model_block,
+        tables=tables,
+        experiment_tables=EXPERIMENT_TABLES,
+        models=model_facts(cfg.paths.resolve(cfg.models.repository_dir), erased),
+        topics=topic_facts(cfg, bool(requests) and check_kafka),
+        files=file_facts(cfg, spark, erased),
+    )
+
+
+def table_deletes(
+    spark: SparkSession, path: str, retention: timedelta, since: datetime
+) -> tuple[tuple[datetime, ...], bool]:
+    """:func:`spark.erasure_status.unvacuumed_deletes` over as much history as it needs."""
+    from spark.erasure_status import unvacuumed_deletes
+
+    limit = HISTORY_FIRST_PAGE
+    while True:
+        history = read_history(spark, path, limit)
+        complete = len(history) < limit
+        found, covered = unvacuumed_deletes(history, retention, since, complete=complete)
+        if covered or limit >= HISTORY_MAX:
+            return found, covered
+        limit = min(limit * 4, HISTORY_MAX)
+
+
+def erased_markers(cfg: AttuneConfig, pseudonyms: set[str]) -> dict[str, timedelta]:
+    """``{pseudonym: remaining TTL}`` of the erased markers that exist (one without a TTL
+    counts as a full ``privacy.erased_model_block``)."""
+    import redis
+
+    from attune.keys import Keys
+
+    if not pseudonyms:
+        return {}
+    keys = Keys.from_config(cfg)
+    ordered = sorted(pseudonyms)
+    client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for p in ordered:
+            pipe.pttl(keys.erased(p))
+        ttls = pipe.execute()
+    finally:
+        client.close()
+    found: dict[str, timedelta] = {}
+    for p, ms in zip(ordered, ttls, strict=True):
+        if int(ms) == -1:
+            found[p] = cfg.privacy.erased_model_block
+        elif int(ms) > 0:
+            found[p] = timedelta(milliseconds=int(ms))
+    return found
+
+
+def model_facts(root: Path, pseudonyms: set[str]) -> list[Any]:
+    """Every published model: the erased pseudonyms in each version's vocabulary (searched in
+    its ``saved_model.pb``, as ``privacy export`` does)."""
+    from attune.model_repository import ModelRepository, version_folders
+    from spark.erasure_status import ModelFacts
+
+    repo = ModelRepository(root)
+    names = (
+        sorted(c.name for c in root.iterdir() if c.is_dir() and version_folders(c))
+        if root.is_dir()
+        else []
+    )
+    if not names:
+        return [ModelFacts("repository", str(root), None, {})]
+    served = {n: int(e["version"]) for n, e in repo.serving().items() if "version" in e}
+    wanted = sorted(pseudonyms)
+    facts = []
+    for name in names:
+        versions = repo.versions(name)
+        held: dict[int, frozenset[str]] = {}
+        for v in versions:
+            graph_file = repo.path(name, v) / "saved_model.pb"
+            graph = graph_file.read_bytes() if wanted and graph_file.exists() else b""
+            held[v] = frozenset(p for p in wanted if p.encode() in graph)
+        facts.append(ModelFacts(name, str(root / name), served.get(name, max(versions)), held))
+    return facts
+
+
+def topic_facts(cfg: AttuneConfig, ask_broker: bool, timeout_s: float = 5.0) -> list[Any]:
+    """The topics holding user ids (:data:`spark.erasure_status.USER_TOPICS`): their
+    configured retention and, when the broker answers, its ``retention.ms``, ``segment.ms``
+    and each topic's oldest record (a ListOffsets by time: no record is read)."""
+    from spark.erasure_status import USER_TOPICS, TopicFacts
+
+    topics = {r: cfg.kafka.topics[r] for r in USER_TOPICS if r in cfg.kafka.topics}
+    base = {r: TopicFacts(r, t.name, t.retention_ms) for r, t in topics.items()}
+    if not ask_broker or not topics:
+        return list(base.values())
+    try:
+        broker = broker_topics(cfg, [t.name for t in topics.values()], timeout_s)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+        return [
+            TopicFacts(r, t.name, t.configured_retention_ms, error=reason) for r, t in base.items()
+        ]
+    facts = []
+    for role, t in base.items():
+        seen = broker.get(t.name)
+        if seen is None:  # no such topic: nothing in it
+            facts.append(TopicFacts(role, t.name, t.configured_retention_ms, observed=True))
+            continue
+        retention, segment, oldest = seen
+        facts.append(
+            TopicFacts(role, t.name, t.configured_retention_ms, True, retention, segment, oldest)
+        )
+    return facts
+
+
+def broker_topics(
+    cfg: AttuneConfig, names: list[str], timeout_s: float
+) -> dict[str, tuple[int | None, int | None, datetime | None]]:
+    """``{topic: (retention.ms, segment.ms, oldest record time)}`` for the topics that exist."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    from attune.supervisor import port_open
+
+    servers = cfg.kafka.bootstrap_servers
+    addresses = [a.strip().rsplit(":", 1) for a in servers.split(",") if a.strip()]
+    if not any(port_open(h, int(p)) for h, p in addresses):
+        raise ConnectionError(f"nothing listens at {servers}")
+    ms = int(timeout_s * 1000)
+    admin = KafkaAdminClient(
+        bootstrap_servers=servers,
+        client_id="attune-privacy-verify",
+        request_timeout_ms=ms,
+    )
+    try:
+        present = [t["name"] for t in admin.describe_topics(names) if t.get("error_code", 0) == 0]
+        if not present:
+            return {}
+        resources = [
+            ConfigResource(ConfigResourceType.TOPIC, n, ["retention.ms", "segment.ms"])
+            for n in present
+        ]
+        described = admin.describe_configs(resources, config_filter="all").get("topic", {})
+    finally:
+        admin.close()
+
+    def number(config: Mapping[str, Any], key: str) -> int | None:
+        value = (config.get(key) or {}).get("value")
+        return None if value is None else int(value)
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=servers,
+        client_id="attune-privacy-verify",
+        enable_auto_commit=False,
+        request_timeout_ms=max(ms, 2000),
+    )
+    out: dict[str, tuple[int | None, int | None, datetime | None]] = {}
+    try:
+        for name in present:
+            parts = consumer.partitions_for_topic(name) or set()
+            firsts = consumer.offsets_for_times(
+                {TopicPartition(name, p): 0 for p in parts}, timeout_ms=ms
+            )
+            stamps = [o.timestamp for o in firsts.values() if o is not None]
+            oldest = datetime.fromtimestamp(min(stamps) / 1000, UTC) if stamps else None
+            config = described.get(name, {})
+            out[name] = (number(config, "retention.ms"), number(config, "segment.ms"), oldest)
+    finally:
+        consumer.close()
+    return out
+
+
+def file_facts(cfg: AttuneConfig, spark: SparkSession, pseudonyms: set[str]) -> list[Any]:
+    """Logs, ``privacy export`` documents and retraining runs, searched for ``pseudonyms``."""
+    from spark.erasure_status import FileFacts
+
+    logs = [f for f in cfg.log_dir.rglob("*") if f.is_file()] if cfg.log_dir.is_dir() else []
+    reports = cfg.paths.resolve("reports/privacy")
+    exports = sorted(reports.glob("export-*.json")) if reports.is_dir() else []
+    runs = cfg.paths.resolve(cfg.models.retrain.runs_dir)
+    graphs = sorted(runs.glob("**/saved_model.pb")) if runs.is_dir() else []
+    data = sorted(runs.glob("**/interactions.parquet")) if runs.is_dir() else []
+    in_data = set(parquet_files_holding(spark, data, pseudonyms)) if pseudonyms else set()
+    return [
+        FileFacts(
+            "files/logs",
+            str(cfg.log_dir),
+            len(logs),
+            files_holding(logs, pseudonyms),
+            fix="delete or redact those lines (no attune log should carry a user id: report it)",
+        ),
+        FileFacts(
+            "files/privacy exports",
+            str(reports),
+            len(exports),
+            files_holding(exports, pseudonyms),
+            fix="delete the exports of erased users once delivered",
+        ),
+        FileFacts(
+            "files/retraining runs",
+            str(runs),
+            len(graphs) + len(data),
+            sorted(set(files_holding(graphs, pseudonyms)) | in_data),
+            blocking=False,
+            fix="a run folder keeps its training data and candidate models until deleted: "
+            "delete the run folders made before the erasure",
+        ),
+    ]
+
+
+def files_holding(files: Iterable[Path], pseudonyms: set[str]) -> list[str]:
+    """The files whose bytes hold one of ``pseudonyms``."""
+    import re
+
+    if not pseudonyms:
+        return []
+    pattern = re.compile(b"|".join(re.escape(p.encode()) for p in sorted(pseudonyms)))
+    found = []
+    for f in files:
+        try:
+            if pattern.search(f.read_bytes()):
+                found.append(str(f))
+        except OSError:
+            continue  # a log rolled away while searched
+    return found
+
+
+def parquet_files_holding(
+    spark: SparkSession, files: Sequence[Path], pseudonyms: set[str]
+) -> list[str]:
+    """The Parquet files (training data: ``user_id``) with a row of ``pseudonyms``."""
+    from pyspark.sql import functions as F
+
+    if not files:
+        return []
+    rows = (
+        spark.read.parquet(*[str(f) for f in files])
+        .where(F.col("user_id").isin(sorted(pseudonyms)))
+        .select(F.input_file_name().alias("f"))
+        .distinct()
+        .collect()
+    )
+    return sorted(str(r["f"]).removeprefix("file://") for r in rows)
 
 
 def read_history(spark: SparkSession, path: str, limit: int) -> list[Commit]:
@@ -658,6 +978,25 @@ def cmd_vacuum(cfg: AttuneConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def stores_table(stores: Sequence[Mapping[str, Any]]) -> str:
+    """The store rows as a table: store, state, clean by (``deadline`` when the store must
+    change by then), and why, indented below."""
+    lines = [f"  {'STORE':<36} {'STATE':<11} CLEAN BY"]
+    for row in stores:
+        by = row["clean_by"] or (
+            "next model"
+            if row.get("deadline")
+            else "not scheduled"
+            if row["state"] == "holds data"
+            else "unknown"
+        )
+        if row.get("deadline"):
+            by += f" (before {row['deadline']})"
+        lines.append(f"  {row['store']:<36} {row['state']:<11} {by}")
+        lines.append(f"      {row['reason']}")
+    return "\n".join(lines)
+
+
 def write_report(cfg: AttuneConfig, result: Verification, now: datetime) -> Path:
     folder = cfg.paths.resolve("reports/privacy")
     folder.mkdir(parents=True, exist_ok=True)
@@ -667,7 +1006,9 @@ def write_report(cfg: AttuneConfig, result: Verification, now: datetime) -> Path
 
 
 def cmd_verify(cfg: AttuneConfig, args: argparse.Namespace) -> int:
-    """``attune privacy verify [--json]``: 0 when no row of an erased user remains, else 1."""
+    """``attune privacy verify [--json]``: 0 when no store holds an erased user's data that
+    should be gone by now (stores still within their retention are ``pending``, with the time
+    by which they are clean), else 1."""
     setup_logging()
     now = datetime.now(UTC)
     try:
@@ -696,6 +1037,19 @@ def cmd_verify(cfg: AttuneConfig, args: argparse.Namespace) -> int:
                 f"  {result.redis['came_back_users']} erased user(s) came back after their "
                 f"request: their {result.redis['came_back_keys']} Redis key(s) are new data"
             )
+        print(stores_table(result.stores))
+        print(
+            "privacy verify: every store clean "
+            + (
+                "now"
+                if result.all_clean_by == "now"
+                else f"by {result.all_clean_by}"
+                if result.all_clean_by
+                else "by a time not known yet (see the stores above)"
+            )
+        )
+    for warning in result.warnings:
+        print(f"attune privacy verify: WARNING: {warning}", file=sys.stderr)
     if not result.ok:
         print(
             "attune privacy verify: FAILED: "
@@ -706,5 +1060,5 @@ def cmd_verify(cfg: AttuneConfig, args: argparse.Namespace) -> int:
         )
         return 1
     if not args.json:
-        print("privacy verify: OK, no row of an erased user remains")
+        print("privacy verify: OK, nothing of an erased user is left where it should be gone")
     return 0

@@ -22,7 +22,13 @@ Where. The stores, each with one of three states (``found`` with the records, ``
 ``delta``
     Every lake table holding user ids: the tables erasure deletes from
     (:data:`spark.erasure.ERASABLE`, the single list), matched with the same conditions, every
-    matching row in full.
+    matching row in full. Columns the lake keeps encrypted are exported decrypted
+    (:data:`ENCRYPTED_COLUMNS`: the profile ``traits`` of ``silver/users``, AES-256-GCM with
+    ``privacy.profile_key_file``): the document is for the user, who is owed the values, not
+    ciphertext. The store's section says so (``decrypted``) and the document lists every
+    decrypted column (``decrypted``). Without the key (the file is missing, or does not decrypt
+    the rows) that table is ``not reachable`` with the reason: a new key is never created for an
+    export, it could not read what the old one encrypted.
 ``experiments``
     The experiment tables of that list (``gold/experiment_users``, ``gold/experiment_teams``),
     reported apart because a data subject asks about experiments separately.
@@ -46,7 +52,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 from spark.erasure import ERASABLE
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
     from attune.config import AttuneConfig
     from spark.tables import Lake
@@ -71,6 +77,10 @@ ID_FORM = (
     "(privacy.pseudonym_key_file), the only form in which attune stores ids; the raw id is "
     "stored nowhere, this document included"
 )
+ENCRYPTED_COLUMNS: dict[str, str] = {"silver_users": "traits"}
+"""``{erasable table: column}``: the columns the lake stores encrypted (``traits`` as
+``traits_encrypted``), which the export decrypts."""
+DECRYPTION = "AES-256-GCM with the profile key (privacy.profile_key_file)"
 
 
 # ----------------------------------------------------------------------------------------
@@ -83,12 +93,14 @@ class Reading:
 
     ``records``: what it holds (empty: nothing); ``error``: why it could not be read (the
     records are then unknown); ``note``: anything a reader should know (no table yet, the
-    versions checked)."""
+    versions checked); ``decrypted``: ``{plain column: what it was decrypted from}`` for the
+    columns stored encrypted and exported in plain text."""
 
     where: str
     records: Sequence[Any] = ()
     error: str | None = None
     note: str | None = None
+    decrypted: Mapping[str, str] | None = None
 
 
 def store_section(reading: Reading) -> dict[str, Any]:
@@ -102,6 +114,8 @@ def store_section(reading: Reading) -> dict[str, Any]:
             section["data"] = list(reading.records)
     if reading.note:
         section["note"] = reading.note
+    if reading.decrypted:
+        section["decrypted"] = dict(reading.decrypted)
     return section
 
 
@@ -140,6 +154,9 @@ def assemble_export(
             "linked_anonymous_pseudonyms": sorted(set(linked) - {pseudonym}),
         },
         "complete": all(s["state"] != UNREACHABLE for s in flat.values()),
+        "decrypted": sorted(
+            f"{p}.{column}" for p, s in flat.items() for column in s.get("decrypted") or {}
+        ),
         "summary": {
             FOUND: {p: s["records"] for p, s in flat.items() if s["state"] == FOUND},
             NOTHING: [p for p, s in flat.items() if s["state"] == NOTHING],
@@ -161,6 +178,56 @@ def redis_value(raw: bytes) -> Any:
     except ValueError:
         return text
     return parsed if isinstance(parsed, dict | list) else text
+
+
+class ProfileKeyError(Exception):
+    """The profile key cannot decrypt what the lake holds (missing, or not the right key)."""
+
+
+def plain_records(
+    rows: DataFrame, key: Callable[[], bytes], key_file: str
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The rows of a ``silver/users``-like frame as JSON objects, ``traits_encrypted`` replaced
+    by ``traits`` in clear (:func:`spark.silver.decrypt_traits`: AES-256-GCM bound to the
+    user), and ``{"traits": what it came from}`` when a row was decrypted (else ``{}``).
+
+    ``key`` is called only when a row holds ciphertext. Raises :class:`ProfileKeyError`, naming
+    ``key_file`` and the fix, when the key is missing or does not decrypt the rows."""
+    from pyspark.sql import functions as F
+
+    from spark.silver import decrypt_traits
+
+    encrypted = "traits_encrypted"
+    if encrypted not in rows.columns:
+        return [json.loads(r) for r in rows.toJSON().collect()], {}
+    if not rows.where(F.col(encrypted).isNotNull()).limit(1).count():
+        return [json.loads(r) for r in rows.drop(encrypted).toJSON().collect()], {}
+    plain = decrypt_traits(rows, key()).drop(encrypted)
+    try:
+        records = [json.loads(r) for r in plain.toJSON().collect()]
+    except Exception as exc:  # Spark's aes_decrypt fails the query on a wrong key
+        raise ProfileKeyError(
+            f"the user's traits do not decrypt with the profile key in {key_file} "
+            f"({reason_of(exc)[:160]}): it is not the key that encrypted them (restored from "
+            "the wrong backup, or replaced) or a row was altered; restore the right key and "
+            "export again"
+        ) from None
+    return records, {"traits": f"{encrypted}, decrypted ({DECRYPTION})"}
+
+
+def export_profile_key(cfg: AttuneConfig) -> bytes:
+    """The profile key, read but never created (:func:`attune.secrets.profile_key` creates a
+    missing one, which could not decrypt what the lost one encrypted)."""
+    from attune.secrets import profile_key
+
+    path = cfg.paths.resolve(cfg.privacy.profile_key_file)
+    if not path.exists():
+        raise ProfileKeyError(
+            f"the user's traits are stored encrypted and the profile key "
+            f"(privacy.profile_key_file: {path}) is missing: restore it from its backup and "
+            "export again (without it the traits cannot be read)"
+        )
+    return profile_key(cfg)
 
 
 def reason_of(exc: BaseException) -> str:
@@ -255,10 +322,16 @@ def linked_pseudonyms(spark: SparkSession, lake: Lake, pseudonym: str, now: date
 
 
 def read_tables(
-    spark: SparkSession, lake: Lake, pseudonyms: Iterable[str], now: datetime
+    spark: SparkSession,
+    lake: Lake,
+    pseudonyms: Iterable[str],
+    now: datetime,
+    profile_key: Callable[[], bytes],
+    key_file: str = "privacy.profile_key_file",
 ) -> dict[str, Reading]:
     """Every row of every erasable table that erasure of ``pseudonyms`` at ``now`` would
-    delete (the same conditions, :data:`spark.erasure.ERASABLE`), as JSON objects."""
+    delete (the same conditions, :data:`spark.erasure.ERASABLE`), as JSON objects; the
+    columns of :data:`ENCRYPTED_COLUMNS` decrypted with ``profile_key()``."""
     from spark.erasure import REQUESTS_DDL, _sql_path
     from spark.tables import is_table
 
@@ -278,8 +351,14 @@ def read_tables(
                 rows = spark.sql(
                     f"SELECT t.* FROM {_sql_path(path)} AS t LEFT SEMI JOIN {view} AS r "
                     f"ON {condition}"
-                ).toJSON()
-                readings[name] = Reading(path, [json.loads(r) for r in rows.collect()])
+                )
+                if name in ENCRYPTED_COLUMNS:
+                    records, decrypted = plain_records(rows, profile_key, key_file)
+                    readings[name] = Reading(path, records, decrypted=decrypted)
+                else:
+                    readings[name] = Reading(path, [json.loads(r) for r in rows.toJSON().collect()])
+            except ProfileKeyError as exc:
+                readings[name] = Reading(path, error=str(exc))
             except Exception as exc:  # one unreadable table must not hide the others
                 readings[name] = Reading(
                     path,
@@ -371,7 +450,14 @@ def cmd_export(cfg: AttuneConfig, args: argparse.Namespace) -> int:
     try:
         with batch_session(cfg, "attune-privacy-export") as spark:
             linked = linked_pseudonyms(spark, lake, pseudonym, now)
-            tables = read_tables(spark, lake, {pseudonym, *linked}, now)
+            tables = read_tables(
+                spark,
+                lake,
+                {pseudonym, *linked},
+                now,
+                lambda: export_profile_key(cfg),
+                str(cfg.paths.resolve(cfg.privacy.profile_key_file)),
+            )
     except Exception as exc:
         reason = f"Spark could not read the lake: {reason_of(exc)}; see the log above"
         paths = lake.tables()

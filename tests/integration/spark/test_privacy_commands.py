@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from attune.config import AttuneConfig
 from attune.keys import Keys
 from attune.secrets import Pseudonymizer, pseudonym_key
 from spark.erasure import ErasureRequest, record_requests
-from spark.privacy import cmd_apply, cmd_vacuum, cmd_verify
+from spark.privacy import LEFTOVER, cmd_apply, cmd_vacuum, cmd_verify
 from spark.tables import Lake, table_version
 from tests.integration.spark.conftest import redis_client
 from tests.unit.spark.fixtures import at, ev, write_bronze
@@ -156,6 +156,27 @@ def test_verify_passes_then_names_what_was_left(
         assert report["tables"]["silver_events"] == {"exists": False}
         assert report["redis"]["came_back_users"] == 1 and report["redis"]["keys_left"] == 0
         assert Path(report["report"]).parent == side.cfg.paths.resolve("reports/privacy")
+        # every store, with its state and the time by which it is clean
+        stores = {r["store"]: r for r in report["stores"]}
+        assert [n for n in stores if n.startswith("delta/")] == [
+            f"delta/{n}" for n in LEFTOVER if not n.startswith("gold_experiment_")
+        ]
+        assert stores["delta/bronze"]["state"] == "clean"  # applied and vacuumed (retention 0)
+        assert stores["delta/silver_events"]["reason"] == "no table"
+        assert stores["experiments/gold_experiment_users"]["state"] == "clean"
+        assert stores["redis/user keys"]["state"] == "clean"
+        # apply marked alice and anon-1 erased for privacy.erased_model_block (30 d)
+        marker = stores["redis/erased markers"]
+        assert marker["state"] == "pending" and marker["blocking"] is False
+        until = datetime.fromisoformat(marker["clean_by"])
+        block = side.cfg.privacy.erased_model_block
+        assert block - timedelta(minutes=10) < until - datetime.now(UTC) <= block
+        assert stores["models/repository"]["reason"] == "no published model"
+        # requested in 2013: long past any retention (no such topic in this world either)
+        assert stores["kafka/events"]["state"] == "clean"
+        assert stores["kafka/dead_letter"]["state"] == "clean"
+        assert stores["files/logs"]["state"] == "clean"
+        assert report["all_clean_by"] == marker["clean_by"] and report["warnings"] == []
 
         # a writer that ignores erasures puts back one of anon-1's old events and a Redis key
         write_bronze(
@@ -167,6 +188,7 @@ def test_verify_passes_then_names_what_was_left(
         client.set(keys.user_key(side.anon, "consent"), b"{}")
         assert cmd_verify(side.cfg, argparse.Namespace(json=False)) == 1
         captured = capsys.readouterr()
+        assert "  delta/bronze" in captured.out and "redis/erased markers" in captured.out
         last = captured.err.strip().splitlines()[-1]
         assert last.startswith(
             "attune privacy verify: FAILED: bronze holds 1 row(s) of 1 erased request(s) "

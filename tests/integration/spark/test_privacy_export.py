@@ -2,9 +2,10 @@
 and nothing of anyone else's.
 
 Alice browses as visitor anon-1, logs in (the identify event links the two), browses, and is
-in an experiment; Bob browses and is in the experiment too. Both have Redis keys; a fake model
-repository has Alice's pseudonym in one version's graph. The other erasable tables do not
-exist and must appear as holding nothing.
+in an experiment; Bob browses and is in the experiment too. Alice set her city in her profile:
+silver/users holds it encrypted, as the batch writes it, and the export gives it back in clear.
+Both have Redis keys; a fake model repository has Alice's pseudonym in one version's graph. The
+other erasable tables do not exist and must appear as holding nothing.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import pytest
 
 from attune.config import AttuneConfig
 from attune.keys import Keys
-from attune.secrets import Pseudonymizer, pseudonym_key
+from attune.secrets import Pseudonymizer, profile_key, pseudonym_key
 from spark.privacy_export import cmd_export
+from spark.silver import cleanse_events, users_dimension
 from spark.tables import Lake
 from tests.integration.spark.conftest import redis_client
-from tests.unit.spark.fixtures import at, ev, write_bronze
+from tests.unit.spark.fixtures import at, bronze_frame, ev, write_bronze
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -57,6 +59,14 @@ def lakeside(
             ev("e4", "item_view", b, at(1, 12), ["i1"]),
         ],
     )
+    # silver/users as the batch builds it: alice's traits encrypted with the profile key
+    profile = [
+        ev("e2", "identify", a, at(1, 10), anonymous=n),
+        ev("e5", "profile_update", a, at(1, 13), traits={"city": "Lyon"}),
+        ev("e4", "item_view", b, at(1, 12), ["i1"]),
+    ]
+    events = cleanse_events(bronze_frame(spark, profile), None, 100, 100).events
+    users_dimension(events, profile_key(cfg)).write.format("delta").save(lake.silver_users)
     spark.createDataFrame(
         [("exp1", "a", a, at(1, 11)), ("exp1", "b", b, at(1, 12))],
         "experiment STRING, variant STRING, user STRING, first_exposure TIMESTAMP",
@@ -98,6 +108,13 @@ def test_export_holds_the_user_and_nobody_else(
     bronze = stores["delta"]["bronze"]
     assert bronze["state"] == "found"
     assert sorted(r["event_id"] for r in bronze["data"]) == ["e1", "e2", "e3"]
+    # silver/users: alice's row (linked to anon-1 by e2), her traits in clear and said so
+    users = stores["delta"]["silver_users"]
+    assert [(r["user"], r["anonymous_ids"]) for r in users["data"]] == [(a, [n])]
+    assert users["data"][0]["traits"] == {"city": "Lyon"}
+    assert "traits_encrypted" not in users["data"][0]
+    assert users["decrypted"]["traits"].startswith("traits_encrypted, decrypted (AES-256-GCM")
+    assert doc["decrypted"] == ["delta/silver_users.traits"]
     assert stores["experiments"]["gold_experiment_users"]["records"] == 1
     assert stores["experiments"]["gold_experiment_users"]["data"][0]["variant"] == "a"
     assert stores["experiments"]["gold_experiment_teams"]["state"] == "nothing held"
@@ -136,3 +153,26 @@ def test_export_says_which_store_it_could_not_read(
     # the lake was still read: bob's one event
     assert [r["event_id"] for r in doc["stores"]["delta"]["bronze"]["data"]] == ["e4"]
     assert doc["subject"]["user_pseudonym"] == ids["bob"]
+
+
+def test_export_without_the_profile_key_says_so_and_creates_none(
+    lakeside: tuple[AttuneConfig, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, _ = lakeside
+    key_file = cfg.paths.resolve(cfg.privacy.profile_key_file)
+    kept = key_file.with_name("profile.key.kept")
+    key_file.rename(kept)
+    try:
+        out = cfg.paths.var_dir / "alice-no-key.json"
+        assert cmd_export(cfg, argparse.Namespace(user="alice", out=str(out))) == 1
+        err = capsys.readouterr().err
+        assert "INCOMPLETE: delta/silver_users: the user's traits are stored encrypted" in err
+        assert f"(privacy.profile_key_file: {key_file}) is missing" in err
+        doc = json.loads(out.read_text())
+        assert doc["stores"]["delta"]["silver_users"]["state"] == "not reachable"
+        assert doc["decrypted"] == []
+        # the other stores were still read
+        assert doc["stores"]["delta"]["bronze"]["records"] == 3
+        assert not key_file.exists()  # no new key: it could not decrypt the old traits
+    finally:
+        kept.rename(key_file)
