@@ -109,7 +109,7 @@ browser:
 test: setup lint jars browser
 	scripts/test.sh $(PYTEST_ARGS)
 
-# mypy checks the packages listed in [tool.mypy] (attune, speed_layer, spark, models);
+# mypy checks the packages listed in [tool.mypy] (attune, speed_layer, spark, models, benchmarks...);
 # lint-imports checks the layer contracts in [tool.importlinter].
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -238,7 +238,7 @@ def _collector_records(cfg: Any, events: list[dict[str, Any]], n: int) -> list[t
     from attune.ingest.pipeline import BatchProcessor
     from attune.secrets import Pseudonymizer, pseudonym_key
 
-    processor = BatchProcessor(Pseudonymizer(pseudonym_key(cfg)))
+    processor = BatchProcessor(Pseudonymizer(pseudonym_key(cfg)), cfg.collector.event_times)
     default = cfg.privacy.default_consent.model_dump()
     out: list[tuple[bytes, bytes]] = []
     for start in range(0, n, 500):
@@ -246,12 +246,13 @@ def _collector_records(cfg: Any, events: list[dict[str, Any]], n: int) -> list[t
             {**events[i % len(events)], "event_id": str(uuid.uuid4())}
             for i in range(start, min(n, start + 500))
         ]
-        batch = processor.validate(raw)
+        received_at = datetime.now(UTC)
+        batch = processor.validate(raw, received_at)
         plan = batch.plan(
             {},
             default=default,
             drop_without_analytics=True,
-            received_at=datetime.now(UTC),
+            received_at=received_at,
             source="bench",
         )
         out.extend(plan.records)
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     rate = gen["measured_events"] / gen["window_s"] if gen["window_s"] > 0 else 0.0
     ratio = rate / raw["events_per_s"] if raw["events_per_s"] else 0.0
     total_acked = len(gen["acked"])
-    result = {
+    result: dict[str, Any] = {
         "run": run,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {

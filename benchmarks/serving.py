@@ -397,7 +397,9 @@ def train_or_reuse(cfg: Any, inter: Path, items: Path) -> dict[str, Any]:
     served = {n: repo.served_version(n) for n in (RETRIEVAL_NAME, RANKING_NAME)}
     if all(v is not None for v in served.values()):
         versions = {
-            n: (repo.metadata(n, v).get("data") or {}).get("version") for n, v in served.items()
+            n: (repo.metadata(n, v).get("data") or {}).get("version")
+            for n, v in served.items()
+            if v is not None
         }
         if set(versions.values()) == {ds.version.version}:
             say(f"reusing the trained models {served} (data version {ds.version.version})")
