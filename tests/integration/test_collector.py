@@ -15,7 +15,6 @@ import os
 import secrets
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +33,7 @@ from attune.events_cli import read_topic
 from attune.ingest.consent import ConsentStore, cmd_migrate_keys
 from attune.keys import Keys
 from attune.secrets import create_write_key, ensure_admin_key
+from tests.integration.speed_layer.helpers import delete_topics
 
 pytestmark = pytest.mark.integration
 
@@ -67,20 +67,6 @@ def _write_secret(cfg: AttuneConfig) -> bytes:
     return secret
 
 
-def _delete_topics(cfg: AttuneConfig) -> None:
-    """Remove this module's topics (best effort: their unique names harm nobody if left)."""
-    from attune.stack import kafka_admin
-
-    try:
-        with kafka_admin(cfg) as admin:
-            names = [t.name for t in cfg.kafka.topics.values()]
-            existing = [n for n in names if n in admin.list_topics()]
-            if existing:
-                admin.delete_topics(existing)
-    except Exception as exc:
-        warnings.warn(f"could not delete test topics: {exc}", stacklevel=1)
-
-
 @pytest.fixture(scope="module")
 def env(cfg: AttuneConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     from attune.stack import create_topics
@@ -103,7 +89,7 @@ def env(cfg: AttuneConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         with collector_process(test_cfg) as url:
             yield Env(test_cfg, url, key, secret)
     finally:
-        _delete_topics(test_cfg)
+        delete_topics(test_cfg)
 
 
 def _write_older_consent(cfg: AttuneConfig, secret: bytes) -> None:

@@ -27,7 +27,6 @@ import statistics
 import threading
 import time
 import uuid
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from attune.collector.process import collector_process, collector_url
 from attune.config import AttuneConfig, isolated_config
 from attune.events_cli import read_topic
 from attune.secrets import create_write_key
+from tests.integration.speed_layer.helpers import delete_topics
 
 pytestmark = pytest.mark.integration
 
@@ -53,19 +53,6 @@ N_EVENTS = 3000  # queued at RATE per second: a 6 s stream
 RATE = 500
 BATCH = 100
 KILL_AT_REQUEST = 8  # after 7 answered batches (700 events), the 8th is killed mid-flight
-
-
-def _delete_topics(cfg: AttuneConfig) -> None:
-    from attune.stack import kafka_admin
-
-    try:
-        with kafka_admin(cfg) as admin:
-            names = [t.name for t in cfg.kafka.topics.values()]
-            existing = [n for n in names if n in admin.list_topics()]
-            if existing:
-                admin.delete_topics(existing)
-    except Exception as exc:
-        warnings.warn(f"could not delete test topics: {exc}", stacklevel=1)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +74,7 @@ def faults_cfg(
     try:
         yield test_cfg
     finally:
-        _delete_topics(test_cfg)
+        delete_topics(test_cfg)
 
 
 def _collector_pid(url: str) -> int:

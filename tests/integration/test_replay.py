@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 import uuid
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from attune.events_cli import read_topic
 from attune.replay import replay
 from attune.secrets import create_write_key
 from tests.integration.redaction import file_leaks, run_secrets, text_leaks
+from tests.integration.speed_layer.helpers import delete_topics
 
 pytestmark = pytest.mark.integration
 
@@ -37,19 +37,6 @@ class Env:
     def events(self) -> list[dict[str, Any]]:
         topic = self.cfg.kafka.topic("events").name
         return [orjson.loads(r.value) for r in read_topic(self.cfg, topic, timeout_s=60)]
-
-
-def _delete_topics(cfg: AttuneConfig) -> None:
-    from attune.stack import kafka_admin
-
-    try:
-        with kafka_admin(cfg) as admin:
-            names = [t.name for t in cfg.kafka.topics.values()]
-            existing = [n for n in names if n in admin.list_topics()]
-            if existing:
-                admin.delete_topics(existing)
-    except Exception as exc:
-        warnings.warn(f"could not delete test topics: {exc}", stacklevel=1)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +55,7 @@ def env(cfg: AttuneConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         with collector_process(test_cfg) as url:
             yield Env(test_cfg, url, key)
     finally:
-        _delete_topics(test_cfg)
+        delete_topics(test_cfg)
 
 
 def test_mini_replay_lands_exact_counts_and_is_idempotent(env: Env) -> None:
@@ -246,7 +233,7 @@ def test_demo_replays_once_then_skips(
         assert len(clicks) == 2  # the click is new behaviour: posted again
     finally:
         airflow_down(demo_cfg)
-        _delete_topics(demo_cfg)
+        delete_topics(demo_cfg)
     var = demo_cfg.paths.var_dir
     secrets = run_secrets(var)
     # the plain keys of the demo's own clients, Airflow's, the pseudonym and profile keys
