@@ -88,6 +88,12 @@ class ModelRepository:
         self.serving_base_path = serving_base_path
 
     # Versions ---------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """The models with at least one published version, sorted (none when no repository)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(c.name for c in self.root.iterdir() if c.is_dir() and version_folders(c))
+
     def versions(self, name: str) -> list[int]:
         """The published versions of ``name``, ascending."""
         return sorted(version_folders(self.root / name))

@@ -612,15 +612,11 @@ def erased_markers(cfg: AttuneConfig, pseudonyms: set[str]) -> dict[str, timedel
 def model_facts(root: Path, pseudonyms: set[str]) -> list[Any]:
     """Every published model: the erased pseudonyms in each version's vocabulary (searched in
     its ``saved_model.pb``, as ``privacy export`` does)."""
-    from attune.model_repository import ModelRepository, version_folders
+    from attune.model_repository import ModelRepository
     from spark.erasure_status import ModelFacts
 
     repo = ModelRepository(root)
-    names = (
-        sorted(c.name for c in root.iterdir() if c.is_dir() and version_folders(c))
-        if root.is_dir()
-        else []
-    )
+    names = repo.names()
     if not names:
         return [ModelFacts("repository", str(root), None, {})]
     served = {n: int(e["version"]) for n, e in repo.serving().items() if "version" in e}

@@ -372,14 +372,10 @@ def read_tables(
 def read_models(root: Path, pseudonyms: Iterable[str]) -> dict[str, Reading]:
     """``{model: reading}``: the published versions whose user vocabulary holds one of
     ``pseudonyms`` (see the module docstring), ``{version, served, pseudonym}`` each."""
-    from attune.model_repository import ModelRepository, version_folders
+    from attune.model_repository import ModelRepository
 
     repo = ModelRepository(root)
-    names = (
-        sorted(c.name for c in root.iterdir() if c.is_dir() and version_folders(c))
-        if root.is_dir()
-        else []
-    )
+    names = repo.names()
     if not names:
         return {"repository": Reading(str(root), note="no published model")}
     try:

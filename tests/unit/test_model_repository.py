@@ -65,3 +65,13 @@ def test_version_folders_are_integer_named_folders(tmp_path: Path) -> None:
     assert version_folders(tmp_path / "m") == {1: tmp_path / "m" / "1", 3: tmp_path / "m" / "3"}
     assert version_folders(tmp_path / "missing") == {}
     assert ModelRepository(tmp_path).versions("m") == [1, 3]
+
+
+def test_names_are_the_models_with_a_published_version(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path)
+    repo.publish("retrieval", _writer("a"), {})
+    repo.publish("ranking", _writer("b"), {})
+    (tmp_path / "draft" / ".tmp-0a1b").mkdir(parents=True)  # no version: not a model
+    (tmp_path / "serving.json").write_text("{}")
+    assert repo.names() == ["ranking", "retrieval"]
+    assert ModelRepository(tmp_path / "missing").names() == []
