@@ -579,9 +579,10 @@ class BatchConfig(_Section):
         3, ge=0, description="Event dates before the logical date re-derived for late data."
     )
     erasure_recheck: timedelta = Field(
-        timedelta(days=7),
+        timedelta(days=14),
         description="How long after an erasure request bronze is re-checked for the user's "
-        "late-arriving events (keep >= the events topic's retention).",
+        "late-arriving events (keep >= the events topic's segment.ms + retention.ms: Kafka "
+        "drops whole segments, so a record can outlive retention.ms by up to segment.ms).",
     )
     recommendation_id_pattern: str = Field(
         r"^([^:]+):([^:]+):",

@@ -23,7 +23,8 @@ stage):
    as applied.
 
 A request stays *active* (re-applied each run) until it has been applied once and is older than
-``batch.erasure_recheck`` (default 7 days, the events topic's retention): an event the user sent
+``batch.erasure_recheck`` (default 14 days: the events topic's retention plus its segment time,
+the longest a record stays in Kafka; :mod:`spark.erasure_status`): an event the user sent
 before asking can still be in Kafka and reach bronze late, and is deleted when it does. Events
 received after the request are new data and are kept. Deleted rows stay in older Delta versions
 (time travel) until VACUUM removes their files after ``batch.maintenance.vacuum_retention``: an
