@@ -60,7 +60,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from spark.privacy import Commit, Verification, _duration, completed_vacuum, deletes_rows
+from spark.erasure_facts import Commit, Verification, completed_vacuum, deletes_rows, duration_text
 
 CLEAN = "clean"
 PENDING = "pending"
@@ -251,7 +251,7 @@ def redis_rows(o: Observed, now: datetime) -> list[StoreRow]:
             until,
             f"{len(o.markers)} P:erased:{{u}} marker(s) keep the pseudonym on purpose: the "
             "API keeps those ids away from the served models until they expire "
-            f"(privacy.erased_model_block = {_duration(o.marker_block)} after the latest "
+            f"(privacy.erased_model_block = {duration_text(o.marker_block)} after the latest "
             "erase or apply)",
             blocking=False,
         )
@@ -266,7 +266,7 @@ def table_row(t: TableFacts, group: str, pending_requests: int, now: datetime) -
     store = f"{group}/{t.name}"
     if not t.exists:
         return StoreRow(store, t.path, CLEAN, None, "no table")
-    retention = f"file retention {_duration(t.retention)}"
+    retention = f"file retention {duration_text(t.retention)}"
     if t.rows_left:
         return StoreRow(
             store,
@@ -435,7 +435,8 @@ def topic_row(t: TopicFacts, requested: Sequence[datetime], now: datetime) -> St
     by = max(relevant) + segment + retention
     why = (
         f"records from before {len(relevant)} request(s) are dropped with their log segment: "
-        f"request + segment.ms ({_duration(segment)}) + retention.ms ({_duration(retention)})"
+        f"request + segment.ms ({duration_text(segment)}) + "
+        f"retention.ms ({duration_text(retention)})"
     )
     if by > now:
         return StoreRow(store, t.name, PENDING, by, why + seen, details=details)

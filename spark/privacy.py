@@ -49,13 +49,20 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spark.command import batch_session, failed, setup_logging
 from spark.erasure import APPLIED, ERASABLE, ErasureRequest
+from spark.erasure_facts import (
+    Commit,
+    Verification,
+    completed_vacuum,
+    deletes_rows,
+    duration_text,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -102,40 +109,6 @@ CAME_BACK = (
 
 # ----------------------------------------------------------------------------------------
 # VACUUM: when is it due (pure)
-
-
-@dataclass(frozen=True)
-class Commit:
-    """One row of a Delta table's history (``DESCRIBE HISTORY``)."""
-
-    version: int
-    timestamp: datetime
-    operation: str
-    parameters: Mapping[str, str] = field(default_factory=dict)
-    metrics: Mapping[str, str] = field(default_factory=dict)
-
-
-def _metric(commit: Commit, name: str) -> int:
-    try:
-        return int(commit.metrics.get(name) or 0)
-    except ValueError:
-        return 0
-
-
-def deletes_rows(commit: Commit) -> bool:
-    """Whether ``commit`` deleted rows: a MERGE that deleted some (how an erasure deletes), or a
-    DELETE (retention, a manual erasure) that deleted rows or removed files."""
-    if commit.operation == "MERGE":
-        return _metric(commit, "numTargetRowsDeleted") > 0
-    if commit.operation == "DELETE":
-        return _metric(commit, "numDeletedRows") > 0 or _metric(commit, "numRemovedFiles") > 0
-    return False
-
-
-def completed_vacuum(commit: Commit) -> bool:
-    """Whether ``commit`` is the end of a VACUUM that completed (Delta logs START and END)."""
-    status = str(commit.parameters.get("status") or "COMPLETED").upper()
-    return commit.operation == "VACUUM END" and status == "COMPLETED"
 
 
 @dataclass(frozen=True)
@@ -188,7 +161,7 @@ def vacuum_decision(
         return VacuumDecision(
             True,
             f"{len(ripe)} row-deleting commit(s) older than the file retention "
-            f"({_duration(retention)}) and not vacuumed since (the oldest: v{oldest.version} "
+            f"({duration_text(retention)}) and not vacuumed since (the oldest: v{oldest.version} "
             f"{oldest.operation} at {oldest.timestamp.isoformat(timespec='seconds')})",
             len(pending),
             len(ripe),
@@ -211,7 +184,7 @@ def vacuum_decision(
         return VacuumDecision(
             False,
             f"{len(pending)} row-deleting commit(s) younger than the file retention "
-            f"({_duration(retention)}): due at {until.isoformat(timespec='seconds')}",
+            f"({duration_text(retention)}): due at {until.isoformat(timespec='seconds')}",
             len(pending),
             waiting_until=until,
         )
@@ -269,44 +242,8 @@ def effective_retention(name: str, configured: timedelta, table_property: str | 
     return parsed
 
 
-def _duration(d: timedelta) -> str:
-    seconds = int(d.total_seconds())
-    if seconds % 86400 == 0 and seconds:
-        return f"{seconds // 86400} d"
-    if seconds % 3600 == 0 and seconds:
-        return f"{seconds // 3600} h"
-    return f"{seconds} s"
-
-
 # ----------------------------------------------------------------------------------------
 # Verification (pure)
-
-
-@dataclass
-class Verification:
-    """What ``privacy verify`` found (see the module docstring); ``ok`` when nothing is left."""
-
-    checked_at: str
-    requests_applied: int
-    requests_pending: int
-    pseudonyms: int
-    tables: dict[str, dict[str, Any]]
-    redis: dict[str, Any]
-    failures: list[str]
-    stores: list[dict[str, Any]] = field(default_factory=list)
-    """Every store that can hold an erased user, with its state and the time by which it is
-    clean (:func:`spark.erasure_status.store_rows`)."""
-    warnings: list[str] = field(default_factory=list)
-    all_clean_by: str | None = None
-    """When every store is clean (None: not known, a store waits for an unscheduled event or
-    holds data)."""
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
 
 
 def verification(
@@ -870,7 +807,7 @@ def vacuum_when_due(
         tables[name] = {
             "due": decision.due,
             "reason": decision.reason,
-            "retention": _duration(retention),
+            "retention": duration_text(retention),
             "pending_commits": decision.pending,
             "waiting_until": decision.waiting_until.isoformat(timespec="seconds")
             if decision.waiting_until
