@@ -547,26 +547,22 @@ def erased_markers(cfg: AttuneConfig, pseudonyms: set[str]) -> dict[str, timedel
 
 
 def model_facts(root: Path, pseudonyms: set[str]) -> list[Any]:
-    """Every published model: the erased pseudonyms in each version's vocabulary (searched in
-    its ``saved_model.pb``, as ``privacy export`` does)."""
+    """Every published model: the erased pseudonyms in each version's vocabulary
+    (:func:`spark.privacy_export.versions_holding`, as ``privacy export`` reads them)."""
     from attune.model_repository import ModelRepository
     from spark.erasure_status import ModelFacts
+    from spark.privacy_export import versions_holding
 
     repo = ModelRepository(root)
     names = repo.names()
     if not names:
         return [ModelFacts("repository", str(root), None, {})]
     served = {n: int(e["version"]) for n, e in repo.serving().items() if "version" in e}
-    wanted = sorted(pseudonyms)
     facts = []
     for name in names:
-        versions = repo.versions(name)
-        held: dict[int, frozenset[str]] = {}
-        for v in versions:
-            graph_file = repo.path(name, v) / "saved_model.pb"
-            graph = graph_file.read_bytes() if wanted and graph_file.exists() else b""
-            held[v] = frozenset(p for p in wanted if p.encode() in graph)
-        facts.append(ModelFacts(name, str(root / name), served.get(name, max(versions)), held))
+        found = versions_holding(repo, name, pseudonyms, missing_ok=True)
+        held = {v: frozenset(p) for v, p in found.items()}
+        facts.append(ModelFacts(name, str(root / name), served.get(name, max(held)), held))
     return facts
 
 

@@ -369,6 +369,24 @@ def read_tables(
     return readings
 
 
+def versions_holding(
+    repo: Any, name: str, pseudonyms: Iterable[str], *, missing_ok: bool = False
+) -> dict[int, list[str]]:
+    """``{version: the pseudonyms in its user vocabulary}`` for every published version of
+    ``name`` in ``repo`` (a :class:`attune.model_repository.ModelRepository`): the vocabulary
+    is a lookup table inside the graph, so each version's ``saved_model.pb`` is searched for
+    the pseudonyms' bytes. Raises ``OSError`` when a graph cannot be read (a version without
+    one holds nothing when ``missing_ok``)."""
+    wanted = sorted(set(pseudonyms))
+    held: dict[int, list[str]] = {}
+    for v in repo.versions(name):
+        graph_file = repo.path(name, v) / "saved_model.pb"
+        skip = not wanted or (missing_ok and not graph_file.exists())
+        graph = b"" if skip else graph_file.read_bytes()
+        held[v] = [p for p in wanted if p.encode() in graph]
+    return held
+
+
 def read_models(root: Path, pseudonyms: Iterable[str]) -> dict[str, Reading]:
     """``{model: reading}``: the published versions whose user vocabulary holds one of
     ``pseudonyms`` (see the module docstring), ``{version, served, pseudonym}`` each."""
@@ -382,23 +400,20 @@ def read_models(root: Path, pseudonyms: Iterable[str]) -> dict[str, Reading]:
         served = {n: int(e["version"]) for n, e in repo.serving().items() if "version" in e}
     except (OSError, ValueError) as exc:
         return {"repository": Reading(str(root), error=f"serving.json: {reason_of(exc)}")}
-    wanted = sorted({p.encode() for p in pseudonyms})
     readings: dict[str, Reading] = {}
     for name in names:
         versions = repo.versions(name)
         current = served.get(name, max(versions))
-        records: list[dict[str, Any]] = []
         try:
-            for v in versions:
-                graph = (repo.path(name, v) / "saved_model.pb").read_bytes()
-                records += [
-                    {"version": v, "served": v == current, "pseudonym": p.decode()}
-                    for p in wanted
-                    if p in graph
-                ]
+            held = versions_holding(repo, name, pseudonyms)
         except OSError as exc:
             readings[name] = Reading(str(root / name), error=reason_of(exc))
             continue
+        records = [
+            {"version": v, "served": v == current, "pseudonym": p}
+            for v, found in held.items()
+            for p in found
+        ]
         readings[name] = Reading(
             str(root / name),
             records,
