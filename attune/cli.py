@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="YAML config file (default: $ATTUNE_CONFIG, else the embedded defaults)",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the libraries' own output on the console too (Spark's JVM, which otherwise "
+        "writes to var/log/spark-<app>.log); same as ATTUNE_VERBOSE=1",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # attune stack up|down|status
@@ -54,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
         "topics", help="create the declared topics on kafka.bootstrap_servers (any broker)"
     )
     topics.set_defaults(handler=_handler("attune.stack.cli:cmd_topics"))
+
+    # attune doctor
+    doctor = sub.add_parser(
+        "doctor",
+        help="is this machine ready: Python, Java, Maven, jars, package versions, free ports, "
+        "disk, memory, each with its fix (exit 1: something to fix first)",
+    )
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.set_defaults(handler=_handler("attune.doctor:cmd_doctor"))
 
     # attune store migrate-keys
     store = sub.add_parser("store", help="the Redis online store")

@@ -4,11 +4,23 @@ Every Spark job (speed layer, nightly batch, ALS baseline, notebooks) gets its s
 :func:`build_spark_session`, which puts the Delta Lake and Kafka-connector jars that
 ``make jars`` copied from Maven Central on the classpath. Nothing is downloaded when a session
 starts (``spark.jars.packages`` is never set), so sessions start the same way offline.
+
+The JVM that a session starts writes its own lines (log4j warnings, "Using Spark's default
+log4j profile", JDK notices) to its standard output and error, which it inherits from this
+process: on a console they would land between attune's own lines. When this process's standard
+error is a terminal or a pipe, :func:`build_spark_session` therefore starts the JVM with both
+pointed at ``<log_dir>/spark-<app name>.log`` (appended), unless ``ATTUNE_VERBOSE=1``
+(``attune --verbose``) asks to see them. A process whose standard error is already a file (a
+detached server writing its own log, a test's capture) keeps the JVM's lines there.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,6 +83,54 @@ def build_spark_session(
     )
     for key, value in {**cfg.spark.conf, **(extra_conf or {})}.items():
         builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    log = driver_log(cfg, app_name or cfg.spark.app_name)
+    try:
+        with _output_to(log):
+            session = builder.getOrCreate()
+    except Exception as exc:
+        if log is not None and "gateway" in str(exc).lower():
+            raise RuntimeError(f"{exc}: the JVM's own output is in {log}") from exc
+        raise
     session.sparkContext.setLogLevel("WARN")
     return session
+
+
+VERBOSE_ENV = "ATTUNE_VERBOSE"
+
+
+def driver_log(cfg: AttuneConfig, app_name: str) -> Path | None:
+    """Where a JVM started by this process writes its output; None to let it inherit this
+    process's (``ATTUNE_VERBOSE=1``, or a standard error that is already a file)."""
+    if os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(2).st_mode):
+            return None
+    except OSError:
+        return None
+    return cfg.log_dir / f"spark-{app_name}.log"
+
+
+@contextmanager
+def _output_to(log: Path | None) -> Iterator[None]:
+    """Point file descriptors 1 and 2 at ``log`` while the block runs (children started in it,
+    the JVM, keep writing there), then give this process its own back."""
+    if log is None:
+        yield
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, target):
+            os.close(fd)

@@ -152,3 +152,47 @@ def test_reads_the_events_topic_with_the_kafka_connector(
     )
     admin.delete_topics([topic])
     admin.close()
+
+
+_QUIET_SESSION = """
+import sys
+from attune.config import load_config
+from attune.spark_session import build_spark_session
+cfg = load_config(sys.argv[1])
+spark = build_spark_session(cfg, "attune-quiet")
+print("attune: rows", spark.range(3).count(), flush=True)
+spark.stop()
+"""
+
+
+def test_the_jvms_own_lines_go_to_a_log(tmp_path: Path) -> None:
+    """A command on a console (here: stderr is a pipe) shows only its own lines; the JVM's go
+    to var/log/spark-<app>.log (ATTUNE_VERBOSE=1 keeps them: tests/unit/test_spark_log.py)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    var = tmp_path / "var"
+    jars = Path(__file__).resolve().parents[2] / "var" / "jars" / "spark"
+    config = tmp_path / "attune.yaml"
+    config.write_text(
+        yaml.safe_dump({"paths": {"var_dir": str(var)}, "spark": {"jars_dir": str(jars)}})
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ATTUNE_VERBOSE"}
+    done = subprocess.run(
+        [sys.executable, "-c", _QUIET_SESSION, str(config)],
+        capture_output=True,  # pipes, as under `make demo | tee`
+        text=True,
+        env=env,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "attune: rows 3"
+    spark_line = "Using Spark's default log4j profile"
+    log = var / "log" / "spark-attune-quiet.log"
+    assert spark_line not in done.stderr + done.stdout, done.stderr[-2000:]
+    assert done.stderr.strip() == "", done.stderr[-2000:]
+    assert spark_line in log.read_text()
