@@ -59,10 +59,13 @@ key                          type  written by         read by                 ex
 ``P:exp:history``            list  experiments CLI    experiments CLI         never
 ``P:exp:live:<d>``           hash  write script       ``read_live_counts``    3 days
 ``P:exp:live:<d>:users:*``   hll   write script       ``read_live_counts``    3 days
+``P:bandit:{<policy>}``      hash  bandit script      bandit policies         never
 ===========================  ====  =================  ======================  =========
 
 ``<d>`` is a UTC event date (``YYYY-MM-DD``); ``users:*`` is one HyperLogLog per
-``<experiment>|<variant>`` (:mod:`attune.experiments.live`).
+``<experiment>|<variant>`` (:mod:`attune.experiments.live`). ``<policy>`` names one decision
+point of a bandit (``slot:<slot>``, ``messages``); the hash holds its arms' impressions, clicks
+and linear statistics (:mod:`attune.bandits.store`, "bandit script" is its update script).
 
 "write script" and "trending script" are the online store's Lua scripts, run by the speed layer
 and by the batch views stage when it re-applies what the stream missed; "feature reader" is
@@ -257,6 +260,11 @@ class Keys:
         ``<experiment>|<variant>|<impressions|clicks|purchases>`` -> n
         (:mod:`attune.experiments.live`)."""
         return f"{self.prefix}:exp:live:{day}"
+
+    def bandit(self, policy: str) -> str:
+        """One bandit decision point's state (``policy``: ``slot:<slot>``, ``messages``):
+        per arm impressions, clicks and linear statistics (:mod:`attune.bandits.store`)."""
+        return f"{self.prefix}:bandit:{{{policy}}}"
 
     def experiment_live_users(self, day: str, experiment: str, variant: str) -> str:
         """HyperLogLog of the users a variant showed an impression to on ``day``."""
