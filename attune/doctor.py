@@ -9,6 +9,8 @@ check             passes when
 python            the running interpreter is 3.11 (the lock pins wheels built for it)
 java              a Java runtime 17 or newer is on PATH (Spark 4.1 and the Kafka broker need it)
 maven             Maven 3.8+ is on PATH (only needed to fetch the jars: a warning once they are in)
+go                Go 1.24+ is on PATH (a warning: only ``make test`` needs it, to build the
+                  compose checker of ``docker/``)
 jars              the Spark jars (Delta, the Kafka connector) and the Kafka broker jars are in
                   ``var/jars``, at the versions ``jvm/*/pom.xml`` asks for
 packages          every key package is installed at the version ``requirements.lock`` pins
@@ -48,7 +50,7 @@ Status = Literal["ok", "warn", "fail"]
 GIB = 1024**3
 DISK_FAIL_GIB, DISK_WARN_GIB = 2, 10
 MEMORY_FAIL_GIB, MEMORY_WARN_GIB = 4, 8
-JAVA_MIN, MAVEN_MIN, PYTHON = (17,), (3, 8), (3, 11)
+JAVA_MIN, MAVEN_MIN, GO_MIN, PYTHON = (17,), (3, 8), (1, 24), (3, 11)
 KEY_PACKAGES = (
     "apache-airflow",
     "pyspark",
@@ -93,6 +95,7 @@ class Facts:
     python_exe: str
     java: str | None
     maven: str | None
+    go: str | None
     redis_server: str | None
     redis_manage: bool
     chromium: str | None
@@ -115,15 +118,20 @@ class Facts:
 
 
 def version_tuple(text: str | None) -> tuple[int, ...] | None:
-    """The leading dotted number of a version string: ``"17.0.15"`` -> (17, 0, 15); Java 8's
-    ``"1.8.0_392"`` -> (8, 0); None when there is none."""
+    """The leading dotted number of a version string: ``"17.0.15"`` -> (17, 0, 15),
+    ``"1.24.4"`` -> (1, 24, 4); None when there is none."""
     if not text:
         return None
     m = re.search(r"(\d+(?:\.\d+)*)", text)
     if m is None:
         return None
-    parts = tuple(int(p) for p in m.group(1).split("."))
-    return parts[1:] if parts[:1] == (1,) and len(parts) > 1 else parts
+    return tuple(int(p) for p in m.group(1).split("."))
+
+
+def java_version(text: str | None) -> tuple[int, ...] | None:
+    """Java's version: 9 and later as they read, 8 and earlier ``"1.8.0_392"`` -> (8, 0)."""
+    parts = version_tuple(text)
+    return parts[1:] if parts is not None and parts[:1] == (1,) and len(parts) > 1 else parts
 
 
 def _gib(n: int) -> str:
@@ -147,7 +155,7 @@ def judge(f: Facts) -> list[Check]:
             )
         )
 
-    java = version_tuple(f.java)
+    java = java_version(f.java)
     if java is None:
         out.append(
             Check(
@@ -181,6 +189,20 @@ def judge(f: Facts) -> list[Check]:
                 "fail" if jars_missing else "warn",
                 seen + ("" if jars_missing else " (the jars are already fetched)"),
                 "apt-get install maven",
+            )
+        )
+
+    go = version_tuple(f.go)
+    if go is not None and go[:2] >= GO_MIN:
+        out.append(Check("go", "ok", f"Go {f.go}"))
+    else:
+        out.append(
+            Check(
+                "go",
+                "warn",
+                ("no `go` on PATH" if go is None else f"Go {f.go}; 1.24+ needed")
+                + ": `make test` builds docker/'s compose checker with it",
+                "install Go 1.24+ (https://go.dev/doc/install), or make test GO=/path/to/go",
             )
         )
 
@@ -478,6 +500,7 @@ def observe(cfg: AttuneConfig, root: Path | None = None) -> Facts:
         python_exe=sys.executable,
         java=_run_version(["java", "-version"], r'version "([^"]+)"'),
         maven=_run_version(["mvn", "-v"], r"Apache Maven (\S+)"),
+        go=_run_version(["go", "version"], r"go version go(\S+)"),
         redis_server=_run_version(["redis-server", "--version"], r"v=(\S+)"),
         redis_manage=cfg.redis.manage,
         chromium=shutil.which("chromium") or shutil.which("chromium-browser"),

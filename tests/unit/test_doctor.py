@@ -9,7 +9,16 @@ from dataclasses import replace
 import pytest
 
 from attune.config import AttuneConfig
-from attune.doctor import GIB, Facts, PortUse, cmd_doctor, judge, render, version_tuple
+from attune.doctor import (
+    GIB,
+    Facts,
+    PortUse,
+    cmd_doctor,
+    java_version,
+    judge,
+    render,
+    version_tuple,
+)
 
 SPARK_JARS = (
     "commons-pool2-2.12.1.jar",
@@ -24,6 +33,7 @@ GOOD = Facts(
     python_exe="/x/.venv/bin/python",
     java="17.0.15",
     maven="3.8.7",
+    go="1.24.4",
     redis_server="7.0.15",
     redis_manage=True,
     chromium="/usr/bin/chromium",
@@ -50,7 +60,7 @@ def test_a_ready_machine_passes_every_check() -> None:
     checks = judge(GOOD)
     assert [c.status for c in checks] == ["ok"] * len(checks)
     assert [c.name for c in checks] == [
-        "python", "java", "maven", "jars", "packages", "redis-server", "chromium",
+        "python", "java", "maven", "go", "jars", "packages", "redis-server", "chromium",
         "port api.port", "disk", "memory", "cpus",
     ]  # fmt: skip
     assert render(checks).splitlines()[-1] == "doctor: ready"
@@ -58,10 +68,15 @@ def test_a_ready_machine_passes_every_check() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("17.0.15", (17, 0, 15)), ("1.8.0_392", (8, 0)), ("21", (21,)), ("", None), (None, None)],
+    [("17.0.15", (17, 0, 15)), ("1.24.4", (1, 24, 4)), ("21", (21,)), ("", None), (None, None)],
 )
 def test_version_tuple(text: str | None, expected: tuple[int, ...] | None) -> None:
     assert version_tuple(text) == expected
+
+
+def test_java_8_reads_as_8() -> None:
+    assert java_version("1.8.0_392") == (8, 0)
+    assert java_version("17.0.15") == (17, 0, 15)
 
 
 def test_old_or_missing_java_fails_with_the_package_to_install() -> None:
@@ -153,3 +168,9 @@ def test_the_command_on_this_machine_prints_json_with_every_port(
     assert {"python", "java", "jars", "disk", "memory"} <= names
     assert {"port collector.port", "port api.port", "port serving.grpc_port"} <= names
     assert rc == (1 if any(c["status"] == "fail" for c in checks) else 0)
+
+
+def test_go_is_a_warning_only() -> None:
+    assert by_name(replace(GOOD, go=None))["go"][0] == "warn"
+    status, detail, _ = by_name(replace(GOOD, go="1.19.2"))["go"]
+    assert status == "warn" and "1.19.2" in detail
