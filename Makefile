@@ -5,8 +5,9 @@
 #                whole test suite, stop the stack
 #   make notebook  set up everything, then JupyterLab over notebooks/ on 127.0.0.1:8888
 #
-# Needs: Python 3.11 as `python3` (override with PYTHON=...), Java 17, Maven 3.8, and network
-# access to PyPI, Maven Central and (for redis-server, installed by `attune stack up`) Debian.
+# Needs: Python 3.11 as `python3` (override with PYTHON=...), Java 17, Maven 3.8, Go 1.24+ (make
+# test only: the docker/ compose checker), and network access to PyPI, Maven Central, the Go
+# module proxy and (for redis-server, installed by `attune stack up`) Debian.
 # Every step is idempotent: a stamp file under var/stamps/ is named after the hash of what the
 # step depends on (requirements.lock + pyproject.toml, the poms), so a second run does nothing
 # and a changed lock or pom re-runs exactly the step it affects.
@@ -19,6 +20,7 @@ MAKEFLAGS += --no-print-directory
 
 PYTHON ?= python3
 MVN ?= mvn
+GO ?= go
 UV_VERSION := 0.13.9
 VENV := .venv
 VAR := var
@@ -37,19 +39,27 @@ SETUP_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1
 JARS_HASH := $(shell cat jvm/spark/pom.xml jvm/kafka/pom.xml | sha256sum | cut -c1-16)
 SETUP_STAMP := $(STAMPS)/setup-$(SETUP_HASH)
 JARS_STAMP := $(STAMPS)/jars-$(JARS_HASH)
+# docker/composecheck: compose-go (the loader of `docker compose`), which the tests run on
+# docker/compose.yaml; rebuilt when its sources or pinned modules change.
+COMPOSECHECK := $(VAR)/bin/composecheck
+COMPOSECHECK_SRC := docker/composecheck/go.mod docker/composecheck/go.sum docker/composecheck/main.go
+COMPOSECHECK_HASH := $(shell cat $(COMPOSECHECK_SRC) | sha256sum | cut -c1-16)
+COMPOSECHECK_STAMP := $(STAMPS)/composecheck-$(COMPOSECHECK_HASH)
 
 # A stamp is only trusted while what it stands for is still there (someone may have deleted
 # var/jars or uninstalled the package); otherwise this phony prerequisite forces the step.
 SETUP_CHECK := $(if $(wildcard $(VENV)/bin/attune),,FORCE)
+COMPOSECHECK_CHECK := $(if $(wildcard $(COMPOSECHECK)),,FORCE)
 JARS_CHECK := $(if $(and $(wildcard $(SPARK_JARS)/delta-spark_*.jar),$(wildcard $(KAFKA_JARS)/kafka_2.13-*.jar)),,FORCE)
 
-.PHONY: help setup jars browser test lint demo notebook stack-up stack-down stack-status FORCE
+.PHONY: help setup jars composecheck browser test lint demo notebook stack-up stack-down stack-status FORCE
 
 help:
 	@echo "make demo          set up, then run the end-to-end demo (attune demo)"
 	@echo "make test          set up, lint, start the stack, run unit + integration tests, stop it"
 	@echo "make setup         .venv with the pinned requirements.lock and attune (editable)"
 	@echo "make jars          Spark and Kafka jars from Maven Central into var/jars/"
+	@echo "make composecheck  build var/bin/composecheck (compose-go) for the docker/ tests; needs Go"
 	@echo "make browser       Chromium from Debian (the tests' UI screenshots)"
 	@echo "make lint          ruff check, ruff format --check, mypy (every package), lint-imports"
 	@echo "make notebook      set up, then JupyterLab over notebooks/ on 127.0.0.1:$(NOTEBOOK_PORT)"
@@ -59,6 +69,8 @@ help:
 setup: $(SETUP_STAMP)
 
 jars: $(JARS_STAMP)
+
+composecheck: $(COMPOSECHECK_STAMP)
 
 $(VENV)/pyvenv.cfg:
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v[:2] == (3, 11) else \
@@ -94,6 +106,17 @@ $(JARS_STAMP): jvm/spark/pom.xml jvm/kafka/pom.xml $(JARS_CHECK)
 	@mkdir -p $(STAMPS) && touch $@
 	@echo "jars: done ($$(ls $(SPARK_JARS) | wc -l) Spark jars, $$(ls $(KAFKA_JARS) | wc -l) Kafka jars)"
 
+# Go fetches compose-go and its dependencies from the Go module proxy (pinned in go.sum).
+$(COMPOSECHECK_STAMP): $(COMPOSECHECK_SRC) $(COMPOSECHECK_CHECK)
+	@command -v $(GO) >/dev/null || { echo "composecheck: $(GO) not found; install Go 1.24 or newer" \
+	  "(https://go.dev/doc/install, or Debian's golang-go), or run make with GO=/path/to/go" >&2; exit 1; }
+	@echo "composecheck: building $(COMPOSECHECK) with $$($(GO) version | cut -d' ' -f3)"
+	@mkdir -p $(VAR)/bin
+	cd docker/composecheck && $(GO) build -trimpath -o $(CURDIR)/$(COMPOSECHECK) .
+	@rm -f $(STAMPS)/composecheck-*
+	@mkdir -p $(STAMPS) && touch $@
+	@echo "composecheck: done ($(COMPOSECHECK), stamp $@)"
+
 # Debian's Chromium, driven by Playwright for the UI screenshots the tests keep (Playwright
 # never downloads a browser of its own here). Needs root and apt-get, like redis-server.
 browser:
@@ -106,7 +129,7 @@ browser:
 
 # The checks run first: a lint error, a type error or a broken layer contract fails the run
 # before the (much longer) test suite starts.
-test: setup lint jars browser
+test: setup lint jars composecheck browser
 	scripts/test.sh $(PYTEST_ARGS)
 
 # mypy checks the packages listed in [tool.mypy] (attune, speed_layer, spark, models, benchmarks...);
