@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import date
@@ -126,9 +127,14 @@ def test_silver_stage_runs_unchanged_on_a_standalone_cluster(
     report = json.loads(proc.stdout)
     assert report["stages"]["silver"]["events"]["rows"] == 2  # one copy of s1, and s2
     assert report["stages"]["silver"]["events"]["duplicates_removed"] == 1
-    # it ran on the cluster: the master lists the finished application
-    apps = [a["name"] for a in _master_state(ui).get("completedapps", [])]
-    assert "attune-batch" in apps
+    # it ran on the cluster: the master lists the finished application (once the driver's JVM,
+    # which may outlive the command by a moment, has said goodbye)
+    deadline = time.monotonic() + 60
+    apps: list[str] = []
+    while "attune-batch" not in apps and time.monotonic() < deadline:
+        time.sleep(0.5)
+        apps = [a["name"] for a in _master_state(ui).get("completedapps", [])]
+    assert "attune-batch" in apps, _master_state(ui)
     assertDataFrameEqual(
         spark.read.format("delta").load(lake.silver_events).select("event_id", "event_date"),
         [("s1", date(2013, 3, 4)), ("s2", date(2013, 3, 5))],
