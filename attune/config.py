@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 ENV_PREFIX = "ATTUNE__"
 CONFIG_ENV = "ATTUNE_CONFIG"
@@ -1042,6 +1049,29 @@ class MessageConfig(_Section):
     cap_window: timedelta = timedelta(days=1)
 
 
+class BanditConfig(_Section):
+    """A bandit policy for one content slot: among the variants whose rules hold, the policy
+    picks one, learns from impressions and clicks, and logs its propensity (docs/bandits.md)."""
+
+    policy: Literal["thompson", "linucb"] = Field(
+        "thompson",
+        description="thompson: Beta-Bernoulli Thompson sampling; linucb: contextual (LinUCB "
+        "over the user's segment).",
+    )
+    epsilon: float = Field(
+        0.05, ge=0.0, le=1.0, description="Exploration floor: every arm >= epsilon / arms."
+    )
+    prior_alpha: float = Field(1.0, ge=1.0, description="thompson: Beta prior's alpha.")
+    prior_beta: float = Field(1.0, ge=1.0, description="thompson: Beta prior's beta.")
+    ucb_alpha: float = Field(0.5, gt=0.0, description="linucb: width of the confidence bonus.")
+    ridge: float = Field(1.0, gt=0.0, description="linucb: ridge penalty of each arm's model.")
+    segments: list[str] = Field(
+        default_factory=lambda: ["new", "active", "at_risk", "dormant"],
+        description="linucb: the segments one-hot encoded in the context (others: none set).",
+    )
+    seed: int = Field(0, description="Seeds every decision with the decision id (reproducible).")
+
+
 def _default_content_slots() -> dict[str, list[ContentRule]]:
     return {
         "home_banner": [
@@ -1116,7 +1146,27 @@ class ApiConfig(_Section):
         "(variants.<name>.rules in the experiments file).",
     )
     content_slots: dict[str, list[ContentRule]] = Field(default_factory=_default_content_slots)
+    bandits: dict[str, BanditConfig] = Field(
+        default_factory=dict,
+        description="Content slot -> its bandit policy; a slot without one picks its first "
+        "rule that holds.",
+    )
     messages: list[MessageConfig] = Field(default_factory=_default_messages)
+
+    @field_validator("bandits")
+    @classmethod
+    def _bandits_name_slots(
+        cls, bandits: dict[str, BanditConfig], info: ValidationInfo
+    ) -> dict[str, BanditConfig]:
+        slots = info.data.get("content_slots") or {}
+        unknown = sorted(set(bandits) - set(slots))
+        if unknown:
+            raise ValueError(
+                f"names {', '.join(unknown)}, which api.content_slots does not declare (slots: "
+                f"{', '.join(sorted(slots)) or 'none'}): a bandit picks among a slot's "
+                "variants, so declare the slot or fix the name"
+            )
+        return bandits
 
 
 class ExperimentsConfig(_Section):

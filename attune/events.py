@@ -331,6 +331,13 @@ class Item(_Model):
         max_length=64,
         description="interleaving: the ranker (variant) that placed this item",
     )
+    propensity: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="bandits: the probability the policy had of showing this item here, for "
+        "off-policy evaluation",
+    )
 
 
 class Context(_Model):

@@ -55,7 +55,8 @@ from attune.api.metrics import BREAKER_STATES, ApiMetrics
 from attune.api.model_client import GuardedModels, ModelClient, open_model_client
 from attune.api.recommender import Recommender, RecRequest, RecResult
 from attune.api.store import ApiStore
-from attune.api.targeting import Profile, eligible_messages, pick_content
+from attune.api.targeting import Profile, eligible_messages, pick_content, rule_holds
+from attune.bandits.slots import decide, policy_name, slot_arms
 from attune.config import AttuneConfig, ConfigError
 from attune.events import TIME_WINDOW, EventTime, format_time
 from attune.experiments.assignment import Assigner
@@ -605,13 +606,61 @@ class Api:
             )
         body: SubjectIn = await _parse(request, SubjectIn)
         subject, _ = self.subject(body)
-        features, segment = await self.store.read_features(subject)
-        index, rule = pick_content(rules, Profile.of(features, segment))
+        bandit = self.cfg.api.bandits.get(slot)
+        if bandit is None:
+            features, segment = await self.store.read_features(subject)
+            index, rule = pick_content(rules, Profile.of(features, segment))
+            return _json(
+                200,
+                {"slot": slot, "variant": rule.variant, "rule": index, "segment": segment},
+                {"Cache-Control": PRIVATE},
+            )
+        policy = policy_name(slot)
+        features, segment, state = await self.store.read_features_and_bandit(subject, policy)
+        profile = Profile.of(features, segment)
+        arms = slot_arms(rules, [rule_holds(r, profile) for r in rules])
+        decision_id = uuid.uuid4().hex
+        decision = decide(bandit, arms, state, segment, decision_id)
+        index = next(i for i, r in enumerate(rules) if r.variant == decision.action)
+        if self.cfg.api.impressions:
+            self.sender.log_impression(
+                self._slot_impression(
+                    body, policy, decision.action, decision.propensity, decision_id
+                )
+            )
         return _json(
             200,
-            {"slot": slot, "variant": rule.variant, "rule": index, "segment": segment},
+            {
+                "slot": slot,
+                "variant": decision.action,
+                "rule": index,
+                "segment": segment,
+                "decision_id": decision_id,
+                "policy": bandit.policy,
+                "propensity": decision.propensity,
+                "arms": dict(zip(decision.arms, decision.propensities, strict=True)),
+            },
             {"Cache-Control": PRIVATE},
         )
+
+    def _slot_impression(
+        self, body: SubjectIn, policy: str, arm: str, propensity: float, decision_id: str
+    ) -> dict[str, Any]:
+        """The impression of a bandit's choice: the arm as the one item, with its propensity;
+        ``context.placement`` names the policy (how the speed layer finds what to count)."""
+        event: dict[str, Any] = {
+            "event_id": uuid.uuid4().hex,
+            "type": "impression",
+            "timestamp": format_time(datetime.fromtimestamp(self.clock(), UTC)),
+            "items": [{"item_id": arm, "position": 0, "propensity": propensity}],
+            "recommendation_id": decision_id,
+            "context": {**body.context.model_dump(exclude_none=True), "placement": policy},
+        }
+        if body.user_id is not None:
+            event["user_id"] = body.user_id
+        if body.anonymous_id is not None:
+            event["anonymous_id"] = body.anonymous_id
+        return event
 
     async def messages(self, request: Request) -> Response:
         body: MessagesIn = await _parse(request, MessagesIn)

@@ -274,6 +274,20 @@ class ApiStore:
             _s(segment) if segment else None
         )
 
+    async def read_features_and_bandit(
+        self, subject: str, policy: str
+    ) -> tuple[UserFeatures, str | None, dict[Any, Any]]:
+        """Features, segment and one bandit policy's state (its ``HGETALL`` reply), in one
+        round trip (a content slot with a bandit, :mod:`attune.bandits.slots`)."""
+        pipe = self.client.pipeline(transaction=False)
+        user_feature_commands(pipe, subject, self.store)
+        pipe.hget(self.keys.user_batch(subject), "segment")
+        pipe.hgetall(self.keys.bandit(policy))
+        raw = await pipe.execute()
+        segment = raw[FEATURE_READS]
+        features = decode_user_features(subject, raw[:FEATURE_READS], self.store)
+        return features, (_s(segment) if segment else None), dict(raw[FEATURE_READS + 1] or {})
+
     # -- writes -----------------------------------------------------------------------
     async def write_feedback(
         self,

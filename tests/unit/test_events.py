@@ -90,7 +90,8 @@ def test_spark_schema_fields_worked_out_by_hand() -> None:
     assert fields["timestamp"].dataType == T.TimestampType()
     assert fields["received_at"].nullable is False
     # items: list[Item] -> array<struct<item_id string, quantity long, price double,
-    # position long, category string, team string>>, in the declaration order of Item.
+    # position long, category string, team string, propensity double>>, in the declaration
+    # order of Item.
     items = fields["items"].dataType
     assert isinstance(items, T.ArrayType)
     assert [(f.name, f.dataType) for f in items.elementType.fields] == [
@@ -100,6 +101,7 @@ def test_spark_schema_fields_worked_out_by_hand() -> None:
         ("position", T.LongType()),
         ("category", T.StringType()),
         ("team", T.StringType()),
+        ("propensity", T.DoubleType()),
     ]
     # consent: ResolvedConsent -> struct of three required booleans.
     consent = fields["consent"].dataType
@@ -389,3 +391,18 @@ def test_events_schema_command_prints_both_formats(capsys: pytest.CaptureFixture
     assert set(printed["x-event-types"]) == ALL_TYPES
     assert cmd_schema(AttuneConfig(), argparse.Namespace(format="spark-ddl")) == 0
     assert "`received_at` TIMESTAMP NOT NULL" in capsys.readouterr().out
+
+
+def test_a_bandit_impression_carries_the_propensity_of_what_it_showed() -> None:
+    ev = Event.model_validate(
+        {
+            **BASE,
+            "type": "impression",
+            "items": [{"item_id": "drama_picks", "position": 0, "propensity": 0.8125}],
+        }
+    )
+    assert ev.items[0].propensity == 0.8125
+    # a probability: above 0 (off-policy evaluation divides by it) and at most 1
+    for bad in (0, 1.5, -0.1):
+        (err,) = _errors({**BASE, "items": [{"item_id": "i1", "propensity": bad}]})
+        assert err["loc"][-1] == "propensity", err

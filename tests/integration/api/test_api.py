@@ -27,7 +27,14 @@ import yaml
 from attune.api.keys import create_read_key
 from attune.api.process import api_url, start_api
 from attune.collector.process import collector_process
-from attune.config import AttuneConfig, PinConfig, RateLimitConfig, free_port
+from attune.config import (
+    AttuneConfig,
+    BanditConfig,
+    ContentRule,
+    PinConfig,
+    RateLimitConfig,
+    free_port,
+)
 from attune.experiments.assignment import assign_variant
 from attune.experiments.spec import load_experiments
 from attune.experiments.state import StateStore, plan_start
@@ -198,6 +205,12 @@ def env(cfg: AttuneConfig, spark: Any, tmp_path_factory: pytest.TempPathFactory)
                     "pins": {"home": [PinConfig(item_id=PIN, position=0)]},
                 }
             ),
+            # a slot whose three variants a Thompson-sampling bandit chooses between
+            "content_slots": {
+                **api.content_slots,
+                "hero": [ContentRule(variant=v) for v in ("trailer", "top_picks", "default")],
+            },
+            "bandits": {"hero": BanditConfig(policy="thompson", epsilon=0.06)},
         }
     )
     serving = base.serving.model_copy(
@@ -569,6 +582,46 @@ def test_content_slot_and_capped_messages(env: Env) -> None:
     assert second.json() == {"messages": [], "capped": ["rate_more"]}  # cap 1 per day
     bad = env.call("POST", "/v1/messages", json={"user": dave})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "user"
+
+
+def test_a_bandit_slot_shows_its_choice_with_the_propensity_it_logs(env: Env) -> None:
+    # Stored state: trailer clicked 500 of 1,000 times, the two others 10 of 1,000. Their
+    # Beta(501, 501) and Beta(11, 991) posteriors do not overlap, so Thompson sampling picks
+    # trailer with probability 1; with the floor epsilon = 0.06 over 3 arms, by hand:
+    # trailer 0.06 / 3 + 0.94 * 1 = 0.96, the others 0.06 / 3 = 0.02 each.
+    key = env.store.keys.bandit("slot:hero")
+    env.redis.hset(
+        key,
+        mapping={"n:trailer": 1000, "c:trailer": 500, "n:top_picks": 1000, "c:top_picks": 10}
+        | {"n:default": 1000, "c:default": 10},
+    )
+    erin = f"erin-{RUN}"
+    answers = [
+        env.call("POST", "/v1/content/hero", json={"user_id": erin}).json() for _ in range(3)
+    ]
+    for a in answers:
+        assert a["policy"] == "thompson" and a["slot"] == "hero"
+        assert a["arms"] == pytest.approx({"trailer": 0.96, "top_picks": 0.02, "default": 0.02})
+        assert a["propensity"] == pytest.approx(a["arms"][a["variant"]])
+    assert len({a["decision_id"] for a in answers}) == 3
+    # every choice reached Kafka as an impression: the arm, its propensity, the policy
+    ids = {a["decision_id"]: a for a in answers}
+    impressions = kafka_events(
+        env, lambda e: e.get("type") == "impression" and e.get("recommendation_id") in ids
+    )
+    deadline = time.monotonic() + 30
+    while len(impressions) < 3 and time.monotonic() < deadline:
+        impressions = kafka_events(
+            env, lambda e: e.get("type") == "impression" and e.get("recommendation_id") in ids
+        )
+    assert len(impressions) == 3
+    for imp in impressions:
+        answer = ids[imp["recommendation_id"]]
+        assert imp["context"]["placement"] == "slot:hero"
+        assert imp["user_id"] == env.user(erin)
+        (item,) = imp["items"]
+        assert (item["item_id"], item["position"]) == (answer["variant"], 0)
+        assert item["propensity"] == pytest.approx(answer["propensity"])
 
 
 def test_killing_the_model_server_switches_to_the_fallback(env: Env) -> None:
