@@ -44,6 +44,7 @@ from typing import Literal
 
 from attune.config import AttuneConfig
 from attune.spark_session import REQUIRED_JAR_PREFIXES
+from attune.supervisor import cmdline, read_record
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -435,22 +436,10 @@ def _listeners() -> dict[int, int | None]:
     return out
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
-        return ""
-
-
 def _recorded_pids(cfg: AttuneConfig) -> set[int]:
     """Pids attune's supervisor recorded under the run folder (the stack, the servers)."""
-    pids: set[int] = set()
-    for path in cfg.run_dir.glob("*.pid") if cfg.run_dir.is_dir() else ():
-        try:
-            pids.add(int(json.loads(path.read_text())["pid"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return pids
+    files = sorted(cfg.run_dir.glob("*.pid")) if cfg.run_dir.is_dir() else []
+    return {r.pid for r in map(read_record, files) if r is not None}
 
 
 def configured_ports(cfg: AttuneConfig) -> list[tuple[str, str, int]]:
@@ -484,7 +473,7 @@ def observe(cfg: AttuneConfig, root: Path | None = None) -> Facts:
             ports.append(PortUse(key, host, port))
             continue
         pid = listeners[port]
-        cmd = _cmdline(pid) if pid else ""
+        cmd = cmdline(pid) if pid else ""
         launched = "-m attune.cli" in cmd or "/bin/attune " in f"{cmd} "
         ours = pid is not None and (pid in recorded or var in cmd or launched)
         program = Path(cmd.split(" ", 1)[0]).name if cmd else "a process"
