@@ -123,6 +123,23 @@ class SubjectIn(_In):
         return self
 
 
+def _with_subject(
+    event: dict[str, Any], body: SubjectIn, placement: str | None = None
+) -> dict[str, Any]:
+    """``event`` with the request's user or anonymous id and its context (``placement``, when
+    given, replacing the request's)."""
+    if body.user_id is not None:
+        event["user_id"] = body.user_id
+    if body.anonymous_id is not None:
+        event["anonymous_id"] = body.anonymous_id
+    ctx = body.context.model_dump(exclude_none=True)
+    if placement is not None:
+        ctx["placement"] = placement
+    if ctx:
+        event["context"] = ctx
+    return event
+
+
 class FiltersIn(_In):
     categories: list[str] | None = Field(
         None, max_length=100, description="Only items in one of these categories."
@@ -544,14 +561,7 @@ class Api:
             ],
             "recommendation_id": result.recommendation_id,
         }
-        if body.user_id is not None:
-            event["user_id"] = body.user_id
-        if body.anonymous_id is not None:
-            event["anonymous_id"] = body.anonymous_id
-        ctx = body.context.model_dump(exclude_none=True)
-        if ctx:
-            event["context"] = ctx
-        return event
+        return _with_subject(event, body)
 
     async def similar(self, request: Request, item_id: str) -> Response:
         k = _query_k(request, self.cfg.api.default_k, self.cfg.api.max_k)
@@ -654,13 +664,8 @@ class Api:
             "timestamp": format_time(datetime.fromtimestamp(self.clock(), UTC)),
             "items": [{"item_id": arm, "position": 0, "propensity": propensity}],
             "recommendation_id": decision_id,
-            "context": {**body.context.model_dump(exclude_none=True), "placement": policy},
         }
-        if body.user_id is not None:
-            event["user_id"] = body.user_id
-        if body.anonymous_id is not None:
-            event["anonymous_id"] = body.anonymous_id
-        return event
+        return _with_subject(event, body, placement=policy)
 
     async def messages(self, request: Request) -> Response:
         body: MessagesIn = await _parse(request, MessagesIn)
