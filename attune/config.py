@@ -1050,8 +1050,10 @@ class MessageConfig(_Section):
 
 
 class BanditConfig(_Section):
-    """A bandit policy for one content slot: among the variants whose rules hold, the policy
-    picks one, learns from impressions and clicks, and logs its propensity (docs/bandits.md)."""
+    """A bandit policy for one decision point (a content slot, the messages): among the arms
+    that are eligible (a slot's variants whose rules hold, the uncapped messages whose targeting
+    holds) the policy picks one, learns from impressions and clicks, and logs its propensity
+    (docs/bandits.md)."""
 
     policy: Literal["thompson", "linucb"] = Field(
         "thompson",
@@ -1152,6 +1154,12 @@ class ApiConfig(_Section):
         "rule that holds.",
     )
     messages: list[MessageConfig] = Field(default_factory=_default_messages)
+    message_bandit: BanditConfig | None = Field(
+        None,
+        description="A bandit policy that picks ONE of the eligible, uncapped messages per "
+        "request (policy name 'messages'; attune/bandits/messages.py); null: every eligible "
+        "message in priority order, up to the request's max.",
+    )
 
     @field_validator("bandits")
     @classmethod
@@ -1167,6 +1175,20 @@ class ApiConfig(_Section):
                 "variants, so declare the slot or fix the name"
             )
         return bandits
+
+    @field_validator("message_bandit")
+    @classmethod
+    def _message_ids_unique(
+        cls, bandit: BanditConfig | None, info: ValidationInfo
+    ) -> BanditConfig | None:
+        ids = [m.id for m in info.data.get("messages") or []]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if bandit is not None and repeated:
+            raise ValueError(
+                f"api.messages repeats the id(s) {', '.join(repeated)}: the message bandit "
+                "learns per message id, so give every message its own id"
+            )
+        return bandit
 
 
 class ExperimentsConfig(_Section):

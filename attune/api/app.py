@@ -56,8 +56,10 @@ from attune.api.model_client import GuardedModels, ModelClient, open_model_clien
 from attune.api.recommender import Recommender, RecRequest, RecResult
 from attune.api.store import ApiStore
 from attune.api.targeting import Profile, eligible_messages, pick_content, rule_holds
+from attune.bandits.messages import POLICY as MESSAGES_POLICY
+from attune.bandits.messages import cap_count_range, message_arms, window_ms
 from attune.bandits.slots import decide, policy_name, slot_arms
-from attune.config import AttuneConfig, ConfigError
+from attune.config import AttuneConfig, BanditConfig, ConfigError
 from attune.events import TIME_WINDOW, EventTime, format_time
 from attune.experiments.assignment import Assigner
 from attune.experiments.spec import experiments_of, experiments_path, load_experiments
@@ -670,6 +672,9 @@ class Api:
     async def messages(self, request: Request) -> Response:
         body: MessagesIn = await _parse(request, MessagesIn)
         subject, _ = self.subject(body)
+        if self.cfg.api.message_bandit is not None:
+            answer = await self._bandit_message(body, subject, self.cfg.api.message_bandit)
+            return _json(200, answer, {"Cache-Control": PRIVATE})
         features, segment = await self.store.read_features(subject)
         now = int(self.clock() * 1000)
         shown: list[dict[str, Any]] = []
@@ -685,6 +690,52 @@ class Api:
             else:
                 capped.append(m.id)
         return _json(200, {"messages": shown, "capped": capped}, {"Cache-Control": PRIVATE})
+
+    async def _bandit_message(
+        self, body: MessagesIn, subject: str, bandit: BanditConfig
+    ) -> dict[str, Any]:
+        """One message chosen by the messages' bandit (:mod:`attune.bandits.messages`): the
+        arms are the eligible messages whose cap leaves room, the cap is taken for the chosen
+        one only, and its impression is logged with the propensity. The decision fields are
+        set only when a message is shown (then an impression is logged for it)."""
+        now = int(self.clock() * 1000)
+        configured = self.cfg.api.messages
+        features, segment, state, shown = await self.store.read_features_bandit_and_caps(
+            subject, MESSAGES_POLICY, [(m.id, *cap_count_range(m, now)) for m in configured]
+        )
+        split = message_arms(eligible_messages(configured, Profile.of(features, segment)), shown)
+        answer: dict[str, Any] = {
+            "messages": [],
+            "capped": list(split.capped),
+            "decision_id": None,
+            "policy": bandit.policy,
+            "propensity": None,
+            "arms": {},
+        }
+        if not split.arms:
+            return answer
+        decision_id = uuid.uuid4().hex
+        decision = decide(bandit, split.ids, state, segment, decision_id)
+        chosen = split.arms[decision.index]
+        if not await self.store.take_message_slot(
+            subject, chosen.id, now, window_ms(chosen), chosen.cap, uuid.uuid4().hex
+        ):
+            # another request of the same user took the last showing between the read and
+            # this take: nothing is shown, so no impression (and no decision) is logged
+            answer["capped"].append(chosen.id)
+            return answer
+        if self.cfg.api.impressions:
+            self.sender.log_impression(
+                self._slot_impression(
+                    body, MESSAGES_POLICY, chosen.id, decision.propensity, decision_id
+                )
+            )
+        return answer | {
+            "messages": [{"id": chosen.id, "text": chosen.text}],
+            "decision_id": decision_id,
+            "propensity": decision.propensity,
+            "arms": dict(zip(decision.arms, decision.propensities, strict=True)),
+        }
 
     async def feedback(self, request: Request) -> Response:
         now = datetime.fromtimestamp(self.clock(), UTC)

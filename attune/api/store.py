@@ -288,6 +288,30 @@ class ApiStore:
         features = decode_user_features(subject, raw[:FEATURE_READS], self.store)
         return features, (_s(segment) if segment else None), dict(raw[FEATURE_READS + 1] or {})
 
+    async def read_features_bandit_and_caps(
+        self, subject: str, policy: str, caps: Sequence[tuple[str, str, str]]
+    ) -> tuple[UserFeatures, str | None, dict[Any, Any], dict[str, int]]:
+        """Features, segment, one bandit policy's state and, per ``(message id, min, max)`` of
+        ``caps``, the user's showings of the message with times in ``[min, max]`` (``ZCOUNT``
+        bounds: :func:`attune.bandits.messages.cap_count_range`), in one round trip (the
+        messages' bandit)."""
+        pipe = self.client.pipeline(transaction=False)
+        user_feature_commands(pipe, subject, self.store)
+        pipe.hget(self.keys.user_batch(subject), "segment")
+        pipe.hgetall(self.keys.bandit(policy))
+        for message_id, low, high in caps:
+            pipe.zcount(self.keys.message_cap(subject, message_id), low, high)
+        raw = await pipe.execute()
+        segment = raw[FEATURE_READS]
+        features = decode_user_features(subject, raw[:FEATURE_READS], self.store)
+        shown = {m: int(n) for (m, _, _), n in zip(caps, raw[FEATURE_READS + 2 :], strict=True)}
+        return (
+            features,
+            (_s(segment) if segment else None),
+            dict(raw[FEATURE_READS + 1] or {}),
+            shown,
+        )
+
     # -- writes -----------------------------------------------------------------------
     async def write_feedback(
         self,

@@ -31,6 +31,7 @@ from attune.config import (
     AttuneConfig,
     BanditConfig,
     ContentRule,
+    MessageConfig,
     PinConfig,
     RateLimitConfig,
     free_port,
@@ -659,3 +660,85 @@ def test_killing_the_model_server_switches_to_the_fallback(env: Env) -> None:
         "the API to use the restarted model server (half-open trial, then closed)",
     )
     assert httpx.get(f"{env.url}/readyz", timeout=10).json()["model_server"]["breaker"] == "closed"
+
+
+def test_a_message_bandit_shows_one_message_with_the_propensity_it_logs(env: Env) -> None:
+    # A second API over the same stores, with api.message_bandit (the module's API answers
+    # messages without one: test_content_slot_and_capped_messages). Three messages for anyone:
+    # m_capped was shown an hour ago (cap 1 per day): capped, no arm. m_bad has two showings
+    # from two days ago, outside its 1-day window (cap 3): still an arm, so the window is
+    # counted as the cap script counts it. m_good clicked 500 of 1,000 times, m_bad 10 of
+    # 1,000: Beta(501, 501) and Beta(11, 991) do not overlap, so Thompson sampling picks m_good
+    # with probability 1; with the floor epsilon = 0.1 over the 2 arms, by hand: m_good
+    # 0.1 / 2 + 0.9 * 1 = 0.95, m_bad 0.1 / 2 = 0.05.
+    messages = [
+        MessageConfig(id="m_capped", text="capped", priority=2, cap=1),
+        MessageConfig(id="m_good", text="good", priority=1, cap=10),
+        MessageConfig(id="m_bad", text="bad", cap=3),
+    ]
+    cfg = env.cfg.model_copy(
+        update={
+            "api": env.cfg.api.model_copy(
+                update={
+                    "port": free_port(),
+                    "messages": messages,
+                    "message_bandit": BanditConfig(policy="thompson", epsilon=0.1),
+                }
+            )
+        }
+    )
+    frank = f"frank-{RUN}"
+    keys = env.store.keys
+    now_ms = int(time.time() * 1000)
+    env.redis.zadd(keys.message_cap(env.user(frank), "m_capped"), {"s0": now_ms - 3_600_000})
+    two_days_ago = now_ms - 2 * 86_400_000
+    env.redis.zadd(keys.message_cap(env.user(frank), "m_bad"), {"s1": two_days_ago, "s2": 1})
+    env.redis.hset(
+        keys.bandit("messages"),
+        mapping={"n:m_good": 1000, "c:m_good": 500, "n:m_bad": 1000, "c:m_bad": 10},
+    )
+    child = start_api(cfg)
+    try:
+        answers = []
+        for _ in range(3):
+            r = httpx.post(
+                f"{child.url}/v1/messages",
+                json={"user_id": frank, "max": 3},
+                headers={"X-Read-Key": env.read_key},
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+            answers.append(r.json())
+    finally:
+        child.stop()
+    texts = {"m_good": "good", "m_bad": "bad"}
+    for a in answers:
+        assert a["policy"] == "thompson" and a["capped"] == ["m_capped"]
+        assert a["arms"] == pytest.approx({"m_good": 0.95, "m_bad": 0.05})
+        (shown,) = a["messages"]  # one message, though max is 3
+        assert shown["text"] == texts[shown["id"]]
+        assert a["propensity"] == pytest.approx(a["arms"][shown["id"]])
+    assert len({a["decision_id"] for a in answers}) == 3
+    # the cap was taken for the chosen message only: one showing per answer in the last day
+    chosen = [a["messages"][0]["id"] for a in answers]
+    for m in ("m_good", "m_bad", "m_capped"):  # m_capped: its seeded showing is older
+        key = keys.message_cap(env.user(frank), m)
+        assert env.redis.zcount(key, now_ms - 1000, "+inf") == chosen.count(m)
+    # every choice reached Kafka as an impression: the message, its propensity, the policy
+    ids = {a["decision_id"]: a for a in answers}
+
+    def ours(e: dict[str, Any]) -> bool:
+        return e.get("type") == "impression" and e.get("recommendation_id") in ids
+
+    impressions = kafka_events(env, ours)
+    deadline = time.monotonic() + 30
+    while len(impressions) < 3 and time.monotonic() < deadline:
+        impressions = kafka_events(env, ours)
+    assert len(impressions) == 3
+    for imp in impressions:
+        answer = ids[imp["recommendation_id"]]
+        assert imp["context"]["placement"] == "messages"
+        assert imp["user_id"] == env.user(frank)
+        (item,) = imp["items"]
+        assert (item["item_id"], item["position"]) == (answer["messages"][0]["id"], 0)
+        assert item["propensity"] == pytest.approx(answer["propensity"])
