@@ -426,6 +426,15 @@ class SpeedConfig(_Section):
         timedelta(hours=1),
         description="Events stamped further than this after their receive time are quarantined.",
     )
+    bandit_dedup_window: timedelta = Field(
+        timedelta(hours=1),
+        description="Bandit impressions and clicks count once: the ids of this much event time "
+        "before the newest counted are kept; older events are not counted (too_late).",
+    )
+    bandit_history: timedelta = Field(
+        timedelta(days=14),
+        description="Hours of per-arm impressions and clicks kept for the dashboard.",
+    )
     no_personalization_consent: Literal["store", "store_unlinked", "drop"] = Field(
         "store",
         description="Bronze policy for events without personalization consent: store as is, "

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from attune.bandits.registry import bandit_policies
 from attune.experiments.live import LIVE_COUNTS
 from attune.online_store import BUCKET_HALF_LIVES, SCALE
 
@@ -88,6 +89,9 @@ class FeatureParams:
     dismissed_items: int
     session_gap_ms: int
     ignore_min_impressions: int
+    # placements of bandit decisions (attune.bandits.registry): their item is an arm (a content
+    # variant, a message), not a catalog item, see with_bandit_arms
+    bandit_placements: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: AttuneConfig) -> FeatureParams:
@@ -102,6 +106,7 @@ class FeatureParams:
             dismissed_items=f.dismissed_items,
             session_gap_ms=int(f.session_gap.total_seconds() * 1000),
             ignore_min_impressions=f.ignore_min_impressions,
+            bandit_placements=tuple(sorted(bandit_policies(cfg))),
         )
 
 
@@ -150,7 +155,8 @@ def interactions(events: DataFrame) -> DataFrame:
     ``ts_ms`` (event time, epoch ms), ``session_id``, ``item_id``, ``category``, ``position``,
     ``rating``, ``event_row`` (the row that carries the event-level updates: counters, session;
     none for an undo, which has no event-level updates), ``forget`` (a consent_update
-    withdrawing personalization consent) and ``recommendation_id``.
+    withdrawing personalization consent), ``recommendation_id`` and ``placement`` (the event's
+    ``context.placement``).
     """
     from pyspark.sql import functions as F
 
@@ -163,6 +169,7 @@ def interactions(events: DataFrame) -> DataFrame:
         "rating",
         withdraws_consent().alias("forget"),
         "recommendation_id",
+        F.col("context.placement").alias("placement"),
         F.posexplode_outer("items").alias("pos", "item"),
     )
     return exploded.select(
@@ -181,6 +188,7 @@ def interactions(events: DataFrame) -> DataFrame:
         ),
         "forget",
         "recommendation_id",
+        "placement",
     )
 
 
@@ -273,9 +281,29 @@ def with_trending_slices(rows: DataFrame, windows_s: Sequence[int], slices: int)
     )
 
 
+def with_bandit_arms(rows: DataFrame, placements: Sequence[str]) -> DataFrame:
+    """Add ``arm``: on a row whose placement is a bandit decision point's (``placements``), the
+    item is the arm the bandit showed (a content variant, a message id), not a catalog item.
+
+    Such a row moves its item id to ``arm`` and keeps no ``item_id``, so every item feature
+    (affinities, recent items, trending, item statistics) leaves it out, in the stream and in
+    the nightly batch alike: a clicked banner variant is no trending title. The speed layer
+    counts these rows for the bandit instead (:mod:`attune.bandits.feedback`).
+    """
+    from pyspark.sql import functions as F
+
+    if placements:
+        is_arm = F.coalesce(F.col("placement").isin(*placements), F.lit(False))
+    else:
+        is_arm = F.lit(False)
+    return rows.withColumn("arm", F.when(is_arm, F.col("item_id"))).withColumn(
+        "item_id", F.when(~is_arm, F.col("item_id"))
+    )
+
+
 def stream_rows(events: DataFrame, params: FeatureParams) -> DataFrame:
     """Every row-level function but the catalog join, in order (see :func:`feature_rows`)."""
-    rows = interactions(personalizing(events))
+    rows = with_bandit_arms(interactions(personalizing(events)), params.bandit_placements)
     rows = with_weights(rows, params.affinity_weights, params.rating_neutral)
     rows = with_affinity_units(rows, params.half_life_ms)
     rows = with_flags(rows)
@@ -306,6 +334,10 @@ def online_rows(
     ``rc`` is the event's ``recommendation_id`` on the event row of the types that today's live
     experiment counts count (:data:`attune.experiments.live.LIVE_COUNTS`); the writer parses it
     into what the script counts (:func:`attune.experiments.live.live_fields`).
+
+    ``ar`` and ``pl`` are the arm and the placement (the policy name) of a bandit decision's
+    impression or click (:func:`with_bandit_arms`); the online writer hands them to
+    :mod:`attune.bandits.feedback`, the write script ignores them.
     """
     from pyspark.sql import functions as F
 
@@ -333,6 +365,8 @@ def online_rows(
             F.when(
                 F.col("event_row") & F.col("type").isin(*LIVE_COUNTS), F.col("recommendation_id")
             ).alias("rc"),
+            F.col("arm").alias("ar"),
+            F.when(F.col("arm").isNotNull(), F.col("placement")).alias("pl"),
         )
     )
     if not isinstance(params, FeatureParams):

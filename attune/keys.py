@@ -266,6 +266,16 @@ class Keys:
         per arm impressions, clicks and linear statistics (:mod:`attune.bandits.store`)."""
         return f"{self.prefix}:bandit:{{{policy}}}"
 
+    def bandit_history(self, policy: str) -> str:
+        """A bandit policy's impressions and clicks per arm and hour, for the dashboard
+        (fields ``<hour start, epoch ms>:n:<arm>`` / ``...:c:<arm>``; same hash slot)."""
+        return f"{self.prefix}:bandit:{{{policy}}}:hist"
+
+    def bandit_seen(self, policy: str) -> str:
+        """The interaction ids the speed layer counted for a policy (zset id -> event time):
+        each impression and click counts once (same hash slot as the state)."""
+        return f"{self.prefix}:bandit:{{{policy}}}:seen"
+
     def experiment_live_users(self, day: str, experiment: str, variant: str) -> str:
         """HyperLogLog of the users a variant showed an impression to on ``day``."""
         return f"{self.prefix}:exp:live:{day}:users:{experiment}|{variant}"

@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attune.bandits.feedback import BanditFeedback
 from attune.features import FeatureParams, online_rows
 from attune.online_store import ApplyStats, OnlineStore, OnlineStoreWriter
 from speed_layer.bronze import BronzeBatchWriter, ensure_tables
@@ -231,13 +232,16 @@ class OnlineBatchWriter:
         board: StatusBoard | None,
         redis_wait_s: float = 0.0,
         sleep: Callable[[float], None] = time.sleep,
+        bandits: BanditFeedback | None = None,
     ) -> None:
         self.writer = writer
         self.catalog = catalog
         self.board = board
         self.redis_wait_s = redis_wait_s
         self._sleep = sleep
+        self.bandits = bandits
         self.totals = {"batches": 0, "rows": 0, "applied": 0, "duplicates": 0, "too_late": 0}
+        self.bandit_totals = {"applied": 0, "duplicates": 0, "too_late": 0}
 
     def __call__(self, rows_df: DataFrame, batch_id: int) -> None:
         start = time.perf_counter()
@@ -268,6 +272,7 @@ class OnlineBatchWriter:
                 "online",
                 writer={
                     **self.totals,
+                    **({"bandits": self.bandit_totals} if self.bandits is not None else {}),
                     "catalog_items": len(self.catalog.items),
                     "catalog_malformed": self.catalog.malformed,
                     "last_batch_id": batch_id,
@@ -295,6 +300,11 @@ class OnlineBatchWriter:
                 stats = self.writer.apply(rows)
                 if stats.applied or retried:  # a failed try may have applied some rows
                     self.writer.refresh_trending()
+                if self.bandits is not None:  # idempotent per event too
+                    counted = self.bandits.apply(rows)
+                    self.bandit_totals["applied"] += counted.applied
+                    self.bandit_totals["duplicates"] += counted.duplicates
+                    self.bandit_totals["too_late"] += counted.too_late
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -326,19 +336,27 @@ class RealTimeRedisWriter:
     """
 
     def __init__(
-        self, host: str, port: int, db: int, store: OnlineStore, flush_rows: int = 500
+        self,
+        host: str,
+        port: int,
+        db: int,
+        store: OnlineStore,
+        flush_rows: int = 500,
+        cfg: AttuneConfig | None = None,
     ) -> None:
         self.host, self.port, self.db, self.store = host, port, db, store
         self.flush_rows = flush_rows
+        self.cfg = cfg  # for the bandits' feedback (None: no bandits)
         self._writer: OnlineStoreWriter | None = None
+        self._bandits: BanditFeedback | None = None
         self._rows: list[tuple[str, int, str, str]] = []
 
     def open(self, partition_id: int, epoch_id: int) -> bool:
         import redis
 
-        self._writer = OnlineStoreWriter(
-            redis.Redis(host=self.host, port=self.port, db=self.db), self.store
-        )
+        client = redis.Redis(host=self.host, port=self.port, db=self.db)
+        self._writer = OnlineStoreWriter(client, self.store)
+        self._bandits = None if self.cfg is None else BanditFeedback.from_config(self.cfg, client)
         self._rows = []
         return True
 
@@ -352,6 +370,8 @@ class RealTimeRedisWriter:
         if self._rows:
             if self._writer.apply(self._rows).applied:
                 self._writer.refresh_trending()
+            if self._bandits is not None:
+                self._bandits.apply(self._rows)
             self._rows = []
 
     def close(self, error: BaseException | None) -> None:
@@ -419,7 +439,11 @@ def start_online(
             rows.writeStream.queryName(name)
             .foreachBatch(
                 OnlineBatchWriter(
-                    writer, catalog, board, cfg.speed.redis_outage_wait.total_seconds()
+                    writer,
+                    catalog,
+                    board,
+                    cfg.speed.redis_outage_wait.total_seconds(),
+                    bandits=BanditFeedback.from_config(cfg, writer.redis),
                 )
             )
             .option("checkpointLocation", str(checkpoint))
@@ -431,7 +455,7 @@ def start_online(
     _check_realtime_slots(spark, cfg)
     stream_writer = (
         rows.writeStream.queryName(name)
-        .foreach(RealTimeRedisWriter(cfg.redis.host, cfg.redis.port, cfg.redis.db, store))
+        .foreach(RealTimeRedisWriter(cfg.redis.host, cfg.redis.port, cfg.redis.db, store, cfg=cfg))
         .outputMode("update")
         .option("checkpointLocation", str(checkpoint))
     )

@@ -153,6 +153,21 @@ def decode_counts(raw: Mapping[Any, Any]) -> dict[str, ArmCounts]:
     return {a: ArmCounts(n.get(a, 0), c.get(a, 0)) for a in n.keys() | c.keys()}
 
 
+def decode_history(raw: Mapping[Any, Any]) -> dict[tuple[int, str], ArmCounts]:
+    """``(hour start in epoch ms, arm) -> counts`` from an ``HGETALL`` of
+    :meth:`attune.keys.Keys.bandit_history` (fields ``<hour ms>:n:<arm>``, ``<hour ms>:c:<arm>``;
+    other fields are skipped)."""
+    n: dict[tuple[int, str], int] = {}
+    c: dict[tuple[int, str], int] = {}
+    for k, v in raw.items():
+        hour, _, rest = _s(k).partition(":")
+        kind, _, arm = rest.partition(":")
+        if not hour.isdigit() or kind not in ("n", "c"):
+            continue
+        (n if kind == "n" else c)[(int(hour), arm)] = int(v)
+    return {key: ArmCounts(n.get(key, 0), c.get(key, 0)) for key in sorted(n.keys() | c.keys())}
+
+
 def decode_beta_state(raw: Mapping[Any, Any], arms: Sequence[str]) -> BetaState:
     """The counts of the configured ``arms`` from an ``HGETALL`` reply."""
     return BetaState.from_counts(arms, decode_counts(raw))

@@ -95,6 +95,17 @@ def env(cfg: AttuneConfig, spark: Any, tmp_path_factory: pytest.TempPathFactory)
             "ignore_min_impressions": 1,
         },
     )
+    # two bandit slots (their impressions and clicks are counted for the policies, not the items)
+    api = test_cfg.api.model_dump()
+    api["content_slots"] = {
+        "hero": [{"variant": "trailer", "max_events": 1000}, {"variant": "poster"}],
+        "tile": [{"variant": "a", "max_events": 1000}, {"variant": "b"}],
+    }
+    api["bandits"] = {
+        "hero": {"policy": "thompson"},
+        "tile": {"policy": "linucb", "segments": ["new", "active"]},
+    }
+    test_cfg = AttuneConfig.model_validate({**test_cfg.model_dump(), "api": api})
     secret = write_secret(test_cfg)
     key = create_write_key(test_cfg, "it-speed")
     create_topics(test_cfg)
@@ -309,3 +320,78 @@ def test_live_experiment_counts_and_interleaving_teams(env: Env) -> None:
         ("m1", "control"),
         ("m2", "ranker2"),
     ]
+
+
+def test_bandit_impressions_and_clicks_reach_the_policy_state_once(env: Env) -> None:
+    """The API's slot impressions (the arm as the one item, placement ``slot:<slot>``) and the
+    app's clicks on them update the policies' state in Redis; a client retry counts once;
+    the arms stay out of the item features (a clicked banner variant is no trending title)."""
+    from attune.bandits.store import decode_beta_state, decode_history, decode_linear_state
+
+    gina, hank = f"gina-{RUN}", f"hank-{RUN}"
+    # the batch layer's segment of gina (what the API decided with): the LinUCB context
+    env.redis.hset(env.store.keys.user_batch(pseudo(env.secret, gina)), "segment", "active")
+
+    def slot(eid: str, etype: str, minutes: int, user: str, arm: str, s: str) -> dict[str, Any]:
+        return event(
+            eid,
+            etype,
+            minutes,
+            None,
+            user_id=user,
+            items=[{"item_id": arm, "position": 0, "propensity": 0.5}],
+            recommendation_id=f"d-{eid}",
+            context={"placement": f"slot:{s}"},
+        )
+
+    events = [
+        slot("b1", "impression", 400, gina, "trailer", "hero"),
+        slot("b2", "impression", 401, hank, "poster", "hero"),
+        slot("b3", "rec_click", 402, gina, "trailer", "hero"),
+        slot("b4", "impression", 403, gina, "a", "tile"),
+        slot("b5", "rec_click", 404, gina, "a", "tile"),
+        slot("b6", "impression", 405, hank, "b", "tile"),
+    ]
+    assert env.post(events)["accepted"] == 6
+    assert env.post([events[2]])["accepted"] == 1  # a client retry of the click: counted once
+    keys = env.store.keys
+
+    def hero() -> Any:
+        return decode_beta_state(env.redis.hgetall(keys.bandit("slot:hero")), ("trailer", "poster"))
+
+    state = wait_until(
+        lambda: (s := hero()).impressions == (1, 1) and s.clicks == (1, 0) and s,
+        120,
+        "the hero slot's impressions and click in Redis",
+    )
+    names = ("bias", "segment=new", "segment=active")
+    tile = wait_until(
+        lambda: (
+            (
+                t := decode_linear_state(
+                    env.redis.hgetall(keys.bandit("slot:tile")), ("a", "b"), names
+                )
+            ).impressions
+            == (1, 1)
+            and t
+        ),
+        60,
+        "the tile slot's statistics",
+    )
+    # gina is "active": x = [1, 0, 1]; hank has no segment: x = [1, 0, 0]
+    assert tile.clicks == (1, 0)
+    assert tile.xx[0].tolist() == [[1, 0, 1], [0, 0, 0], [1, 0, 1]]
+    assert tile.xr[0].tolist() == [1, 0, 1]
+    assert tile.xx[1].tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 0]]
+    # the hour of T0 + 400 min = 18:40 is 18:00 = T0 + 6 h
+    history = decode_history(env.redis.hgetall(keys.bandit_history("slot:hero")))
+    assert {(h - T0_MS, a): (c.impressions, c.clicks) for (h, a), c in history.items()} == {
+        (6 * 3_600_000, "trailer"): (1, 1),
+        (6 * 3_600_000, "poster"): (1, 0),
+    }
+    time.sleep(3)  # another online batch or two: the retry must not have counted
+    assert hero() == state
+    # arms are no catalog items: not in gina's recent items, not trending, not popular
+    feats = read_user_features(env.redis, pseudo(env.secret, gina), env.store)
+    assert not {"trailer", "a"} & set(feats.recent_item_ids)
+    assert not {"trailer", "a"} & {i for i, _ in read_popular(env.redis, env.store, 100)}
