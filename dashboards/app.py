@@ -41,6 +41,7 @@ page = st.navigation(
         "Platform": [
             st.Page(PAGES / "models.py", title="Models", icon=":material/model_training:"),
             st.Page(PAGES / "live.py", title="Live", icon=":material/monitor_heart:"),
+            st.Page(PAGES / "bandits.py", title="Bandits", icon=":material/casino:"),
             st.Page(PAGES / "quality.py", title="Data quality", icon=":material/fact_check:"),
         ],
     }

@@ -1153,3 +1153,149 @@ def short_error(error: str | None) -> str:
     if "name or service not known" in text or "nodename" in text:
         return "unknown host"
     return error if len(error) <= 60 else error[:57] + "..."
+
+
+# ----------------------------------------------------------------------------------------
+# Bandits
+#
+# A bandit policy's state is one Redis hash of cumulative impressions and clicks per arm; its
+# history another, of the same counts per arm and hour (attune.bandits.store: decode_counts,
+# decode_history). Arms are whatever the state names: a policy name is opaque here, and its
+# arms are not known to the configuration alone (a slot's arms are the variants of its rules).
+
+
+@dataclass(frozen=True)
+class ArmEstimate:
+    """One arm of a bandit policy: its counts, the posterior mean of its click rate with the
+    equal-tailed credible interval, and the posterior probability that it is the best arm."""
+
+    arm: str
+    impressions: int
+    clicks: int
+    rate: float
+    low: float
+    high: float
+    p_best: float
+
+
+def bandit_arm_estimates(
+    counts: Mapping[str, Any], prior_alpha: float, prior_beta: float, level: float = 0.95
+) -> list[ArmEstimate]:
+    """Each arm's click rate under the policy's Beta prior, arms by name.
+
+    ``counts``: arm -> :class:`attune.bandits.policies.ArmCounts` (``decode_counts``). The
+    posterior is the one Thompson sampling draws from (``beta_posterior``): ``Beta(alpha + c,
+    beta + max(n - c, 0))``, whose mean is ``(alpha + c) / (alpha + beta + n)`` (a click counted
+    before its impression floors the failures at 0). The interval cuts ``(1 - level) / 2`` off
+    each tail (``scipy.stats.beta.ppf``); ``p_best`` is the posterior probability that the arm
+    has the highest rate (``beta_win_probabilities``, numerical integration to about 1e-5: the
+    probability Thompson sampling shows the arm with, before the exploration floor). For a
+    LinUCB policy these are context-free estimates from its counts, not what it decides by.
+    """
+    from scipy.stats import beta as beta_dist
+
+    from attune.bandits.policies import (
+        BetaState,
+        ThompsonParams,
+        beta_posterior,
+        beta_win_probabilities,
+    )
+
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"credible level {level} must lie strictly between 0 and 1 (e.g. 0.95)")
+    arms = sorted(counts)
+    if not arms:
+        return []
+    state = BetaState.from_counts(arms, counts)
+    a, b = beta_posterior(state, ThompsonParams(prior_alpha, prior_beta, 0.0))
+    tail = (1.0 - level) / 2.0
+    low = beta_dist.ppf(tail, a, b)
+    high = beta_dist.ppf(1.0 - tail, a, b)
+    p_best = beta_win_probabilities(a, b)
+    return [
+        ArmEstimate(
+            arm=arm,
+            impressions=int(state.impressions[i]),
+            clicks=int(state.clicks[i]),
+            rate=float(a[i] / (a[i] + b[i])),
+            low=float(low[i]),
+            high=float(high[i]),
+            p_best=float(p_best[i]),
+        )
+        for i, arm in enumerate(arms)
+    ]
+
+
+def fmt_rate(x: Any) -> str:
+    """A click rate: two decimals of a percent (rates are a few percent)."""
+    return f"{100 * x:.2f}%" if _finite(x) else "–"
+
+
+def bandit_arm_rows(estimates: Sequence[ArmEstimate]) -> list[dict[str, Any]]:
+    """The per-arm table: counts, rate with its 95% credible interval, P(best); ``leading``
+    (hidden) marks the arm most likely best."""
+    top = max((e.p_best for e in estimates), default=None)
+    return [
+        {
+            "arm": e.arm,
+            "impressions": fmt_count(e.impressions),
+            "clicks": fmt_count(e.clicks),
+            "click rate": fmt_rate(e.rate),
+            "95% credible interval": fmt_interval((e.low, e.high), fmt_rate),
+            "P(best)": fmt_share(e.p_best),
+            "leading": e.p_best == top,
+        }
+        for e in estimates
+    ]
+
+
+def bandit_totals(counts: Mapping[str, Any]) -> dict[str, Any]:
+    """Impressions, clicks and the raw click rate (None without impressions) over all arms."""
+    n = sum(int(c.impressions) for c in counts.values())
+    k = sum(int(c.clicks) for c in counts.values())
+    return {"impressions": n, "clicks": k, "rate": k / n if n else None}
+
+
+HOUR_MS = 3_600_000
+
+
+def bandit_allocation(
+    history: Mapping[tuple[int, str], Any], max_hours: int = 24 * 14
+) -> list[dict[str, Any]]:
+    """The allocation over time: per hour, each arm's impressions, clicks and share of the
+    hour's impressions (``history``: ``(hour start ms, arm) -> ArmCounts``, ``decode_history``).
+
+    One row per hour and arm, hours oldest first, arms by name; every arm seen in those hours
+    gets a row in every hour (0 when it was not shown), so the shares of an hour sum to 1 and a
+    stacked chart stays whole. The hours: the ``max_hours`` hours up to the last one with
+    impressions, from the first one with impressions among them; an hour in between without
+    any (the speed layer stopped, no traffic) has every share 0 rather than being skipped, so a
+    chart shows the gap instead of drawing across it. Clicks count in the hour they arrived in,
+    impressions in theirs: an hour's clicks / impressions is only roughly that hour's rate.
+    """
+    shown: dict[int, int] = {}
+    for (hour, _), c in history.items():
+        shown[hour] = shown.get(hour, 0) + int(c.impressions)
+    last = max((h for h, n in shown.items() if n > 0), default=None)
+    if last is None:
+        return []
+    start = last - (max_hours - 1) * HOUR_MS
+    first = min(h for h, n in shown.items() if n > 0 and h >= start)
+    hours = sorted({*range(first, last + 1, HOUR_MS), *(h for h in shown if first <= h <= last)})
+    arms = sorted({arm for h, arm in history if first <= h <= last})
+    rows: list[dict[str, Any]] = []
+    for hour in hours:
+        total = shown.get(hour, 0)
+        for arm in arms:
+            c = history.get((hour, arm))
+            n = int(c.impressions) if c is not None else 0
+            rows.append(
+                {
+                    "hour": datetime.fromtimestamp(hour / 1000, UTC),
+                    "arm": arm,
+                    "impressions": n,
+                    "clicks": int(c.clicks) if c is not None else 0,
+                    "share": n / total if total else 0.0,
+                }
+            )
+    return rows

@@ -213,6 +213,52 @@ def speed_status() -> dict[str, Any]:
     }
 
 
+# Bandits -----------------------------------------------------------------------------------
+
+
+def _bandit_state(
+    host: str, port: int, db: int, prefix: str, policies: tuple[str, ...]
+) -> dict[str, Any]:
+    """Every policy's counts and hourly history, read in one pipelined round trip:
+    ``{"error": None, "policies": {policy: {"counts": {arm: ArmCounts}, "history": {(hour ms,
+    arm): ArmCounts}, "error": None}}}`` (``error`` set when Redis does not answer, or per
+    policy when its hashes cannot be decoded)."""
+    import redis
+
+    from attune.bandits.store import decode_counts, decode_history
+    from attune.keys import Keys
+
+    client = _redis(host, port, db)
+    keys = Keys(prefix)
+    pipe = client.pipeline(transaction=False)
+    for policy in policies:
+        pipe.hgetall(keys.bandit(policy))
+        pipe.hgetall(keys.bandit_history(policy))
+    try:
+        replies = pipe.execute()
+    except redis.RedisError as exc:
+        return {"error": f"{type(exc).__name__}: {exc}", "policies": {}}
+    out: dict[str, Any] = {}
+    for i, policy in enumerate(policies):
+        try:
+            out[policy] = {
+                "counts": decode_counts(replies[2 * i]),
+                "history": decode_history(replies[2 * i + 1]),
+                "error": None,
+            }
+        except (ValueError, UnicodeDecodeError) as exc:  # a hand-edited or foreign hash
+            out[policy] = {"counts": {}, "history": {}, "error": f"{type(exc).__name__}: {exc}"}
+    return {"error": None, "policies": out}
+
+
+def bandit_state(policies: tuple[str, ...]) -> dict[str, Any]:
+    """:func:`_bandit_state` of the configured Redis and key prefix, cached."""
+    cfg = config()
+    return _cached(_bandit_state)(
+        cfg.redis.host, cfg.redis.port, cfg.redis.db, cfg.speed.online_store.key_prefix, policies
+    )
+
+
 # Data quality ------------------------------------------------------------------------------
 
 

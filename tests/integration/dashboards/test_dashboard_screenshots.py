@@ -2,8 +2,9 @@
 
 The dashboard runs on a free port over a var/ written by hand (:mod:`tests.unit.dashboards.
 world`: the fixture report plus an experiment that breaks its split and a guardrail, a model
-repository, the data-quality tables) and the real Redis (its own db and key prefix, with today's
-live counts of ``ranking_v1``); the collector, the API and the model server are not running, so
+repository, the data-quality tables, two bandit slots) and the real Redis (its own db and key
+prefix, with today's live counts of ``ranking_v1`` and the state and 48 hours of history of the
+``slot:home_banner`` bandit); the collector, the API and the model server are not running, so
 the live page shows those states. A second dashboard runs over an empty var/. Headless Chromium
 (Debian's, driven by playwright) loads each page, waits until Streamlit has finished running the
 script, checks that no exception is shown, and saves a full-page screenshot to
@@ -122,14 +123,42 @@ def live_counts(cfg: Any) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
+def bandit_counts(cfg: Any) -> Iterator[None]:
+    """``slot:home_banner``'s state and hourly history up to the current hour, written with
+    HSET in the speed layer's layout (world.bandit_hashes); ``slot:search_tip`` has none."""
+    import redis
+
+    from attune.keys import Keys
+
+    client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=REDIS_DB)
+    keys = Keys(PREFIX)
+    last_hour = int(time.time() * 1000) // world.HOUR_MS * world.HOUR_MS
+    state, history = world.bandit_hashes(last_hour)
+    written = [keys.bandit("slot:home_banner"), keys.bandit_history("slot:home_banner")]
+    client.delete(*written)
+    client.hset(written[0], mapping=state)
+    client.hset(written[1], mapping=history)
+    try:
+        yield
+    finally:
+        client.delete(*written)
+        client.close()
+
+
+@pytest.fixture(scope="module")
 def dashboard(
-    tmp_path_factory: pytest.TempPathFactory, cfg: Any, live_counts: None
+    tmp_path_factory: pytest.TempPathFactory, cfg: Any, live_counts: None, bandit_counts: None
 ) -> Iterator[Dashboard]:
     base = tmp_path_factory.mktemp("dashboard")
     var = base / "var"
     world.build(var, with_stopped=True)
     config = world.write_config(
-        var, base / "cfg.yaml", redis_port=cfg.redis.port, redis_db=REDIS_DB, prefix=PREFIX
+        var,
+        base / "cfg.yaml",
+        redis_port=cfg.redis.port,
+        redis_db=REDIS_DB,
+        prefix=PREFIX,
+        bandits=True,
     )
     yield from _start(config)
 
@@ -193,6 +222,7 @@ PAGES = [
     ("experiment-stop", "experiment?experiment=banner_v2", "Experiment banner_v2"),
     ("models", "models", "Models"),
     ("live", "live", "Live"),
+    ("bandits", "bandits", "Bandits"),
     ("quality", "quality", "Data quality"),
 ]
 
@@ -210,6 +240,15 @@ def test_each_page_renders_without_exception(
         # (table cells are drawn on a canvas: not in the page's text)
         "models": ["Served now", "v2", "Versions", "Promotions", "attune serve models"],
         "live": ["Not running:", "attune serve collector", "Experiments today", "8.8%"],
+        # world.bandit_hashes: 48 h x 240 impressions, 600 clicks; search_tip counted nothing
+        "bandits": [
+            "slot:home_banner",
+            "Allocation over time",
+            "11,520",
+            "drama_picks",
+            "slot:search_tip",
+            "No impressions counted yet",
+        ],
         "quality": ["1 check(s) failed on 2026-12-05", "Stream vs batch drift"],
     }[name]
     for value in expected:
@@ -221,6 +260,7 @@ EMPTY_PAGES = [
     ("empty-experiments", "", "Experiments", "no data yet"),
     ("empty-models", "models", "Models", "no model yet"),
     ("empty-live", "live", "Live", "not running"),
+    ("empty-bandits", "bandits", "Bandits", "no bandit configured"),
     ("empty-quality", "quality", "Data quality", "no data yet"),
 ]
 

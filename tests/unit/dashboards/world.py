@@ -10,7 +10,10 @@ and the screenshot test).
   decisions;
 * the data-quality Delta tables ``quality/report`` (one failed check on the second run) and
   ``quality/drift``, written as a Delta client writes them (JSON commits, Parquet files,
-  partition folders), with a partition replaced by a later commit.
+  partition folders), with a partition replaced by a later commit;
+* two bandit slots for the config (:func:`write_config` with ``bandits=True``) and the Redis
+  hashes of one of them (:func:`bandit_hashes`: 48 hours in which the best arm's share grows),
+  which the tests write with ``HSET``.
 """
 
 from __future__ import annotations
@@ -350,14 +353,20 @@ def write_quality_tables(lake: Path) -> None:
 
 
 def write_config(
-    var_dir: Path, path: Path, *, redis_port: int = 1, redis_db: int = 0, prefix: str = "att"
+    var_dir: Path,
+    path: Path,
+    *,
+    redis_port: int = 1,
+    redis_db: int = 0,
+    prefix: str = "att",
+    bandits: bool = False,
 ) -> Path:
     """A config file with everything under ``var_dir`` and no service reachable: every port is
     1 (nothing listens there; Redis too unless ``redis_port`` says otherwise), so the live page
-    shows its "not running" states."""
+    shows its "not running" states. ``bandits``: the two bandit slots of :data:`BANDIT_SLOTS`."""
     import yaml
 
-    cfg = {
+    cfg: dict[str, Any] = {
         "paths": {"var_dir": str(var_dir)},
         "redis": {"port": redis_port, "db": redis_db},
         "speed": {"online_store": {"key_prefix": prefix}},
@@ -365,8 +374,60 @@ def write_config(
         "api": {"port": 1},
         "serving": {"rest_port": 1, "grpc_port": 2},
     }
+    if bandits:
+        cfg["api"]["content_slots"] = {
+            slot: [{"variant": v} for v in arms] for slot, arms in BANDIT_SLOTS.items()
+        }
+        cfg["api"]["bandits"] = {
+            "home_banner": {"policy": "thompson", "epsilon": 0.05},
+            "search_tip": {"policy": "linucb", "epsilon": 0.1},
+        }
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+# Bandits ------------------------------------------------------------------------------------
+
+BANDIT_SLOTS = {
+    "home_banner": ["welcome", "drama_picks", "win_back", "default"],
+    "search_tip": ["tip_a", "tip_b"],
+}
+"""Two content slots with a bandit each: ``home_banner`` (Thompson sampling, counts and 48 hours
+of history in Redis) and ``search_tip`` (LinUCB, nothing counted yet: the empty state)."""
+BANDIT_RATES = {"default": 0.03, "drama_picks": 0.07, "welcome": 0.04, "win_back": 0.02}
+BANDIT_HOURS = 48
+BANDIT_PER_HOUR = 240
+HOUR_MS = 3_600_000
+
+
+def bandit_history(last_hour_ms: int) -> dict[tuple[int, str], tuple[int, int]]:
+    """``home_banner``'s impressions and clicks per (hour start ms, arm) over the 48 hours up
+    to ``last_hour_ms``: 240 impressions an hour, ``drama_picks`` (rate 7%) getting a share that
+    grows linearly from 25% in the first hour to 85% in the last, the three others splitting
+    the rest equally; clicks are ``round(impressions * rate)``."""
+    out: dict[tuple[int, str], tuple[int, int]] = {}
+    first = last_hour_ms - (BANDIT_HOURS - 1) * HOUR_MS
+    for h in range(BANDIT_HOURS):
+        best = 0.25 + 0.60 * h / (BANDIT_HOURS - 1)
+        for arm, rate in BANDIT_RATES.items():
+            share = best if arm == "drama_picks" else (1.0 - best) / 3
+            n = round(BANDIT_PER_HOUR * share)
+            out[(first + h * HOUR_MS, arm)] = (n, round(n * rate))
+    return out
+
+
+def bandit_hashes(last_hour_ms: int) -> tuple[dict[str | bytes, int], dict[str | bytes, int]]:
+    """``home_banner``'s state hash (``n:<arm>``, ``c:<arm>``: the history's sums) and history
+    hash (``<hour ms>:n:<arm>``, ``<hour ms>:c:<arm>``), as the speed layer writes them."""
+    history = bandit_history(last_hour_ms)
+    state: dict[str | bytes, int] = {}  # (redis-py's key type: HSET takes them as they are)
+    fields: dict[str | bytes, int] = {}
+    for (hour, arm), (n, c) in history.items():
+        state[f"n:{arm}"] = state.get(f"n:{arm}", 0) + n
+        state[f"c:{arm}"] = state.get(f"c:{arm}", 0) + c
+        fields[f"{hour}:n:{arm}"] = n
+        fields[f"{hour}:c:{arm}"] = c
+    return state, fields
 
 
 def build(var_dir: Path, *, with_stopped: bool = False) -> None:
