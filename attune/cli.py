@@ -51,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("stack", help="start, stop or inspect the local stack (Kafka, Redis)")
     stack_sub = stack.add_subparsers(dest="action", required=True, metavar="ACTION")
     up = stack_sub.add_parser("up", help="start Kafka (KRaft) and Redis, create the topics")
+    up.add_argument(
+        "--brokers",
+        type=int,
+        choices=range(1, 10),
+        metavar="N",
+        help="run a KRaft cluster of N combined broker + controller nodes (ports kafka.broker."
+        "port + i * port_step); topics get replication min(3, N) and min.insync.replicas one "
+        "fewer",
+    )
     up.set_defaults(handler=_handler("attune.stack.cli:cmd_up"))
     down = stack_sub.add_parser("down", help="stop what `stack up` started")
     down.set_defaults(handler=_handler("attune.stack.cli:cmd_down"))

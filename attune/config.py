@@ -33,6 +33,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 ENV_PREFIX = "ATTUNE__"
@@ -69,13 +70,33 @@ class TopicConfig(_Section):
     name: str
     partitions: int = Field(3, ge=1)
     replication_factor: int = Field(1, ge=1)
+    min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="Replicas that must have a write before an acks=all producer is answered "
+        "(at most replication_factor; 2 of 3 keeps writes safe and available with one broker "
+        "down); null: the broker's min.insync.replicas.",
+    )
     retention_ms: int = Field(7 * 24 * 3600 * 1000, ge=-1, description="-1 keeps forever.")
     cleanup_policy: Literal["delete", "compact", "compact,delete"] = "delete"
     key: str = Field(description="What the record key is (documentation and checks).")
     description: str = ""
 
+    @model_validator(mode="after")
+    def _isr_fits(self) -> TopicConfig:
+        if (self.min_insync_replicas or 0) > self.replication_factor:
+            raise ValueError(
+                f"topic {self.name}: min_insync_replicas {self.min_insync_replicas} is more than "
+                f"its replication_factor {self.replication_factor}, so no write could succeed; "
+                "lower min_insync_replicas or raise replication_factor"
+            )
+        return self
+
     def topic_configs(self) -> dict[str, str]:
-        return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy}
+        configs = {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy}
+        if self.min_insync_replicas is not None:
+            configs["min.insync.replicas"] = str(self.min_insync_replicas)
+        return configs
 
 
 def _default_topics() -> dict[str, TopicConfig]:
@@ -106,13 +127,26 @@ def _default_topics() -> dict[str, TopicConfig]:
 
 
 class BrokerConfig(_Section):
-    """The local single-node KRaft broker that ``attune stack up`` runs from the Kafka jars."""
+    """The local KRaft cluster that ``attune stack up`` runs from the Kafka jars: one combined
+    broker + controller node, or ``nodes`` of them (``attune stack up --brokers 3``)."""
 
     host: str = "127.0.0.1"
     port: int = 9092
     controller_port: int = 9093
-    heap: str = Field("1g", description="JVM -Xmx for the broker.")
+    heap: str = Field("1g", description="JVM -Xmx for each broker.")
     num_partitions_default: int = 3
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="Combined broker + controller nodes; node i listens at port + i * "
+        "port_step and controller_port + i * port_step.",
+    )
+    port_step: int = Field(100, ge=2, description="Port distance between two nodes.")
+
+    def node_ports(self, node: int) -> tuple[int, int]:
+        """``(broker port, controller port)`` of node ``node`` (0-based)."""
+        return self.port + node * self.port_step, self.controller_port + node * self.port_step
 
 
 class ProducerConfig(_Section):

@@ -11,11 +11,23 @@ from attune.stack import StackError, component_status, create_topics, stack_down
 
 
 def cmd_up(cfg: AttuneConfig, args: argparse.Namespace) -> int:
+    from attune.stack.kafka import cluster_settings, with_brokers
+
+    brokers = getattr(args, "brokers", None)
+    if brokers is not None:
+        cfg = with_brokers(cfg, brokers)
     try:
         stack_up(cfg)
     except StackError as exc:
         print(f"attune stack up: {exc}", file=sys.stderr)
         return 1
+    if brokers is not None and brokers > 1:
+        print(
+            f"attune stack up: a {brokers}-broker cluster; every attune process must use it "
+            "too (put these in the config, or export them):"
+        )
+        for name, value in cluster_settings(cfg).items():
+            print(f"  export {name}={value}")
     return 0
 
 

@@ -18,11 +18,12 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attune import supervisor
-from attune.config import AttuneConfig
+from attune.config import ENV_PREFIX, AttuneConfig
 from attune.stack.common import (
     StackError,
     owned_pid,
@@ -75,16 +76,40 @@ def kafka_cluster_id() -> str:
             return cid
 
 
-def kafka_server_properties(cfg: AttuneConfig, data_dir: Path) -> str:
-    """``server.properties`` for one combined broker + controller node, from ``cfg.kafka``."""
+def cluster_replication(nodes: int) -> tuple[int, int]:
+    """``(replication factor, min.insync.replicas)`` of a cluster of ``nodes``: 3 and 2 from
+    three nodes on (a write survives one broker down and still needs two copies), else every
+    node and one fewer (at least 1)."""
+    rf = min(3, nodes)
+    return rf, max(1, rf - 1)
+
+
+def kafka_server_properties(cfg: AttuneConfig, data_dir: Path, node: int = 0) -> str:
+    """``server.properties`` for combined broker + controller node ``node``, from
+    ``cfg.kafka``: the only node (a dynamic quorum formatted ``--standalone``), or one of
+    ``kafka.broker.nodes`` with the static ``controller.quorum.voters`` of all of them."""
     b = cfg.kafka.broker
-    broker, controller = f"{b.host}:{b.port}", f"{b.host}:{b.controller_port}"
-    props = {
-        "process.roles": "broker,controller",
-        "node.id": str(NODE_ID),
+    port, cport = b.node_ports(node)
+    broker, controller = f"{b.host}:{port}", f"{b.host}:{cport}"
+    rf, isr = cluster_replication(b.nodes)
+    if b.nodes == 1:
         # with `format --standalone` the quorum is dynamic (KIP-853): bootstrap servers, not
         # the static controller.quorum.voters
-        "controller.quorum.bootstrap.servers": controller,
+        quorum = {"controller.quorum.bootstrap.servers": controller}
+    else:
+        voters = ",".join(f"{NODE_ID + i}@{b.host}:{b.node_ports(i)[1]}" for i in range(b.nodes))
+        quorum = {
+            "controller.quorum.voters": voters,
+            # a dead broker is fenced (its partitions get new leaders) after 3 s, not 9 s: well
+            # inside a producer's delivery timeout (kafka.producer.delivery_timeout_ms, 15 s),
+            # so writes that were in flight to it are retried to the new leader, not failed
+            "broker.session.timeout.ms": "3000",
+            "broker.heartbeat.interval.ms": "500",
+        }
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": str(NODE_ID + node),
+        **quorum,
         "listeners": f"PLAINTEXT://{broker},CONTROLLER://{controller}",
         "advertised.listeners": f"PLAINTEXT://{broker},CONTROLLER://{controller}",
         "controller.listener.names": "CONTROLLER",
@@ -92,17 +117,17 @@ def kafka_server_properties(cfg: AttuneConfig, data_dir: Path) -> str:
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": str(data_dir),
         "num.partitions": str(b.num_partitions_default),
-        # one node: every internal topic has one replica, and clients never create topics
+        # internal topics replicated over up to 3 nodes; clients never create topics
         "auto.create.topics.enable": "false",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        "offsets.topic.replication.factor": "1",
+        "default.replication.factor": str(rf),
+        "min.insync.replicas": str(isr),
+        "offsets.topic.replication.factor": str(rf),
         "offsets.topic.num.partitions": "10",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": str(rf),
+        "transaction.state.log.min.isr": str(isr),
         "transaction.state.log.num.partitions": "10",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": str(rf),
+        "share.coordinator.state.topic.min.isr": str(isr),
         # consumer groups form at once instead of waiting 3 s for more members
         "group.initial.rebalance.delay.ms": "0",
         "num.recovery.threads.per.data.dir": "2",
@@ -154,7 +179,12 @@ def _java() -> str:
 
 
 def _java_cmd(
-    cfg: AttuneConfig, paths: StackPaths, main_class: str, *args: str, jvm: Iterable[str] = ()
+    cfg: AttuneConfig,
+    paths: StackPaths,
+    main_class: str,
+    *args: str,
+    jvm: Iterable[str] = (),
+    log4j: Path | None = None,
 ) -> list[str]:
     return [
         _java(),
@@ -164,7 +194,7 @@ def _java_cmd(
         "-XX:MaxGCPauseMillis=20",
         "-XX:+ExitOnOutOfMemoryError",
         "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={paths.kafka_log4j}",
+        f"-Dlog4j2.configurationFile={log4j or paths.kafka_log4j}",
         "-cp",
         _kafka_classpath(paths),
         main_class,
@@ -211,9 +241,20 @@ def kafka_pid(cfg: AttuneConfig) -> int | None:
     return owned_pid(paths.kafka_pid, _is_our_kafka(paths), _kafka_address(cfg))
 
 
-def _format_kafka_storage(cfg: AttuneConfig, paths: StackPaths) -> None:
-    cluster_id = kafka_cluster_id()
-    say(f"formatting Kafka storage in {paths.kafka_data} (new cluster id {cluster_id})")
+def _format_kafka_storage(
+    cfg: AttuneConfig,
+    paths: StackPaths,
+    properties: Path | None = None,
+    data: Path | None = None,
+    cluster_id: str | None = None,
+) -> None:
+    """Format one node's storage: the only node ``--standalone`` (a dynamic quorum of one), a
+    node of a cluster with the cluster's id and its static voters."""
+    properties = properties or paths.kafka_properties
+    data = data or paths.kafka_data
+    standalone = cluster_id is None
+    cluster_id = cluster_id or kafka_cluster_id()
+    say(f"formatting Kafka storage in {data} (cluster id {cluster_id})")
     cmd = _java_cmd(
         cfg,
         paths,
@@ -222,8 +263,8 @@ def _format_kafka_storage(cfg: AttuneConfig, paths: StackPaths) -> None:
         "-t",
         cluster_id,
         "-c",
-        str(paths.kafka_properties),
-        "--standalone",
+        str(properties),
+        *(["--standalone"] if standalone else []),
     )
     result = subprocess.run(
         cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False
@@ -232,8 +273,162 @@ def _format_kafka_storage(cfg: AttuneConfig, paths: StackPaths) -> None:
         raise StackError(
             f"formatting Kafka storage failed (exit {result.returncode}):\n"
             f"{result.stdout}{result.stderr}\n"
-            f"If {paths.kafka_data} holds a broken earlier attempt, remove it and retry."
+            f"If {data} holds a broken earlier attempt, remove it and retry."
         )
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    """One node of a multi-node local cluster: its ports and files (node 0 keeps the single
+    broker's files, so ``attune stack down`` finds every node whatever the config says)."""
+
+    index: int
+    port: int
+    controller_port: int
+    properties: Path
+    log4j: Path
+    log: Path
+    out: Path
+    pid: Path
+    data: Path
+
+    def is_ours(self, cmdline: str) -> bool:
+        return "kafka.Kafka" in cmdline and str(self.properties) in cmdline
+
+
+def kafka_node(cfg: AttuneConfig, index: int) -> KafkaNode:
+    paths = stack_paths(cfg)
+    port, cport = cfg.kafka.broker.node_ports(index)
+    if index == 0:
+        return KafkaNode(
+            0,
+            port,
+            cport,
+            paths.kafka_properties,
+            paths.kafka_log4j,
+            paths.kafka_log,
+            paths.kafka_out,
+            paths.kafka_pid,
+            paths.kafka_data,
+        )
+    home = paths.kafka_dir / f"node-{index}"
+    return KafkaNode(
+        index,
+        port,
+        cport,
+        home / "server.properties",
+        home / "log4j2.xml",
+        cfg.log_dir / f"kafka-{index}.log",
+        cfg.log_dir / f"kafka-{index}.out",
+        cfg.run_dir / f"kafka-{index}.pid",
+        home / "data",
+    )
+
+
+def with_brokers(cfg: AttuneConfig, nodes: int) -> AttuneConfig:
+    """``cfg`` for a local cluster of ``nodes``: the clients bootstrap from every node, and
+    every topic gets :func:`cluster_replication`'s replication factor and min.insync.replicas
+    (``attune stack up --brokers N``; :func:`cluster_settings` says how to make it lasting)."""
+    b = cfg.kafka.broker
+    rf, isr = cluster_replication(nodes)
+    bootstrap = ",".join(f"{b.host}:{b.port + i * b.port_step}" for i in range(nodes))
+    topics = {
+        role: t.model_copy(update={"replication_factor": rf, "min_insync_replicas": isr})
+        for role, t in cfg.kafka.topics.items()
+    }
+    kafka = cfg.kafka.model_copy(
+        update={
+            "bootstrap_servers": bootstrap,
+            "broker": b.model_copy(update={"nodes": nodes}),
+            "topics": topics,
+        }
+    )
+    return cfg.model_copy(update={"kafka": kafka})
+
+
+def cluster_settings(cfg: AttuneConfig) -> dict[str, str]:
+    """The ``ATTUNE__`` variables that give every attune process ``cfg``'s cluster settings."""
+    k = cfg.kafka
+    out = {
+        f"{ENV_PREFIX}KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
+        f"{ENV_PREFIX}KAFKA__BROKER__NODES": str(k.broker.nodes),
+    }
+    for role, t in k.topics.items():
+        out[f"{ENV_PREFIX}KAFKA__TOPICS__{role.upper()}__REPLICATION_FACTOR"] = str(
+            t.replication_factor
+        )
+        if t.min_insync_replicas is not None:
+            out[f"{ENV_PREFIX}KAFKA__TOPICS__{role.upper()}__MIN_INSYNC_REPLICAS"] = str(
+                t.min_insync_replicas
+            )
+    return out
+
+
+def _nodes_file(paths: StackPaths) -> Path:
+    return paths.kafka_dir / "nodes"
+
+
+def _cluster_up(cfg: AttuneConfig) -> None:
+    """Start ``kafka.broker.nodes`` combined nodes (formatted together on first start) and
+    wait until every one is unfenced and every declared topic has leaders."""
+    paths = stack_paths(cfg)
+    b = cfg.kafka.broker
+    nodes = [kafka_node(cfg, i) for i in range(b.nodes)]
+    recorded = _nodes_file(paths)
+    formatted = (nodes[0].data / "meta.properties").exists()
+    if formatted and (not recorded.exists() or recorded.read_text().strip() != str(b.nodes)):
+        was = recorded.read_text().strip() if recorded.exists() else "1"
+        raise StackError(
+            f"{paths.kafka_dir} holds a Kafka cluster of {was} node(s), not {b.nodes}; a KRaft "
+            f"quorum is not resized by restarting it. Stop it (`attune stack down`), remove "
+            f"{paths.kafka_dir} (its events are lost) and start again, or start it with "
+            f"--brokers {was}"
+        )
+    _kafka_classpath(paths)
+    cfg.log_dir.mkdir(parents=True, exist_ok=True)
+    for node in nodes:
+        node.data.mkdir(parents=True, exist_ok=True)
+        node.properties.write_text(kafka_server_properties(cfg, node.data, node.index))
+        node.log4j.write_text(kafka_log4j2_xml(node.log))
+    if not formatted:
+        cluster_id = kafka_cluster_id()
+        for node in nodes:
+            _format_kafka_storage(cfg, paths, node.properties, node.data, cluster_id)
+        recorded.write_text(f"{b.nodes}\n")
+    started: list[int] = []
+    for node in nodes:
+        address = f"{b.host}:{node.port}"
+        pid = recorded_for(node.pid, node.is_ours, address, f"Kafka node {node.index}")
+        if pid is not None:
+            say(f"Kafka node {node.index} already running (pid {pid})")
+            started.append(pid)
+            continue
+        for port, what in ((node.port, "port"), (node.controller_port, "controller port")):
+            if supervisor.port_open(b.host, port):
+                raise StackError(
+                    f"{b.host}:{port} ({what} of Kafka node {node.index}) is in use; stop what "
+                    "holds it or move the nodes with kafka.broker.port / port_step"
+                )
+        cmd = _java_cmd(cfg, paths, "kafka.Kafka", str(node.properties), log4j=node.log4j)
+        child = supervisor.spawn(
+            cmd,
+            name=f"Kafka node {node.index}",
+            log=node.out,
+            detached=True,
+            cwd=paths.kafka_dir,
+            pid_file=node.pid,
+            address=address,
+        )
+        started.append(child.pid)
+        say(f"Kafka node {node.index} starting (pid {child.pid}, {address}, log {node.log})")
+    waited = wait_until(
+        f"a Kafka cluster of {b.nodes} nodes",
+        lambda: _kafka_not_ready(cfg, need=b.nodes),
+        KAFKA_START_TIMEOUT_S,
+        started[0],
+        [n.log for n in nodes],
+    )
+    say(f"Kafka cluster of {b.nodes} nodes ready at {cfg.kafka.bootstrap_servers} ({waited:.1f}s)")
 
 
 @contextmanager
@@ -274,16 +469,17 @@ def _kafka_cluster(cfg: AttuneConfig, timeout_s: float = 3.0) -> dict[str, Any] 
         return None
 
 
-def _kafka_not_ready(cfg: AttuneConfig) -> str | None:
-    """Why the broker is not ready to serve the declared topics yet (None = ready)."""
+def _kafka_not_ready(cfg: AttuneConfig, need: int = 1) -> str | None:
+    """Why the broker (``need`` brokers) is not ready to serve the declared topics yet
+    (None = ready)."""
     if not any_bootstrap_open(cfg):
         return "port not open yet"
     try:
         with kafka_admin(cfg, 3.0) as admin:
             cluster = admin.describe_cluster()
             brokers = [b for b in cluster.get("brokers", []) if not b.get("is_fenced")]
-            if not brokers:
-                return "no unfenced broker in the metadata yet"
+            if len(brokers) < need:
+                return f"{len(brokers)} of {need} brokers unfenced in the metadata yet"
             names = [t.name for t in cfg.kafka.topics.values()]
             present = [t for t in admin.describe_topics(names) if t.get("error_code", 0) == 0]
             for topic in present:
@@ -306,6 +502,9 @@ def kafka_up(cfg: AttuneConfig) -> None:
     that already exists has a leader for each partition (so producers work at once after a
     restart). Raises :class:`StackError` with the end of the broker log when it cannot start.
     """
+    if cfg.kafka.broker.nodes > 1:
+        _cluster_up(cfg)
+        return
     paths = stack_paths(cfg)
     b = cfg.kafka.broker
     address = f"{b.host}:{b.port}"
@@ -393,3 +592,12 @@ def kafka_down(cfg: AttuneConfig) -> None:
         kafka_class_archive(paths).unlink(missing_ok=True)
     if how is not None:
         paths.kafka_pid.unlink(missing_ok=True)
+    # the other nodes of a cluster (`stack up --brokers N`), whatever the config says now
+    for index in range(1, 10):
+        node = kafka_node(cfg, index)
+        if not node.pid.exists():
+            continue
+        record = supervisor.read_record(node.pid)
+        address = record.address if record is not None else ""
+        stop_component(f"Kafka node {index}", node.pid, node.is_ours, address, paths.kafka_external)
+        node.pid.unlink(missing_ok=True)

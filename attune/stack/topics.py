@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 TOPICS_READY_TIMEOUT_S = 30.0
 
 # Topic settings attune declares and keeps in line with the config.
-MANAGED_TOPIC_CONFIGS = ("retention.ms", "cleanup.policy")
+MANAGED_TOPIC_CONFIGS = ("retention.ms", "cleanup.policy", "min.insync.replicas")
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,47 @@ def test_server_properties_for_one_kraft_node(tmp_path: Path) -> None:
     assert props["num.partitions"] == "3"
 
 
+def test_server_properties_for_node_two_of_a_three_node_cluster(tmp_path: Path) -> None:
+    from attune.stack.kafka import with_brokers
+
+    cfg = with_brokers(_cfg(tmp_path), 3)
+    props = _properties(stack.kafka_server_properties(cfg, tmp_path / "data", 2))
+    # node 2: 9092 + 2 * 100 and 9093 + 2 * 100; node ids 1, 2, 3
+    assert props["node.id"] == "3"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:9292,CONTROLLER://127.0.0.1:9293"
+    assert props["controller.quorum.voters"] == (
+        "1@127.0.0.1:9093,2@127.0.0.1:9193,3@127.0.0.1:9293"
+    )
+    assert "controller.quorum.bootstrap.servers" not in props
+    assert props["default.replication.factor"] == "3"
+    assert props["min.insync.replicas"] == "2"
+    assert props["offsets.topic.replication.factor"] == "3"
+    assert props["transaction.state.log.min.isr"] == "2"
+
+
+def test_with_brokers_points_every_client_and_topic_at_the_cluster(tmp_path: Path) -> None:
+    from attune.stack.kafka import cluster_replication, cluster_settings, with_brokers
+
+    assert [cluster_replication(n) for n in (1, 2, 3, 5)] == [(1, 1), (2, 1), (3, 2), (3, 2)]
+    cfg = with_brokers(_cfg(tmp_path), 3)
+    assert cfg.kafka.bootstrap_servers == "127.0.0.1:9092,127.0.0.1:9192,127.0.0.1:9292"
+    events = cfg.kafka.topic("events")
+    assert (events.replication_factor, events.min_insync_replicas) == (3, 2)
+    assert events.topic_configs()["min.insync.replicas"] == "2"
+    env = cluster_settings(cfg)
+    assert env["ATTUNE__KAFKA__BROKER__NODES"] == "3"
+    assert env["ATTUNE__KAFKA__TOPICS__EVENTS__MIN_INSYNC_REPLICAS"] == "2"
+    # the printed variables load back into the same settings
+    again = _cfg(tmp_path, **env)
+    assert again.kafka.bootstrap_servers == cfg.kafka.bootstrap_servers
+    assert again.kafka.topic("catalog").replication_factor == 3
+
+
+def test_min_insync_above_replication_is_refused_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="no write could succeed"):
+        _cfg(tmp_path, ATTUNE__KAFKA__TOPICS__EVENTS__MIN_INSYNC_REPLICAS="2")
+
+
 def test_log4j2_config_writes_to_the_given_file(tmp_path: Path) -> None:
     xml = stack.kafka_log4j2_xml(tmp_path / "kafka.log")
     assert f'fileName="{tmp_path}/kafka.log"' in xml
