@@ -29,7 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from attune.bandits.registry import bandit_policies
+from attune.bandits.registry import configured_policies
+from attune.experiments.bandit import POLICY_PREFIX as EXPERIMENT_PREFIX
 from attune.experiments.live import LIVE_COUNTS
 from attune.online_store import BUCKET_HALF_LIVES, SCALE
 
@@ -106,7 +107,7 @@ class FeatureParams:
             dismissed_items=f.dismissed_items,
             session_gap_ms=int(f.session_gap.total_seconds() * 1000),
             ignore_min_impressions=f.ignore_min_impressions,
-            bandit_placements=tuple(sorted(bandit_policies(cfg))),
+            bandit_placements=tuple(sorted(configured_policies(cfg))),
         )
 
 
@@ -282,8 +283,9 @@ def with_trending_slices(rows: DataFrame, windows_s: Sequence[int], slices: int)
 
 
 def with_bandit_arms(rows: DataFrame, placements: Sequence[str]) -> DataFrame:
-    """Add ``arm``: on a row whose placement is a bandit decision point's (``placements``), the
-    item is the arm the bandit showed (a content variant, a message id), not a catalog item.
+    """Add ``arm``: on a row whose placement is a bandit decision point's (``placements``, and
+    every ``experiment:<id>``: an experiment bandit's decision), the item is the arm the bandit
+    showed (a content variant, a message id, a variant), not a catalog item.
 
     Such a row moves its item id to ``arm`` and keeps no ``item_id``, so every item feature
     (affinities, recent items, trending, item statistics) leaves it out, in the stream and in
@@ -292,10 +294,10 @@ def with_bandit_arms(rows: DataFrame, placements: Sequence[str]) -> DataFrame:
     """
     from pyspark.sql import functions as F
 
+    # an experiment's decision impression (placement experiment:<id>) names its variant
+    is_arm = F.coalesce(F.col("placement").startswith(EXPERIMENT_PREFIX), F.lit(False))
     if placements:
-        is_arm = F.coalesce(F.col("placement").isin(*placements), F.lit(False))
-    else:
-        is_arm = F.lit(False)
+        is_arm = is_arm | F.coalesce(F.col("placement").isin(*placements), F.lit(False))
     return rows.withColumn("arm", F.when(is_arm, F.col("item_id"))).withColumn(
         "item_id", F.when(~is_arm, F.col("item_id"))
     )

@@ -32,6 +32,7 @@ key                   type    written by                   read by              
 ``batch``             hash    batch views stage            API (segment)         views TTL
 ``suppressed``        zset    API feedback                 API (rules)           user TTL
 ``msg:<message id>``  zset    API frequency cap script     the same script       cap window
+``exp:<experiment>``  string  API (a bandit's first pick)  API (sticky variant)  user TTL
 ``consent``           string  collector (consent updates)  collector, API        never
 ====================  ======  ===========================  ====================  ==========
 
@@ -64,8 +65,9 @@ key                          type  written by         read by                 ex
 
 ``<d>`` is a UTC event date (``YYYY-MM-DD``); ``users:*`` is one HyperLogLog per
 ``<experiment>|<variant>`` (:mod:`attune.experiments.live`). ``<policy>`` names one decision
-point of a bandit (``slot:<slot>``, ``messages``); the hash holds its arms' impressions, clicks
-and linear statistics (:mod:`attune.bandits.store`, "bandit script" is its update script).
+point of a bandit (``slot:<slot>``, ``messages``, ``experiment:<id>``); the hash holds its
+arms' impressions, clicks and linear statistics (:mod:`attune.bandits.store`, "bandit script"
+is its update script).
 
 "write script" and "trending script" are the online store's Lua scripts, run by the speed layer
 and by the batch views stage when it re-applies what the stream missed; "feature reader" is
@@ -115,8 +117,9 @@ ONLINE_USER_KEYS = (
 ONLINE_FEATURE_KEYS = ONLINE_USER_KEYS[:7]
 """The per-user keys that hold features (deleted when personalization consent is withdrawn)."""
 USER_KEYS = (*ONLINE_USER_KEYS, "recs", "batch", "suppressed", "consent")
-"""Every per-user key with a fixed name. Message caps (``msg:<message id>``) are the one
-per-user family with a variable name; erasure finds them by the user's prefix."""
+"""Every per-user key with a fixed name. Message caps (``msg:<message id>``) and the variants
+a bandit chose in an experiment (``exp:<experiment>``) are the per-user families with a variable
+name; erasure finds them by the user's prefix."""
 LEGACY_CONSENT_PREFIX = "consent:"
 """Where the collector kept consent before it moved under the user's prefix (shared by every
 key prefix: it never carried one)."""
@@ -173,6 +176,11 @@ class Keys:
 
     def message_cap(self, user: str, message_id: str) -> str:
         return f"{self.user_prefix(user)}msg:{message_id}"
+
+    def user_experiment_variant(self, user: str, experiment: str) -> str:
+        """The variant a bandit chose for ``user`` in ``experiment`` (JSON: variant,
+        propensity, decision id, first exposure ms; :mod:`attune.experiments.bandit`)."""
+        return f"{self.user_prefix(user)}exp:{experiment}"
 
     def consent(self, subject: str) -> str:
         return self.user_key(subject, "consent")

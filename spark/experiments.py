@@ -875,6 +875,8 @@ def format_results(doc: Mapping[str, Any]) -> str:
             lines.append(
                 f"  ! sample ratio mismatch (chi-square p = {srm['p']:.2g}): see the reason"
             )
+        for warning in e.get("warnings") or []:  # e.g. variants allocated by a bandit
+            lines.append(f"  ! {warning}")
         for g in e.get("guardrails", []):
             if g.get("breached"):
                 lines.append(

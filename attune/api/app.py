@@ -62,6 +62,7 @@ from attune.bandits.slots import decide, policy_name, slot_arms
 from attune.config import AttuneConfig, BanditConfig, ConfigError
 from attune.events import TIME_WINDOW, EventTime, format_time
 from attune.experiments.assignment import Assigner
+from attune.experiments.bandit import policy_name as experiment_policy
 from attune.experiments.spec import experiments_of, experiments_path, load_experiments
 from attune.experiments.state import parse_states, status_of
 from attune.ingest.consent import ConsentStore
@@ -543,6 +544,18 @@ class Api:
             if stage != "total":
                 self.metrics.stages.labels(stage).observe(seconds)
         self.metrics.sources.labels(result.source, result.variant).inc()
+        if api.impressions:
+            # a bandit-allocated experiment's first exposure: its decision, with the propensity
+            for experiment, first in result.first_exposures:
+                self.sender.log_impression(
+                    self._slot_impression(
+                        body,
+                        experiment_policy(experiment),
+                        first.variant,
+                        first.propensity,
+                        first.decision_id,
+                    )
+                )
         if api.impressions and result.items:
             self.sender.log_impression(self._impression(body, result))
         return _json(

@@ -5,6 +5,8 @@
 2. **experiments** – :class:`attune.experiments.assignment.Assigner` puts the user in the
    holdout, or in at most one running experiment per layer (declarations from
    ``experiments.file``, running state from Redis, re-read every ``experiments.refresh_s``);
+   an experiment with ``allocation.bandit`` takes the variant stored for the user (read in
+   step 1), else the bandit's new decision, stored at once (:mod:`attune.experiments.bandit`);
    the variant says what changes: ranking on/off, model label, rule set (``api.rule_sets``),
    candidate sources. An interleaving experiment runs steps 3-6 for both its rankers and merges
    the two lists by team draft (:func:`attune.experiments.interleaving.team_draft`), each item
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,6 +79,7 @@ from attune.experiments.assignment import (
     new_token,
     recommendation_id,
 )
+from attune.experiments.bandit import StoredVariant, choose
 from attune.experiments.spec import (
     CANDIDATE_SOURCES,
     HOLDOUT,
@@ -134,6 +138,9 @@ class RecResult:
     timings: dict[str, float] = field(default_factory=dict)
     removed: dict[str, int] = field(default_factory=dict)
     assignments: list[Assignment] = field(default_factory=list)
+    # bandit-allocated experiments whose variant this request decided and stored first:
+    # (experiment, what was stored); the API logs a decision impression for each
+    first_exposures: list[tuple[str, StoredVariant]] = field(default_factory=list)
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -293,25 +300,50 @@ class Recommender:
         return "based on your history" if c.origin == "batch" else "picked for you"
 
     # -- the pipeline -----------------------------------------------------------------
-    def assign(
+    async def assign(
         self, req: RecRequest, data: RequestData, now: float
-    ) -> tuple[bool, list[Assignment]]:
-        """(in the holdout, the user's experiments) for this request."""
+    ) -> tuple[bool, list[Assignment], list[tuple[str, StoredVariant]]]:
+        """(in the holdout, the user's experiments, the first exposures this request decided)
+        for this request. A bandit-allocated experiment gets the user's stored variant, else a
+        new decision stored if none is stored yet (the stored one wins a race)."""
         assigner = self.assigner
         if assigner.in_holdout(req.subject):
-            return True, []
+            return True, [], []
         ctx = UserContext(
             segment=data.segment, platform=req.device, returning=not data.features.is_empty
         )
-        return False, assigner.assign(req.subject, ctx, datetime.fromtimestamp(now, UTC))
+        found = assigner.assign(req.subject, ctx, datetime.fromtimestamp(now, UTC))
+        out: list[Assignment] = []
+        first: list[tuple[str, StoredVariant]] = []
+        for a in found:
+            if a.bandit is None:
+                out.append(a)
+                continue
+            raw, state = data.experiment_bandits.get(a.experiment, (None, {}))
+            stored = StoredVariant.decode(raw)
+            if stored is None:
+                mine = choose(a.bandit, a.arms, state, uuid.uuid4().hex, int(now * 1000))
+                kept = await self.store.remember_variant(req.subject, a.experiment, mine.encode())
+                stored = StoredVariant.decode(kept) or mine
+                if stored == mine:
+                    first.append((a.experiment, mine))
+            spec = assigner.decls.get(a.experiment)
+            if stored.variant not in a.arms or spec is None:
+                continue  # no longer a variant that takes part: the defaults
+            out.append(a.resolved(stored.variant, spec.variants[stored.variant]))
+        return False, out, first
 
     async def recommend(self, req: RecRequest) -> RecResult:
         started = time.perf_counter()
         now = self.clock()
-        data = await self.store.read_request(req.subject, int(now * 1000))
+        bandits = self.assigner.bandit_experiments(req.subject)
+        if bandits:
+            data = await self.store.read_request(req.subject, int(now * 1000), bandits)
+        else:  # the common case keeps the plain call
+            data = await self.store.read_request(req.subject, int(now * 1000))
         features_s = time.perf_counter() - started
 
-        holdout, assignments = self.assign(req, data, now)
+        holdout, assignments, first = await self.assign(req, data, now)
         rec_id = recommendation_id(assignments, holdout, new_token())
         experiment, variant_name = rec_id.split(":")[:2]
         labels = [(a.experiment, a.variant) for a in assignments] or [
@@ -324,6 +356,7 @@ class Recommender:
             result.timings["total"] = time.perf_counter() - started
             result.experiment, result.variant = experiment, variant_name
             result.assignments = assignments
+            result.first_exposures = first
             outcome = "degraded" if result.degraded else "ok"
             if not data.consent.get("personalization", self.default_personalization):
                 result.degraded = "no personalization consent"

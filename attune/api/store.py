@@ -9,9 +9,10 @@ trending and popular lists. Every key name comes from :mod:`attune.keys`. Co-occ
 of the user's items depend on what that read returned, so they are a second round trip that runs
 while the model server works (:meth:`ApiStore.neighbours`).
 
-Writes. The API owns three per-user keys (``P`` = ``speed.online_store.key_prefix``, user in
+Writes. The API owns four per-user keys (``P`` = ``speed.online_store.key_prefix``, user in
 braces so a user's keys share a Redis Cluster slot; names from :mod:`attune.keys`; the first two
-expire with ``user_ttl``, a message cap with its window):
+expire with ``user_ttl``, a message cap with its window, a chosen variant with
+``user_ttl`` from the first exposure):
 
 ==============================  =====  ======================================================
 key                             type   content
@@ -20,6 +21,8 @@ key                             type   content
 ``P:u:{u}:suppressed``          zset   ``<category>\\t<item>`` -> time (ms) of the "not
                                        interested" in the item that hides the category
 ``P:u:{u}:msg:<message id>``    zset   showing id -> time (ms) the message was shown
+``P:u:{u}:exp:<experiment>``    str    the variant a bandit chose for the user, with its
+                                       propensity (:mod:`attune.experiments.bandit`)
 ==============================  =====  ======================================================
 
 Feedback is also written straight into the speed layer's ``P:u:{u}:dismissed`` with exactly the
@@ -51,6 +54,8 @@ import redis.asyncio as aioredis
 
 from attune.api.new_items import NewItems, load_new_items
 from attune.config import AttuneConfig, ConfigError
+from attune.experiments.bandit import REMEMBER_SCRIPT
+from attune.experiments.bandit import policy_name as experiment_policy
 from attune.ingest.consent import decode_state
 from attune.keys import KeyTemplate
 from attune.online_store import (
@@ -93,6 +98,8 @@ class RequestData:
     trending: list[str]
     popular: list[str]
     erased: bool = False  # erased: the models must not see the user's id (Keys.erased)
+    # bandit-allocated experiment -> (the user's stored variant, raw; the bandit's HGETALL)
+    experiment_bandits: dict[str, tuple[Any, dict[Any, Any]]] = field(default_factory=dict)
 
     @property
     def has_history(self) -> bool:
@@ -178,6 +185,7 @@ class ApiStore:
             max_connections=256,
         )
         self._cap = self.client.register_script(CAP_SCRIPT)
+        self._remember = self.client.register_script(REMEMBER_SCRIPT)
         self.catalog = CatalogCache()
         self._catalog_lock = threading.Lock()
         self.new_items = NewItems()
@@ -192,8 +200,12 @@ class ApiStore:
             return False
 
     # -- reads ------------------------------------------------------------------------
-    async def read_request(self, subject: str, now_ms: int) -> RequestData:
-        """All of ``subject``'s data for one request, in one pipelined round trip."""
+    async def read_request(
+        self, subject: str, now_ms: int, bandit_experiments: Sequence[str] = ()
+    ) -> RequestData:
+        """All of ``subject``'s data for one request, in one pipelined round trip; with
+        ``bandit_experiments``, also each one's stored variant of the user and its bandit's
+        state (:mod:`attune.experiments.bandit`)."""
         c = self.cfg.api.candidates
         pipe = self.client.pipeline(transaction=False)
         user_feature_commands(pipe, subject, self.store)  # FEATURE_READS replies
@@ -205,9 +217,17 @@ class ApiStore:
         pipe.zrevrange(self.trending_key, 0, max(c.trending, 1) - 1)
         pipe.zrevrange(self.keys.popular, 0, c.popular - 1)
         pipe.exists(self.keys.erased(subject))
+        for experiment in bandit_experiments:
+            pipe.get(self.keys.user_experiment_variant(subject, experiment))
+            pipe.hgetall(self.keys.bandit(experiment_policy(experiment)))
         raw = await pipe.execute()
         features = decode_user_features(subject, raw[:FEATURE_READS], self.store)
-        recs, segment, suppressed, consent, trending, popular, erased = raw[FEATURE_READS:]
+        fixed = FEATURE_READS + 7
+        recs, segment, suppressed, consent, trending, popular, erased = raw[FEATURE_READS:fixed]
+        bandits = {
+            experiment: (raw[fixed + 2 * i], dict(raw[fixed + 2 * i + 1] or {}))
+            for i, experiment in enumerate(bandit_experiments)
+        }
         hidden: dict[str, str] = {}
         for member in suppressed:
             category, _, item = _s(member).partition(SUPPRESSED_SEP)
@@ -221,6 +241,7 @@ class ApiStore:
             trending=[_s(m) for m in trending],
             popular=[_s(m) for m in popular],
             erased=bool(erased),
+            experiment_bandits=bandits,
         )
 
     async def neighbours(
@@ -351,6 +372,14 @@ class ApiStore:
                     pipe.zadd(suppressed, hidden, gt=True)
                     pipe.expire(suppressed, ttl)
         await pipe.execute()
+
+    async def remember_variant(self, subject: str, experiment: str, value: bytes) -> bytes:
+        """Store the user's variant of a bandit-allocated experiment unless one is stored
+        (:data:`attune.experiments.bandit.REMEMBER_SCRIPT`, expiring with the user TTL);
+        returns the value that is stored now: ``value``, or the one that was there first."""
+        key = self.keys.user_experiment_variant(subject, experiment)
+        _, stored = await self._remember(keys=[key], args=[value, self.store.user_ttl_s * 1000])
+        return bytes(stored) if not isinstance(stored, bytes) else stored
 
     async def take_message_slot(
         self, subject: str, message_id: str, now_ms: int, window_ms: int, cap: int, showing: str

@@ -32,6 +32,7 @@ one slot and the script declares every key it touches.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,11 +41,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from attune.bandits.registry import bandit_policies
+from attune.bandits.registry import configured_policies, experiment_policies
 from attune.bandits.slots import layout
 from attune.bandits.store import encode_statistics
+from attune.config import ConfigError
+from attune.experiments.bandit import POLICY_PREFIX as EXPERIMENT_PREFIX
 from attune.experiments.live import DEFAULT_PATTERN, NO_EXPERIMENT, parse_recommendation_id
 from attune.keys import Keys
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -52,7 +57,6 @@ if TYPE_CHECKING:
     from attune.config import AttuneConfig, BanditConfig
 
 HOUR_MS = 3_600_000
-EXPERIMENT_PREFIX = "experiment:"
 
 # The event types that count: a decision's impression, and a click on what it showed.
 IMPRESSION = "impression"
@@ -267,7 +271,11 @@ class BanditFeedback:
     @classmethod
     def from_config(cls, cfg: AttuneConfig, redis: Redis) -> BanditFeedback | None:
         """The configured policies' feedback writer; None when no bandit is configured."""
-        policies = bandit_policies(cfg)
+        policies = configured_policies(cfg)
+        try:
+            policies |= experiment_policies(cfg)
+        except ConfigError as exc:  # the API refuses the file too; the slots still learn
+            log.warning("experiment bandits are not counted: %s", exc)
         if not policies:
             return None
         return cls(

@@ -18,7 +18,10 @@ request, in this order:
    ``"<experiment id>:<subject>"`` into the variants' cumulative weights (first variant first).
    A different experiment id reshuffles users independently of the layer hash and of every
    other experiment; changing a weight moves only the users between the old and new boundary.
-   An interleaving experiment has no split: each of its users gets both rankers, merged.
+   An interleaving experiment has no split: each of its users gets both rankers, merged. An
+   experiment with ``allocation.bandit`` has no hash split either: :meth:`Assigner.assign`
+   returns it unresolved and the API picks the variant from what it stored for the user, or
+   by the bandit (:mod:`attune.experiments.bandit`), so this module stays free of I/O.
 
 The recommendation id (:func:`recommendation_id`) is ``<experiment>:<variant>:<20 hex>`` (at
 most 64 characters, the event schema's limit), naming the experiment of the first layer the
@@ -36,14 +39,16 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
+from attune.config import BanditConfig
 from attune.experiments.spec import (
     HOLDOUT,
     INTERLEAVED,
     NO_EXPERIMENT,
     TOKEN_CHARS,
+    BanditAllocationSpec,
     ExperimentsFile,
     ExperimentSpec,
     ExperimentType,
@@ -127,7 +132,12 @@ def targeting_matches(t: TargetingSpec, ctx: UserContext) -> bool:
 class Assignment:
     """One experiment a user is in. For an A/B test ``variant`` is the arm and
     ``variant_config`` its declaration; for interleaving ``variant`` is ``interleaved``,
-    ``variant_config`` None and ``rankers`` the two variants (name, declaration) to merge."""
+    ``variant_config`` None and ``rankers`` the two variants (name, declaration) to merge.
+
+    A bandit-allocated A/B test (``bandit`` set) comes back *unresolved*: ``variant`` is ""
+    and ``variant_config`` None, ``arms`` the variants the bandit chooses between; the caller
+    resolves it from the user's stored variant or a new decision
+    (:mod:`attune.experiments.bandit`) and fills both in with :meth:`resolved`."""
 
     experiment: str
     variant: str
@@ -135,6 +145,12 @@ class Assignment:
     variant_config: VariantSpec | None
     layer: str
     rankers: tuple[tuple[str, VariantSpec], ...] = ()
+    bandit: BanditConfig | None = None
+    arms: tuple[str, ...] = ()
+
+    def resolved(self, variant: str, config: VariantSpec) -> Assignment:
+        """This bandit assignment with its variant chosen."""
+        return replace(self, variant=variant, variant_config=config)
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,13 @@ class _Slot:
     allocation: Allocation  # the effective one (recorded once started)
     state: RunningState | None
     weights: dict[str, float]  # the allocation's weights, declared variants only
+    bandit: BanditConfig | None = None  # the effective allocation's bandit
+
+
+def _bandit_of(alloc: Allocation) -> BanditConfig | None:
+    if alloc.bandit is None:
+        return None
+    return BanditAllocationSpec.model_validate(alloc.bandit).bandit_config()
 
 
 class Assigner:
@@ -173,7 +196,8 @@ class Assigner:
                     f"experiment {spec.id}: recorded variant(s) {', '.join(gone)} are no longer "
                     "declared; their users get the defaults"
                 )
-            layers.setdefault(alloc.layer, []).append(_Slot(spec, alloc, state, weights))
+            bandit = _bandit_of(alloc) if spec.type == "ab" else None
+            layers.setdefault(alloc.layer, []).append(_Slot(spec, alloc, state, weights, bandit))
         self._layers = layers
 
     @property
@@ -182,6 +206,23 @@ class Assigner:
 
     def in_holdout(self, subject: str) -> bool:
         return in_holdout(self.holdout_share, subject)
+
+    def bandit_experiments(self, subject: str) -> list[str]:
+        """The bandit-allocated experiments whose layer range holds ``subject`` (whether they
+        run or its targeting matches or not): the ones whose stored variant and bandit state a
+        request reads before :meth:`assign` ([] in the holdout)."""
+        if self.in_holdout(subject):
+            return []
+        out: list[str] = []
+        for layer, slots in self._layers.items():
+            point = layer_point(layer, subject)
+            for slot in slots:
+                lo, hi = slot.allocation.range
+                if lo <= point < hi:
+                    if slot.bandit is not None:
+                        out.append(slot.spec.id)
+                    break
+        return out
 
     def assign(self, subject: str, ctx: UserContext, now: datetime) -> list[Assignment]:
         """The experiments ``subject`` is in, first layer first ([] in the holdout)."""
@@ -214,6 +255,11 @@ class Assigner:
             )
         if not any(w > 0 for w in slot.weights.values()):
             return None
+        if slot.bandit is not None:
+            arms = tuple(n for n, w in slot.weights.items() if w > 0)
+            return Assignment(
+                spec.id, "", "ab", None, slot.allocation.layer, bandit=slot.bandit, arms=arms
+            )
         variant = assign_variant(spec.id, subject, slot.weights)
         return Assignment(spec.id, variant, "ab", spec.variants[variant], slot.allocation.layer)
 

@@ -22,6 +22,8 @@ The file (config ``experiments.file``) holds a long-term **holdout** and a list 
         baseline: 0.05
         mde: 0.05
         power: 0.8
+        allocation:                  # optional, type ab only: a bandit picks each user's variant
+          bandit: {policy: thompson, epsilon: 0.1, prior_alpha: 1, prior_beta: 1, seed: 0}
 
 Concepts:
 
@@ -43,6 +45,16 @@ Concepts:
   of the experiment gets a team-draft merge of both variants' lists, and a click credits the
   variant whose item was clicked (:mod:`attune.experiments.interleaving`). Weights do not split
   users there; they must still not all be 0.
+* **allocation.bandit** (``type: ab`` only) lets a Thompson-sampling bandit choose each new
+  user's variant instead of the hash: policy ``experiment:<id>`` learns from the clicks on the
+  experiment's lists, the choice is stored per user (``Keys.user_experiment_variant``) and kept
+  for as long as the key lives, and the first exposure logs a decision impression with the
+  propensity (docs/bandits.md, "Experiment variants"). ``epsilon`` (> 0) keeps every variant's
+  propensity at least ``epsilon / variants``, so off-policy estimates can divide by it; weights
+  only say which variants take part (0 leaves one out) and must otherwise be equal. ``linucb``
+  is refused (a list click carries no decision context to learn from); so is interleaving.
+  The report then skips the sample-ratio test and warns that its fixed-allocation statistics
+  are biased.
 * **start / stop** is the planned window. ``attune experiments start ID`` makes an experiment
   run (from ``start`` when that is in the future); it stops at ``stop`` or at
   ``attune experiments stop ID``.
@@ -73,7 +85,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from attune.config import ConfigError
+from attune.config import BanditConfig, ConfigError
 
 if TYPE_CHECKING:
     from attune.config import AttuneConfig
@@ -212,6 +224,61 @@ def _aware(v: Any) -> Any:
     return v
 
 
+class BanditAllocationSpec(_Strict):
+    """``allocation.bandit``: the variants are arms of a Thompson-sampling bandit (policy
+    ``experiment:<id>``, :mod:`attune.bandits.registry`) instead of a hash split."""
+
+    policy: Literal["thompson"] = Field(
+        "thompson", description="Beta-Bernoulli Thompson sampling (the only one here)."
+    )
+    epsilon: float = Field(
+        0.1, gt=0, le=1, description="Exploration floor: every variant >= epsilon / variants."
+    )
+    prior_alpha: float = Field(1.0, ge=1.0, description="Beta prior's alpha.")
+    prior_beta: float = Field(1.0, ge=1.0, description="Beta prior's beta.")
+    seed: int = Field(0, description="Seeds every decision with its decision id.")
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _thompson_only(cls, v: Any) -> Any:
+        if v == "linucb":
+            raise ValueError(
+                "linucb is not offered for experiment variants: a variant is decided once per "
+                "user and learns from the clicks on its lists, and a list click carries no "
+                "decision context, so the context would have to be rebuilt for every click; "
+                "use policy: thompson"
+            )
+        return v
+
+    @field_validator("epsilon", mode="before")
+    @classmethod
+    def _positive_epsilon(cls, v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool) and v <= 0:
+            raise ValueError(
+                f"epsilon is {v}; it must be > 0 (e.g. 0.1) so that every variant keeps a "
+                "propensity above 0 that an off-policy analysis can divide by"
+            )
+        return v
+
+    def bandit_config(self) -> BanditConfig:
+        """The :class:`attune.config.BanditConfig` that :func:`attune.bandits.slots.decide`
+        runs."""
+        return BanditConfig(
+            policy=self.policy,
+            epsilon=self.epsilon,
+            prior_alpha=self.prior_alpha,
+            prior_beta=self.prior_beta,
+            seed=self.seed,
+        )
+
+
+class AllocationSpec(_Strict):
+    """``allocation``: how an A/B experiment splits its users between variants. Left out:
+    by a hash of the user, in proportion to the weights."""
+
+    bandit: BanditAllocationSpec | None = None
+
+
 class ExperimentSpec(_Strict):
     """One declared experiment (see the module docstring)."""
 
@@ -233,6 +300,7 @@ class ExperimentSpec(_Strict):
     baseline: float | None = Field(
         None, gt=0, lt=1, description="Expected control value of the primary metric (a rate)."
     )
+    allocation: AllocationSpec = AllocationSpec()
 
     @field_validator("id")
     @classmethod
@@ -301,6 +369,21 @@ class ExperimentSpec(_Strict):
                     f"variant name {INTERLEAVED!r} is reserved in interleaving experiments "
                     "(their recommendation ids use it): rename the variant"
                 )
+        if self.bandit is not None:
+            if self.type != "ab":
+                raise ValueError(
+                    f"allocation.bandit needs type: ab, not {self.type}: an interleaving "
+                    "experiment shows both rankers to every user, so there is no variant to "
+                    "choose; remove allocation (or use type: ab)"
+                )
+            weights = {w for w in self.weights.values() if w > 0}
+            if len(weights) > 1:
+                shown = ", ".join(f"{n} {w:g}" for n, w in self.weights.items())
+                raise ValueError(
+                    f"with allocation.bandit the bandit sets the shares, so weights only say "
+                    f"which variants take part (0 leaves one out); got {shown}: give every "
+                    "variant that takes part the same weight (e.g. 1)"
+                )
         longest = max(len(n) for n in self.variants)
         room = RECOMMENDATION_ID_MAX - TOKEN_CHARS - 2
         if len(self.id) + longest > room:
@@ -325,6 +408,11 @@ class ExperimentSpec(_Strict):
     @property
     def weights(self) -> dict[str, float]:
         return {n: v.weight for n, v in self.variants.items()}
+
+    @property
+    def bandit(self) -> BanditAllocationSpec | None:
+        """The bandit that allocates the variants (None: the hash split by weight)."""
+        return self.allocation.bandit
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -366,6 +454,15 @@ class ExperimentsFile(_Strict):
             if exp.id in seen:
                 raise ValueError(f"experiment id {exp.id!r} is declared twice: ids must be unique")
             seen.add(exp.id)
+        layers = list(self.layers())
+        for exp in self.experiments:
+            if exp.bandit is not None and exp.layer != layers[0]:
+                raise ValueError(
+                    f"experiment {exp.id!r} has allocation.bandit but is in layer "
+                    f"{exp.layer!r}: its bandit learns from the recommendation ids of its lists, "
+                    "which name the experiment of the first layer only (here "
+                    f"{layers[0]!r}); put {exp.id!r} in the first layer declared in the file"
+                )
         for layer, members in self.layers().items():
             total = sum(e.traffic for e in members)
             if total > 1 + 1e-9:

@@ -5,16 +5,18 @@ runs is state, kept in Redis so every API process sees the same answer:
 
 * ``Keys.experiments_state`` (``P:exp:state``), a hash: experiment id -> JSON
   ``{"status": "running"|"stopped", "started_at": iso, "stopped_at": iso|null,
-  "allocation": {"layer", "traffic", "range": [lo, hi], "weights": {...}}, "forced": bool}``;
+  "allocation": {"layer", "traffic", "range": [lo, hi], "weights": {...}, "bandit": {...}
+  (only with ``allocation.bandit``)}, "forced": bool}``;
 * ``Keys.experiments_history`` (``P:exp:history``), a list: one JSON record per start, forced
   re-start and stop (``{"at", "experiment", "action", "state", "changes"}``), oldest first.
 
 ``attune experiments start ID`` records the **allocation** the experiment starts with: its
 layer, the range of the layer's hash it owns (experiments of a layer own consecutive ranges of
-width ``traffic`` in file order) and its variants' weights. Users are assigned by that recorded
-allocation for as long as the experiment runs: a later edit of the file that would move users
-between arms (a new weight, more traffic, an experiment removed above it in its layer, so that
-its range shifts) is *not* applied. The API logs a warning, ``attune experiments list/show``
+width ``traffic`` in file order), its variants' weights and its ``allocation.bandit``. Users
+are assigned by that recorded allocation for as long as the experiment runs: a later edit of the
+file that would move users between arms (a new weight, a bandit added or changed, more
+traffic, an experiment removed above it in its layer, so that its range shifts) is *not*
+applied. The API logs a warning, ``attune experiments list/show``
 flag the mismatch, and ``start ID --force`` records the new allocation, knowingly: users between
 the old and the new boundaries change arm, which mixes two allocations in one analysis.
 
@@ -67,6 +69,7 @@ class Allocation:
     traffic: float
     range: tuple[float, float]
     weights: Mapping[str, float] = field(default_factory=dict)
+    bandit: Mapping[str, Any] | None = None  # allocation.bandit as declared; None: hash split
 
     def shares(self) -> dict[str, float]:
         """The weights as shares of 1 (zero weights included)."""
@@ -74,12 +77,15 @@ class Allocation:
         return {n: (w / total if total > 0 else 0.0) for n, w in self.weights.items()}
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "layer": self.layer,
             "traffic": self.traffic,
             "range": [self.range[0], self.range[1]],
             "weights": dict(self.weights),
         }
+        if self.bandit is not None:  # left out otherwise: older records read the same
+            out["bandit"] = dict(self.bandit)
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Allocation:
@@ -90,6 +96,7 @@ class Allocation:
             traffic=traffic,
             range=(float(lo), float(hi)),
             weights={str(k): float(v) for k, v in dict(d.get("weights", {})).items()},
+            bandit=None if d.get("bandit") is None else dict(d["bandit"]),
         )
 
 
@@ -102,7 +109,8 @@ def declared_allocations(decls: ExperimentsFile) -> dict[str, Allocation]:
         lo = 0.0
         for exp in members:
             hi = min(1.0, lo + exp.traffic)
-            out[exp.id] = Allocation(layer, exp.traffic, (lo, hi), exp.weights)
+            bandit = None if exp.bandit is None else exp.bandit.model_dump(mode="json")
+            out[exp.id] = Allocation(layer, exp.traffic, (lo, hi), exp.weights, bandit)
             lo = hi
     return out
 
@@ -127,6 +135,14 @@ def allocation_changes(
             f"range of the layer's users [{recorded.range[0]:g}, {recorded.range[1]:g}) -> "
             f"[{declared.range[0]:g}, {declared.range[1]:g})"
         )
+    if recorded.bandit != declared.bandit:
+
+        def how(b: Mapping[str, Any] | None) -> str:
+            if b is None:
+                return "hash split by weight"
+            return "bandit " + ", ".join(f"{k}={v}" for k, v in b.items())
+
+        out.append(f"allocation {how(recorded.bandit)} -> {how(declared.bandit)}")
     if weights:
         added = [n for n in declared.weights if n not in recorded.weights]
         removed = [n for n in recorded.weights if n not in declared.weights]

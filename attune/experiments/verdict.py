@@ -197,6 +197,7 @@ class AnalysisPlan:
     layer: str = ""
     start: str | None = None
     stop: str | None = None
+    bandit: bool = False  # allocation.bandit: variants allocated by a bandit, not by weight
 
     def __post_init__(self) -> None:
         if self.control not in self.weights:
@@ -245,6 +246,7 @@ class AnalysisPlan:
             "layer": getattr(decl, "layer", ""),
             "start": _date(getattr(decl, "start", None)),
             "stop": _date(getattr(decl, "stop", None)),
+            "bandit": getattr(decl, "bandit", None) is not None,
         }
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -323,7 +325,7 @@ class ExperimentAnalysis:
     reason: str
     planned_users_per_arm: int | None
     variants: tuple[VariantInfo, ...]
-    srm: stats.Srm
+    srm: stats.Srm | None  # None: not tested (a bandit-allocated experiment)
     metrics: tuple[MetricResult, ...]
     guardrails: tuple[GuardrailResult, ...]
     history: tuple[Mapping[str, Any], ...] = ()
@@ -360,12 +362,15 @@ class ExperimentAnalysis:
                 }
                 for v in self.variants
             ],
-            "srm": {
+            "srm": None
+            if self.srm is None
+            else {
                 "chi2": self.srm.chi2,
                 "p": self.srm.p,
                 "flagged": self.srm.flagged,
                 "expected": dict(self.srm.expected),
             },
+            "warnings": analysis_warnings(p),
             "metrics": [
                 {
                     "metric": m.metric,
@@ -412,6 +417,21 @@ class ExperimentAnalysis:
         }
         out.update(extra)
         return json_safe(out)
+
+
+BANDIT_WARNING = (
+    "variants allocated by a bandit: who got which variant depended on earlier users' "
+    "outcomes, so the fixed-allocation statistics here (the sample-ratio test against the "
+    "weights, which is skipped; delta-method and CUPED intervals; the sequential p-values) are "
+    "biased and the verdict is a rough guide only. Estimate each variant's value off-policy "
+    "instead, weighting users by the propensity their decision impression logged (placement "
+    "experiment:<id>; IPS / self-normalized IPS of attune.bandits.ope, docs/bandits.md)."
+)
+
+
+def analysis_warnings(plan: AnalysisPlan) -> list[str]:
+    """What the report must say above the numbers about how they were obtained."""
+    return [BANDIT_WARNING] if plan.bandit else []
 
 
 def json_safe(value: Any) -> Any:
@@ -673,7 +693,9 @@ def analyse(
         )
         for n in names
     )
-    srm = stats.srm_test(counts, plan.weights)
+    # a bandit's shares follow the outcomes, so no expected split exists to test against
+    srm = None if plan.bandit else stats.srm_test(counts, plan.weights)
+    flagged = srm is not None and srm.flagged
     kept_history = tuple(h for h in history if as_of is None or h.get("date") != as_of)
     arms = [n for n in names if n != plan.control and plan.weights[n] > 0]
     too_small = [n for n in [plan.control, *arms] if counts[n] < MIN_USERS]
@@ -689,8 +711,8 @@ def analyse(
         return ExperimentAnalysis(
             plan=plan,
             # an arm left empty while others fill up is a broken split, not a slow start
-            verdict="stop" if srm.flagged else "running",
-            reason=_srm_reason(plan, srm, counts) if srm.flagged else waiting,
+            verdict="stop" if flagged else "running",
+            reason=_srm_reason(plan, srm, counts) if srm is not None and flagged else waiting,
             planned_users_per_arm=plan.planned_users_per_arm,
             variants=infos,
             srm=srm,
@@ -861,7 +883,7 @@ def _srm_reason(plan: AnalysisPlan, srm: stats.Srm, counts: Mapping[str, int]) -
 
 def _decide(
     plan: AnalysisPlan,
-    srm: stats.Srm,
+    srm: stats.Srm | None,
     counts: Mapping[str, int],
     results: Sequence[MetricResult],
     guardrails: Sequence[GuardrailResult],
@@ -869,7 +891,7 @@ def _decide(
     stop_passed: bool,
 ) -> tuple[Verdict, str]:
     level = f"{1 - plan.alpha:.0%}"
-    if srm.flagged:
+    if srm is not None and srm.flagged:
         return "stop", _srm_reason(plan, srm, counts)
     breached = [g for g in guardrails if g.breached]
     if breached:

@@ -47,6 +47,8 @@ ui.experiment_badges(summary, str(report.get("report_date", "?")))
 srm = data.srm_message(exp)
 if srm:
     st.warning(srm, icon=":material/warning:")
+for note in exp.get("warnings") or []:  # how the numbers were obtained (e.g. a bandit split)
+    st.warning(str(note), icon=":material/warning:")
 breached = data.breached_guardrails(exp)
 if breached:
     st.error("Guardrail breached: " + "; ".join(breached), icon=":material/block:")

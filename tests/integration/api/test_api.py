@@ -39,7 +39,7 @@ from attune.config import (
 from attune.experiments.assignment import assign_variant
 from attune.experiments.spec import load_experiments
 from attune.experiments.state import StateStore, plan_start
-from attune.online_store import OnlineStore, wait_for_item
+from attune.online_store import OnlineStore, delete_user, wait_for_item
 from attune.replay import publish_catalog, read_catalog
 from attune.secrets import create_write_key, ensure_admin_key
 from attune.serving.process import start_model_server
@@ -308,6 +308,33 @@ def kafka_events(env: Env, match: Any, timeout_s: float = 30.0) -> list[dict[str
     finally:
         consumer.close()
     return found
+
+
+def warm_up_impressions(
+    env: Env, url: str, path: str = "/v1/recommendations", timeout_s: float = 120.0
+) -> None:
+    """Wait until a newly started API's impressions reach Kafka: until its producer has
+    connected, impressions are dropped (and counted), so call ``path`` for throwaway users until
+    the impression of one answer (found by its recommendation or decision id) arrives."""
+    deadline = time.monotonic() + timeout_s
+    for i in range(1000):
+        warm = f"warm{i}-{uuid.uuid4().hex[:6]}"
+        body: dict[str, Any] = {"user_id": warm}
+        if path == "/v1/recommendations":
+            body["k"] = 1
+        r = httpx.post(f"{url}{path}", json=body, headers={"X-Read-Key": env.read_key}, timeout=30)
+        assert r.status_code == 200, r.text
+        rid = r.json().get("recommendation_id") or r.json().get("decision_id") or "-"
+        user = env.user(warm)
+        if kafka_events(
+            env,
+            lambda e, rid=rid, user=user: (
+                e.get("recommendation_id") == rid or e.get("user_id") == user
+            ),
+            10.0,
+        ):
+            return
+        assert time.monotonic() < deadline, f"no impression of the API at {url} reached Kafka"
 
 
 # ----------------------------------------------------------------------------------------
@@ -597,6 +624,7 @@ def test_a_bandit_slot_shows_its_choice_with_the_propensity_it_logs(env: Env) ->
         | {"n:default": 1000, "c:default": 10},
     )
     erin = f"erin-{RUN}"
+    warm_up_impressions(env, env.url, "/v1/content/hero")  # run alone, the API just started
     answers = [
         env.call("POST", "/v1/content/hero", json={"user_id": erin}).json() for _ in range(3)
     ]
@@ -699,6 +727,7 @@ def test_a_message_bandit_shows_one_message_with_the_propensity_it_logs(env: Env
     )
     child = start_api(cfg)
     try:
+        warm_up_impressions(env, child.url, "/v1/messages")
         answers = []
         for _ in range(3):
             r = httpx.post(
@@ -742,3 +771,111 @@ def test_a_message_bandit_shows_one_message_with_the_propensity_it_logs(env: Env
         (item,) = imp["items"]
         assert (item["item_id"], item["position"]) == (answer["messages"][0]["id"], 0)
         assert item["propensity"] == pytest.approx(answer["propensity"])
+
+
+def test_a_bandit_experiment_keeps_each_users_variant_and_logs_its_first_decision(
+    env: Env, tmp_path: Path
+) -> None:
+    # A second API over the same stores whose experiments file holds one experiment, "arms",
+    # whose variants a Thompson-sampling bandit allocates (allocation.bandit, epsilon 0.1).
+    # Stored state: control clicked 500 of 1,000 times, treatment 10 of 1,000: Beta(501, 501)
+    # and Beta(11, 991) do not overlap, so the bandit picks control with probability 1; with
+    # the floor over the 2 variants, by hand: control 0.1 / 2 + 0.9 = 0.95, treatment 0.05.
+    exp_file = tmp_path / "experiments.yaml"
+    exp_file.write_text(
+        yaml.safe_dump(
+            {
+                "experiments": [
+                    {
+                        "id": "arms",
+                        "hypothesis": "a bandit finds the better variant sooner",
+                        "layer": "banner",
+                        "variants": {"control": {}, "treatment": {"ranking": False}},
+                        "allocation": {"bandit": {"epsilon": 0.1}},
+                    }
+                ]
+            }
+        )
+    )
+    cfg = AttuneConfig.model_validate(
+        env.cfg.model_copy(
+            update={
+                "api": env.cfg.api.model_copy(update={"port": free_port()}),
+                "experiments": env.cfg.experiments.model_copy(update={"file": exp_file}),
+            }
+        ).model_dump()
+    )
+    keys = env.store.keys
+    env.redis.hset(
+        keys.bandit("experiment:arms"),
+        mapping={"n:control": 1000, "c:control": 500, "n:treatment": 1000, "c:treatment": 10},
+    )
+    started = datetime.now(UTC)
+    decls = load_experiments(exp_file)
+    state = StateStore.from_config(cfg)
+    state.apply(lambda states: plan_start(decls, states, "arms", started), started)
+    gina = f"gina-{RUN}"
+    sticky = keys.user_experiment_variant(env.user(gina), "arms")
+    child = start_api(cfg)
+
+    def recommend(user: str) -> dict[str, Any]:
+        r = httpx.post(
+            f"{child.url}/v1/recommendations",
+            json={"user_id": user, "k": 5},
+            headers={"X-Read-Key": env.read_key},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    try:
+        warm_up_impressions(env, child.url)
+        answers = [recommend(gina) for _ in range(2)]
+    finally:
+        child.stop()
+        env.redis.hdel(keys.experiments_state, "arms")
+    first, second = answers
+    variant = first["variant"]
+    assert variant in ("control", "treatment") and first["experiment"] == "arms"
+    # the second request got the stored variant; both lists name the experiment and variant
+    assert second["variant"] == variant
+    for a in answers:
+        assert a["recommendation_id"].startswith(f"arms:{variant}:")
+    stored = orjson.loads(env.redis.get(sticky) or b"{}")
+    expected = {"control": 0.95, "treatment": 0.05}[variant]
+    assert stored["v"] == variant and stored["p"] == pytest.approx(expected, abs=1e-6)
+
+    # one decision impression, at the first exposure: the variant with its propensity, the
+    # policy as the placement, the decision id as the recommendation id
+    def decisions(e: dict[str, Any]) -> bool:
+        return (
+            e.get("type") == "impression"
+            and e.get("user_id") == env.user(gina)
+            and (e.get("context") or {}).get("placement") == "experiment:arms"
+        )
+
+    def lists(e: dict[str, Any]) -> bool:
+        return (
+            e.get("type") == "impression"
+            and e.get("recommendation_id") == (second["recommendation_id"])
+        )
+
+    found = kafka_events(env, decisions)
+    deadline = time.monotonic() + 30
+    while not found and time.monotonic() < deadline:
+        found = kafka_events(env, decisions)
+    if second["items"]:  # the second request's own impression is in, so any decision of it too
+        assert kafka_events(env, lists)
+    else:
+        time.sleep(3)
+    found = kafka_events(env, decisions)
+    assert len(found) == 1, found
+    (imp,) = found
+    assert imp["recommendation_id"] == stored["d"]
+    (item,) = imp["items"]
+    assert (item["item_id"], item["position"]) == (variant, 0)
+    assert item["propensity"] == pytest.approx(expected, abs=1e-6)
+    # erasure deletes the stored variant with the user's other keys
+    assert delete_user(env.redis, env.user(gina), env.store) >= 1
+    assert not env.redis.exists(sticky)

@@ -529,3 +529,18 @@ def test_live_guardrails_when_the_api_is_not_running(live_report: Path) -> None:
         "The live guardrails need the API, which does not answer at http://127.0.0.1:1 "
         "(connection refused): start it with `attune serve api`."
     ) in shown
+
+
+def test_a_bandit_allocated_experiment_warns_above_the_numbers_and_has_no_srm(
+    with_data: Path,
+) -> None:
+    from attune.experiments.verdict import BANDIT_WARNING
+
+    report = world.fixture_report()
+    exp = next(e for e in report["experiments"] if e["id"] == "ranking_v1")
+    exp["srm"] = None  # what analyse() writes for allocation.bandit
+    exp["warnings"] = [BANDIT_WARNING]
+    world.write_reports(with_data / "reports" / "experiments", report)
+    at = run("app_pages/experiment.py", experiment="ranking_v1")
+    assert [w.value for w in at.warning] == [BANDIT_WARNING]
+    assert "Sample ratio test" not in texts(at)
