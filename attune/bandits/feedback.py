@@ -43,7 +43,7 @@ import orjson
 
 from attune.bandits.registry import configured_policies, experiment_policies
 from attune.bandits.slots import layout
-from attune.bandits.store import encode_statistics
+from attune.bandits.store import LUA_STATISTICS, encode_statistics
 from attune.config import ConfigError
 from attune.experiments.bandit import POLICY_PREFIX as EXPERIMENT_PREFIX
 from attune.experiments.live import DEFAULT_PATTERN, NO_EXPERIMENT, parse_recommendation_id
@@ -68,28 +68,23 @@ CLICK = "rec_click"
 # time ms, "n" (impression) or "c" (click), arm, 1 when a statistics blob follows else 0],
 # ...]}; ARGV[2..]: the blobs (the event's x x' or x, packed like the state's x: fields), in
 # the order of the events that have one. Returns {applied, duplicates, too_late}.
-FEEDBACK_SCRIPT = r"""
+FEEDBACK_SCRIPT = (
+    LUA_STATISTICS
+    + r"""
 local S, SEEN, H = KEYS[1], KEYS[2], KEYS[3]
 local h = cjson.decode(ARGV[1])
 local function fmt(x) return string.format('%d', x) end
 -- every check before the first write: a refused update changes nothing
 local cur_f = redis.call('HGET', S, 'features')
-if h.f ~= '' and cur_f and cur_f ~= h.f then
-  return redis.error_reply('bandit state ' .. S .. ' holds statistics over the features ' ..
-    cur_f .. ', not ' .. h.f .. ': the feature layout changed; reset the policy ' ..
-    '(attune.bandits.store.BanditStore.reset) or give it a new name')
-end
+local err = features_refused(S, h.f, cur_f)
+if err then return err end
 local blobs, i = {}, 2
 for n, e in ipairs(h.ev) do
   if e[5] == 1 then
-    local delta = ARGV[i]
+    blobs[n] = ARGV[i]
     i = i + 1
-    local old = redis.call('HGET', S, 'x:' .. e[4])
-    if old and #old ~= #delta then
-      return redis.error_reply('bandit state ' .. S .. ': the statistics of arm ' .. e[4] ..
-        ' have ' .. #old .. ' bytes, the update ' .. #delta .. '; reset the policy')
-    end
-    blobs[n] = delta
+    err = statistics_refused(S, e[4], blobs[n])
+    if err then return err end
   end
 end
 if h.f ~= '' and not cur_f then redis.call('HSET', S, 'features', h.f) end
@@ -106,20 +101,7 @@ for n, e in ipairs(h.ev) do
     if max_t == nil or t > max_t then max_t = t end
     redis.call('HINCRBY', S, e[3] .. ':' .. e[4], 1)
     redis.call('HINCRBY', H, fmt(t - t % 3600000) .. ':' .. e[3] .. ':' .. e[4], 1)
-    local delta = blobs[n]
-    if delta then
-      local old = redis.call('HGET', S, 'x:' .. e[4])
-      if old then
-        local out = {}
-        for p = 1, #delta, 8 do
-          out[#out + 1] = struct.pack('<d', struct.unpack('<d', old, p) +
-            struct.unpack('<d', delta, p))
-        end
-        redis.call('HSET', S, 'x:' .. e[4], table.concat(out))
-      else
-        redis.call('HSET', S, 'x:' .. e[4], delta)
-      end
-    end
+    if blobs[n] then add_statistics(S, e[4], blobs[n]) end
   end
 end
 if max_t ~= nil then
@@ -144,6 +126,7 @@ if max_t ~= nil then
 end
 return {applied, dups, late}
 """
+)
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,44 @@ if TYPE_CHECKING:
 # "arms": [[arm, impressions, clicks, 1 when a statistics blob follows else 0], ...]};
 # ARGV[2..]: the blobs, in the order of the arms that have one. Returns 1 when applied, 0 when
 # skipped as an already applied batch of the writer.
-UPDATE_SCRIPT = r"""
+# Lua shared by the update script here and the feedback script of attune.bandits.feedback:
+# the checks that come before a script's first write, and the addition of one statistics delta.
+# A check returns an error reply (the script returns it) or nil.
+LUA_STATISTICS = r"""
+local function features_refused(key, f, cur_f)
+  if f ~= '' and cur_f and cur_f ~= f then
+    return redis.error_reply('bandit state ' .. key .. ' holds statistics over the features ' ..
+      cur_f .. ', not ' .. f .. ': the feature layout changed; reset the policy ' ..
+      '(attune.bandits.store.BanditStore.reset) or give it a new name')
+  end
+  return nil
+end
+local function statistics_refused(key, arm, delta)
+  local old = redis.call('HGET', key, 'x:' .. arm)
+  if old and #old ~= #delta then
+    return redis.error_reply('bandit state ' .. key .. ': the statistics of arm ' .. arm ..
+      ' have ' .. #old .. ' bytes, the update ' .. #delta .. '; reset the policy')
+  end
+  return nil
+end
+local function add_statistics(key, arm, delta)
+  local old = redis.call('HGET', key, 'x:' .. arm)
+  if old then
+    local out = {}
+    for p = 1, #delta, 8 do
+      out[#out + 1] = struct.pack('<d', struct.unpack('<d', old, p) +
+        struct.unpack('<d', delta, p))
+    end
+    redis.call('HSET', key, 'x:' .. arm, table.concat(out))
+  else
+    redis.call('HSET', key, 'x:' .. arm, delta)
+  end
+end
+"""
+
+UPDATE_SCRIPT = (
+    LUA_STATISTICS
+    + r"""
 local key = KEYS[1]
 local h = cjson.decode(ARGV[1])
 if h.w ~= '' then
@@ -73,46 +110,27 @@ if h.w ~= '' then
 end
 -- every check before the first write: a refused update changes nothing
 local cur_f = redis.call('HGET', key, 'features')
-if h.f ~= '' and cur_f and cur_f ~= h.f then
-  return redis.error_reply('bandit state ' .. key .. ' holds statistics over the features ' ..
-    cur_f .. ', not ' .. h.f .. ': the feature layout changed; reset the policy ' ..
-    '(attune.bandits.store.BanditStore.reset) or give it a new name')
-end
-local blobs, olds, i = {}, {}, 2
+local err = features_refused(key, h.f, cur_f)
+if err then return err end
+local blobs, i = {}, 2
 for n, a in ipairs(h.arms) do
   if a[4] == 1 then
-    local delta = ARGV[i]
+    blobs[n] = ARGV[i]
     i = i + 1
-    local old = redis.call('HGET', key, 'x:' .. a[1])
-    if old and #old ~= #delta then
-      return redis.error_reply('bandit state ' .. key .. ': the statistics of arm ' .. a[1] ..
-        ' have ' .. #old .. ' bytes, the update ' .. #delta .. '; reset the policy')
-    end
-    blobs[n], olds[n] = delta, old
+    err = statistics_refused(key, a[1], blobs[n])
+    if err then return err end
   end
 end
 if h.f ~= '' and not cur_f then redis.call('HSET', key, 'features', h.f) end
 for n, a in ipairs(h.arms) do
   if a[2] ~= 0 then redis.call('HINCRBY', key, 'n:' .. a[1], a[2]) end
   if a[3] ~= 0 then redis.call('HINCRBY', key, 'c:' .. a[1], a[3]) end
-  local delta = blobs[n]
-  if delta then
-    local old = olds[n]
-    if old then
-      local out = {}
-      for p = 1, #delta, 8 do
-        local sum = struct.unpack('<d', old, p) + struct.unpack('<d', delta, p)
-        out[#out + 1] = struct.pack('<d', sum)
-      end
-      redis.call('HSET', key, 'x:' .. a[1], table.concat(out))
-    else
-      redis.call('HSET', key, 'x:' .. a[1], delta)
-    end
-  end
+  if blobs[n] then add_statistics(key, a[1], blobs[n]) end
 end
 if h.w ~= '' then redis.call('HSET', key, 'batch:' .. h.w, string.format('%d', h.b)) end
 return 1
 """
+)
 
 
 def _s(v: bytes | str) -> str:

@@ -11,8 +11,6 @@ afterwards. Expected values are worked out by hand in each test.
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -20,12 +18,11 @@ import redis
 
 from attune.bandits.feedback import BanditFeedback
 from attune.bandits.store import decode_history, decode_linear_state
-from attune.config import AttuneConfig, BanditConfig
+from attune.config import BanditConfig
 from attune.keys import Keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-REDIS_DB = 3
 HOUR = 3_600_000
 T0 = 1_362_139_200_000  # 2013-03-01T12:00:00Z: an hour start (1362139200 = 378372 * 3600)
 HERO, TILE = "slot:hero", "slot:tile"
@@ -36,22 +33,6 @@ def row(
 ) -> tuple[str, int, str, str]:
     payload = {"i": iid, "t": t, "y": etype, "x": 1, "ar": arm, "pl": policy}
     return (user, t, iid, orjson.dumps(payload).decode())
-
-
-@pytest.fixture
-def client(cfg: AttuneConfig) -> Iterator[redis.Redis]:
-    r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=REDIS_DB)
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def keys(client: redis.Redis) -> Iterator[Keys]:
-    k = Keys(f"tf{uuid.uuid4().hex[:8]}")
-    yield k
-    found = list(client.scan_iter(match=f"{k.prefix}:*", count=1000))
-    if found:
-        client.delete(*found)
 
 
 def feedback(

@@ -8,8 +8,6 @@ sums are worked out by hand from the observations (see each test)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -26,27 +24,16 @@ from attune.bandits.policies import (
 from attune.bandits.store import BanditStore, decode_beta_state, queue_read
 from attune.config import AttuneConfig
 from attune.keys import Keys
+from tests.integration.bandits.conftest import REDIS_DB
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-REDIS_DB = 3  # free among the integration tests' dbs; the key prefix is this run's own anyway
 ARMS = ("welcome", "drama_picks", "default")
 
 
 @pytest.fixture
-def client(cfg: AttuneConfig) -> Iterator[redis.Redis]:
-    r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=REDIS_DB)
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def store(client: redis.Redis) -> Iterator[BanditStore]:
-    keys = Keys(f"tb{uuid.uuid4().hex[:8]}")
-    yield BanditStore(client, keys)
-    found = list(client.scan_iter(match=f"{keys.prefix}:*", count=1000))
-    if found:
-        client.delete(*found)
+def store(client: redis.Redis, keys: Keys) -> BanditStore:
+    return BanditStore(client, keys)
 
 
 def test_counts_add_up_and_a_replayed_batch_is_skipped(store: BanditStore) -> None:
