@@ -175,9 +175,12 @@ def outcomes(
     and are skipped, as are placements and experiments without a policy.
     """
     known = set(policies)
+    # every served list's impression carries a recommendation id: look at those only when an
+    # experiment has a bandit, so that slots alone parse nothing but their own rows
+    by_rc = any(p.startswith(EXPERIMENT_PREFIX) for p in known)
     found: list[Outcome] = []
     for user, ts_ms, iid, payload in rows:
-        if '"pl"' not in payload and '"rc"' not in payload:  # most rows: no parse
+        if '"pl"' not in payload and not (by_rc and '"rc"' in payload):  # most rows: no parse
             continue
         p = orjson.loads(payload)
         etype = p.get("y")
@@ -187,7 +190,7 @@ def outcomes(
         policy, arm = p.get("pl"), p.get("ar")
         if policy in known and arm and not policy.startswith(EXPERIMENT_PREFIX):
             found.append(Outcome(iid, int(ts_ms), user, policy, arm, kind))
-        rc = p.get("rc")
+        rc = p.get("rc") if by_rc else None
         if rc:
             experiment, variant = parse_recommendation_id(rc, pattern)
             policy = f"{EXPERIMENT_PREFIX}{experiment}"
