@@ -14,7 +14,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from attune.bandits.registry import bandit_policies
+from attune.bandits.registry import configured_policies, experiment_policies
+from attune.config import ConfigError
 from dashboards import data, sources, ui
 
 title, refresh = st.columns([4, 1], vertical_alignment="bottom")
@@ -23,16 +24,21 @@ if refresh.button("Refresh", icon=":material/refresh:", key="bandits_refresh"):
     sources.clear()
 
 cfg = sources.config()
-policies = bandit_policies(cfg)
+policies = configured_policies(cfg)
+try:
+    policies |= experiment_policies(cfg)
+except ConfigError as exc:  # the slots and messages still show
+    st.warning(f"Experiment bandits are not shown: {exc}", icon=":material/warning:")
 if not policies:
     ui.empty(
         data.Missing(
             "no bandit configured",
             "set `api.bandits.<slot>` in your config file (the one `attune --config FILE` "
             "reads; e.g. `home_banner: {policy: thompson}`, the slot one of "
-            "`api.content_slots`: config/attune.example.yaml shows every key), then restart the "
-            "API (`attune serve api`), the speed layer (`attune speed start`) and this "
-            "dashboard; docs/bandits.md",
+            "`api.content_slots`: config/attune.example.yaml shows every key), or "
+            "`api.message_bandit` for the messages, or `allocation: {bandit: ...}` on an A/B "
+            "experiment in the experiments file; then restart the API (`attune serve api`), "
+            "the speed layer (`attune speed start`) and this dashboard; docs/bandits.md",
         )
     )
     st.stop()
