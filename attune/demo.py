@@ -11,8 +11,8 @@ Stages, each timed (a summary table closes the run):
 4. **serve** – ``attune serve models`` and ``attune serve api`` as child processes, before any
    model exists (the API answers from its fallbacks; the server loads each model when it is
    published), so the retraining's smoke test goes through the real API;
-5. **airflow** – ``attune airflow up``: a local Airflow 3 on ``dags/`` (its UI's URL and admin
-   password are printed);
+5. **airflow** – ``attune airflow up``: a local Airflow 3 on ``dags/`` (its UI's URL and the path
+   of the generated admin password file are printed);
 6. **nightly + retrain (airflow)** – triggers ``attune_nightly`` for the last day of the
    replayed data (silver re-derived from its first day), follows it task by task, then follows
    the ``attune_retrain`` run that the gold Asset triggered: train, evaluate, gate, publish,

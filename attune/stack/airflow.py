@@ -254,8 +254,8 @@ def airflow_up(cfg: AttuneConfig) -> str:
             supervisor.stop(pid, "airflow", 20.0, group=True)
         raise StackError(str(exc)) from None
     say(f"airflow: healthy in {waited:.1f}s (pids {', '.join(map(str, pids))})")
-    say(f"airflow: UI {url}  user {cfg.airflow.admin_user}  password {keys['password']}")
-    say(f"airflow: credentials in {creds_file}; DAGs from {paths.dags_folder}")
+    say(f"airflow: UI {url}  user {cfg.airflow.admin_user}  (password in {creds_file})")
+    say(f"airflow: DAGs from {paths.dags_folder}")
     return url
 
 

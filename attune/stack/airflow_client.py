@@ -22,6 +22,15 @@ from attune.stack.common import StackError
 FINISHED = {"success", "failed"}
 """Final states of a DAG run."""
 TASK_DONE = {"success", "failed", "skipped", "upstream_failed", "removed"}
+DB_RETRIES = 4
+IDEMPOTENT = {"GET", "PATCH", "PUT", "DELETE"}
+
+
+def is_transient_db_error(method: str, status: int, body: str) -> bool:
+    """Whether an answer is the API server's 500 for a metadata-database error (SQLite's
+    "database is locked" while the scheduler writes) to a call that is safe to repeat. A
+    POST (trigger a run) is never repeated: it may have been recorded before the error."""
+    return method.upper() in IDEMPOTENT and status == 500 and "Database error" in body
 
 
 @dataclass(frozen=True)
@@ -97,21 +106,31 @@ class AirflowClient:
         return self._token
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        for attempt in (1, 2):
+        """One API call. A 401 logs in again once. A 500 "Database error" to an idempotent
+        call is retried (up to ``DB_RETRIES`` times, 1 s, 2 s, ...): on the default SQLite
+        metadata database the scheduler holds the write lock for a moment, and the API server
+        answers 500 rather than wait for it."""
+        relogged = False
+        db_retries = 0
+        while True:
             headers = {"Authorization": f"Bearer {self.token()}"}
             try:
                 r = self._http.request(method, f"{self.base}{path}", headers=headers, **kwargs)
             except httpx.HTTPError as exc:
                 raise StackError(f"Airflow at {self.base}: {method} {path} failed: {exc}") from None
-            if r.status_code == 401 and attempt == 1:
+            if r.status_code == 401 and not relogged:
                 self._token = None  # expired: log in again
+                relogged = True
+                continue
+            if is_transient_db_error(method, r.status_code, r.text) and db_retries < DB_RETRIES:
+                db_retries += 1
+                time.sleep(float(db_retries))
                 continue
             if r.status_code >= 400:
                 raise StackError(
                     f"Airflow answered {r.status_code} to {method} {path}: {r.text[:300]}"
                 )
             return r.json() if r.content else None
-        raise AssertionError("unreachable")
 
     # -- DAGs and runs --------------------------------------------------------------------
 

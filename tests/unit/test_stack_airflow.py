@@ -109,3 +109,43 @@ def test_a_database_airflow_cannot_reach_fails_with_the_logs_tail(tmp_path: Path
     message = str(err.value)
     assert "`airflow db migrate` failed" in message
     assert "airflow-migrate.log" in message and "  | " in message  # the log's last lines
+
+
+def test_only_idempotent_calls_are_repeated_after_a_database_error() -> None:
+    from attune.stack.airflow_client import is_transient_db_error
+
+    locked = '{"detail":{"reason":"Database error","statement":"hidden"}}'
+    assert is_transient_db_error("PATCH", 500, locked)
+    assert is_transient_db_error("get", 500, locked)
+    assert not is_transient_db_error("POST", 500, locked)  # a trigger may have been recorded
+    assert not is_transient_db_error("PATCH", 500, '{"detail":"Internal Server Error"}')
+    assert not is_transient_db_error("PATCH", 409, locked)
+
+
+def test_a_patch_answered_with_a_locked_database_is_repeated_until_it_lands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import httpx
+
+    from attune.stack import airflow_client
+
+    monkeypatch.setattr(airflow_client.time, "sleep", lambda s: None)
+    answers = [500, 500, 200]
+    patches: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/auth/token":
+            return httpx.Response(201, json={"access_token": "t"})
+        patches.append(request.method)
+        status = answers.pop(0)
+        body = {"detail": {"reason": "Database error"}} if status == 500 else {"state": "failed"}
+        return httpx.Response(status, json=body)
+
+    client = airflow_client.AirflowClient("http://airflow", "admin", "pw")
+    client._http = httpx.Client(transport=httpx.MockTransport(handle))
+    assert client.request("PATCH", "/api/v2/dags/d/dagRuns/r", json={}) == {"state": "failed"}
+    assert patches == ["PATCH"] * 3
+
+    answers[:] = [500]
+    with pytest.raises(airflow_client.StackError, match="500 to POST"):
+        client.request("POST", "/api/v2/dags/d/dagRuns", json={})
