@@ -86,6 +86,8 @@ class PortUse:
     port: int
     holder: str | None = None
     ours: bool = False
+    node: int = 0
+    """The Kafka node whose port this is (``kafka.broker.nodes`` > 1); 0 for the others."""
 
 
 @dataclass(frozen=True)
@@ -273,7 +275,7 @@ def judge(f: Facts) -> list[Check]:
         )
 
     for p in f.ports:
-        name = f"port {p.key}"
+        name = f"port {p.key}" + (f" (node {p.node})" if p.node else "")
         where = f"{p.host}:{p.port}"
         if p.holder is None:
             out.append(Check(name, "ok", f"{where} free"))
@@ -287,7 +289,12 @@ def judge(f: Facts) -> list[Check]:
                     "fail",
                     f"{where} is taken by {p.holder}",
                     f"stop that process, or give attune another port: `{p.key}` in your "
-                    f"config file or {env}=<port>",
+                    f"config file or {env}=<port>"
+                    + (
+                        f" (node {p.node} listens at it + {p.node} * kafka.broker.port_step)"
+                        if p.node
+                        else ""
+                    ),
                 )
             )
 
@@ -442,19 +449,28 @@ def _recorded_pids(cfg: AttuneConfig) -> set[int]:
     return {r.pid for r in map(read_record, files) if r is not None}
 
 
-def configured_ports(cfg: AttuneConfig) -> list[tuple[str, str, int]]:
-    """(config key, host, port) of every port attune listens on."""
+def configured_ports(cfg: AttuneConfig) -> list[tuple[str, str, int, int]]:
+    """(config key, host, port, node) of every port attune listens on; node is the Kafka node
+    (0 for everything else): with ``kafka.broker.nodes`` above 1, node i listens at the key's
+    port + i * ``kafka.broker.port_step``."""
+    b = cfg.kafka.broker
+    kafka = []
+    for node in range(b.nodes):
+        broker, controller = b.node_ports(node)
+        kafka += [
+            ("kafka.broker.port", b.host, broker, node),
+            ("kafka.broker.controller_port", b.host, controller, node),
+        ]
     return [
-        ("kafka.broker.port", cfg.kafka.broker.host, cfg.kafka.broker.port),
-        ("kafka.broker.controller_port", cfg.kafka.broker.host, cfg.kafka.broker.controller_port),
-        ("redis.port", cfg.redis.host, cfg.redis.port),
-        ("collector.port", cfg.collector.host, cfg.collector.port),
-        ("serving.rest_port", cfg.serving.host, cfg.serving.rest_port),
-        ("serving.grpc_port", cfg.serving.host, cfg.serving.grpc_port),
-        ("api.port", cfg.api.host, cfg.api.port),
-        ("airflow.port", cfg.airflow.host, cfg.airflow.port),
-        ("airflow.log_server_port", cfg.airflow.host, cfg.airflow.log_server_port),
-        ("dashboard.port", cfg.dashboard.host, cfg.dashboard.port),
+        *kafka,
+        ("redis.port", cfg.redis.host, cfg.redis.port, 0),
+        ("collector.port", cfg.collector.host, cfg.collector.port, 0),
+        ("serving.rest_port", cfg.serving.host, cfg.serving.rest_port, 0),
+        ("serving.grpc_port", cfg.serving.host, cfg.serving.grpc_port, 0),
+        ("api.port", cfg.api.host, cfg.api.port, 0),
+        ("airflow.port", cfg.airflow.host, cfg.airflow.port, 0),
+        ("airflow.log_server_port", cfg.airflow.host, cfg.airflow.log_server_port, 0),
+        ("dashboard.port", cfg.dashboard.host, cfg.dashboard.port, 0),
     ]
 
 
@@ -468,9 +484,9 @@ def observe(cfg: AttuneConfig, root: Path | None = None) -> Facts:
     recorded = _recorded_pids(cfg)
     var = str(cfg.paths.var_dir.resolve())
     ports = []
-    for key, host, port in configured_ports(cfg):
+    for key, host, port, node in configured_ports(cfg):
         if port not in listeners:
-            ports.append(PortUse(key, host, port))
+            ports.append(PortUse(key, host, port, node=node))
             continue
         pid = listeners[port]
         cmd = cmdline(pid) if pid else ""
@@ -478,7 +494,7 @@ def observe(cfg: AttuneConfig, root: Path | None = None) -> Facts:
         ours = pid is not None and (pid in recorded or var in cmd or launched)
         program = Path(cmd.split(" ", 1)[0]).name if cmd else "a process"
         holder = f"{program} (pid {pid})" if pid else "a process `ss` cannot name"
-        ports.append(PortUse(key, host, port, holder, ours))
+        ports.append(PortUse(key, host, port, holder, ours, node))
     disk_path = cfg.paths.var_dir.resolve()
     while not disk_path.exists():
         disk_path = disk_path.parent

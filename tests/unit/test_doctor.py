@@ -132,6 +132,27 @@ def test_a_port_taken_by_another_program_names_the_key_and_the_variable() -> Non
     assert checks["port redis.port"][0] == "ok"
 
 
+def test_every_kafka_node_of_a_local_cluster_has_its_ports_checked(cfg: AttuneConfig) -> None:
+    from attune.doctor import configured_ports
+
+    broker = cfg.kafka.broker.model_copy(update={"nodes": 3, "port_step": 100})
+    three = cfg.model_copy(update={"kafka": cfg.kafka.model_copy(update={"broker": broker})})
+    kafka = [(k, port, node) for k, _, port, node in configured_ports(three) if "kafka" in k]
+    # by hand: node i at 9092 + 100 i and 9093 + 100 i
+    assert kafka == [
+        ("kafka.broker.port", 9092, 0),
+        ("kafka.broker.controller_port", 9093, 0),
+        ("kafka.broker.port", 9192, 1),
+        ("kafka.broker.controller_port", 9193, 1),
+        ("kafka.broker.port", 9292, 2),
+        ("kafka.broker.controller_port", 9293, 2),
+    ]
+    taken = PortUse("kafka.broker.port", "127.0.0.1", 9292, "java (pid 5)", node=2)
+    status, detail, fix = by_name(replace(GOOD, ports=(taken,)))["port kafka.broker.port (node 2)"]
+    assert status == "fail" and detail == "127.0.0.1:9292 is taken by java (pid 5)"
+    assert "ATTUNE__KAFKA__BROKER__PORT=<port>" in fix and "+ 2 * kafka.broker.port_step" in fix
+
+
 @pytest.mark.parametrize(
     ("free_gib", "status"), [(1.9, "fail"), (2.0, "warn"), (9.9, "warn"), (10.0, "ok")]
 )
