@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
         "port + i * port_step); topics get replication min(3, N) and min.insync.replicas one "
         "fewer",
     )
+    up.add_argument(
+        "--redis-masters",
+        type=int,
+        choices=range(3, 10),
+        metavar="N",
+        help="also run a Redis Cluster of N masters (3-9) on redis.port + 1 .. + N, files in "
+        "var/redis-cluster, and print the ATTUNE__REDIS__* settings that point attune at it",
+    )
     up.set_defaults(handler=_handler("attune.stack.cli:cmd_up"))
     down = stack_sub.add_parser("down", help="stop what `stack up` started")
     down.set_defaults(handler=_handler("attune.stack.cli:cmd_down"))

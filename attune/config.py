@@ -185,6 +185,21 @@ class RedisConfig(_Section):
     manage: bool = Field(
         True, description="Let `attune stack up` start redis-server when none answers."
     )
+    cluster: bool = Field(
+        False,
+        description="host/port is then a seed node of a Redis Cluster; every client becomes a "
+        "cluster client (attune.redis_connect) that finds the other nodes from it.",
+    )
+
+    @model_validator(mode="after")
+    def _cluster_has_db_0(self) -> RedisConfig:
+        if self.cluster and self.db != 0:
+            raise ValueError(
+                f"redis.db is {self.db}, but redis.cluster is true and a Redis Cluster has only "
+                "database 0; set redis.db: 0 (separate deployments by "
+                "speed.online_store.key_prefix instead) or set redis.cluster: false"
+            )
+        return self
 
     @property
     def url(self) -> str:

@@ -246,12 +246,11 @@ def _batch_done(cfg: AttuneConfig, landed: int, last_day: date) -> bool:
     """Whether the last batch run covered exactly these replayed events (and its views are in
     Redis). Only the dataset's events count: the demo's own later events (the scripted click,
     the API's impressions) are from today, outside the replayed dates the batch is about."""
-    import redis
-
     from attune.online_store import OnlineStore
+    from attune.redis_connect import connect
 
     done = _read_state(cfg).get("batch") or {}
-    r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
+    r = connect(cfg.redis)
     try:
         as_of = r.hget(OnlineStore.from_config(cfg).keys.views_meta, "as_of")
     finally:
@@ -564,6 +563,6 @@ def _experiment(cfg: AttuneConfig, limit: int | None, api_url: str, users: int) 
 
 
 def _redis(cfg: AttuneConfig) -> Any:
-    import redis
+    from attune.redis_connect import connect
 
-    return redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
+    return connect(cfg.redis)

@@ -143,19 +143,23 @@ def api_scrape() -> data.Scrape:
 
 
 @st.cache_resource(show_spinner=False)
-def _redis(host: str, port: int, db: int) -> Any:
-    import redis
+def _redis(host: str, port: int, db: int, cluster: bool = False) -> Any:
+    from attune.config import RedisConfig
+    from attune.redis_connect import connect
 
-    return redis.Redis(host=host, port=port, db=db, socket_timeout=1.0, socket_connect_timeout=1.0)
+    r = RedisConfig(host=host, port=port, db=db, cluster=cluster)
+    return connect(r, socket_timeout=1.0, socket_connect_timeout=1.0)
 
 
-def _redis_state(host: str, port: int, db: int, prefix: str, day: str) -> dict[str, Any]:
+def _redis_state(
+    host: str, port: int, db: int, prefix: str, day: str, cluster: bool = False
+) -> dict[str, Any]:
     """Online-store bookkeeping and the live experiment counts of ``day`` (or ``error``)."""
     import redis
 
     from attune.keys import Keys
 
-    client = _redis(host, port, db)
+    client = _redis(host, port, db, cluster=cluster)
     keys = Keys(prefix)
     try:
         meta = {k.decode(): v.decode() for k, v in client.hgetall(keys.meta).items()}
@@ -186,7 +190,12 @@ def redis_state(day: str | None = None) -> dict[str, Any]:
     cfg = config()
     day = day or datetime.now(UTC).date().isoformat()
     return _cached(_redis_state)(
-        cfg.redis.host, cfg.redis.port, cfg.redis.db, cfg.speed.online_store.key_prefix, day
+        cfg.redis.host,
+        cfg.redis.port,
+        cfg.redis.db,
+        cfg.speed.online_store.key_prefix,
+        day,
+        cfg.redis.cluster,
     )
 
 
@@ -217,7 +226,7 @@ def speed_status() -> dict[str, Any]:
 
 
 def _bandit_state(
-    host: str, port: int, db: int, prefix: str, policies: tuple[str, ...]
+    host: str, port: int, db: int, prefix: str, policies: tuple[str, ...], cluster: bool = False
 ) -> dict[str, Any]:
     """Every policy's counts and hourly history, read in one pipelined round trip:
     ``{"error": None, "policies": {policy: {"counts": {arm: ArmCounts}, "history": {(hour ms,
@@ -228,7 +237,7 @@ def _bandit_state(
     from attune.bandits.store import decode_counts, decode_history
     from attune.keys import Keys
 
-    client = _redis(host, port, db)
+    client = _redis(host, port, db, cluster=cluster)
     keys = Keys(prefix)
     pipe = client.pipeline(transaction=False)
     for policy in policies:
@@ -255,7 +264,12 @@ def bandit_state(policies: tuple[str, ...]) -> dict[str, Any]:
     """:func:`_bandit_state` of the configured Redis and key prefix, cached."""
     cfg = config()
     return _cached(_bandit_state)(
-        cfg.redis.host, cfg.redis.port, cfg.redis.db, cfg.speed.online_store.key_prefix, policies
+        cfg.redis.host,
+        cfg.redis.port,
+        cfg.redis.db,
+        cfg.speed.online_store.key_prefix,
+        policies,
+        cfg.redis.cluster,
     )
 
 

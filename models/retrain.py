@@ -845,6 +845,7 @@ def step_smoke(run: Run) -> dict[str, Any]:
     import redis
 
     from attune.online_store import OnlineStore, OnlineStoreWriter, delete_user
+    from attune.redis_connect import connect
     from attune.secrets import Pseudonymizer, pseudonym_key
 
     cfg, say = run.cfg, run.say
@@ -868,7 +869,7 @@ def step_smoke(run: Run) -> dict[str, Any]:
     store = OnlineStore.from_config(cfg)
     raw_user = f"{SMOKE_USER_PREFIX}{run.run_id}"
     user = Pseudonymizer(pseudonym_key(cfg))(raw_user)
-    client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
+    client = connect(cfg.redis)
     result: dict[str, Any] = {"api": url, "user": raw_user, "seeded_items": len(history)}
     started = time.monotonic()
     try:

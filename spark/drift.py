@@ -153,10 +153,10 @@ def drift_rows(
 
 
 def run_drift(ctx: RunContext) -> dict[str, object]:
-    import redis
     from pyspark.sql import functions as F
 
     from attune.online_store import OnlineStore, read_many_user_features
+    from attune.redis_connect import connect
     from spark.tables import read_table, write_table
 
     cfg, lake, day = ctx.cfg, ctx.lake, ctx.run_date
@@ -184,7 +184,7 @@ def run_drift(ctx: RunContext) -> dict[str, object]:
     )
     rows = [r.asDict(recursive=True) for r in sample]
     store = OnlineStore.from_config(cfg)
-    client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
+    client = connect(cfg.redis)
     online: dict[str, UserFeatures] = {}
     try:
         users = [r["user"] for r in rows]

@@ -221,13 +221,12 @@ def delete_redis_keys(cfg: AttuneConfig, pseudonyms: Iterable[str]) -> int:
     run that deletes their rows restarts it); returns how many keys were deleted."""
     import time
 
-    import redis
-
     from attune.online_store import OnlineStore, delete_user, mark_erased
+    from attune.redis_connect import connect
 
     pseudonyms = list(pseudonyms)
     store = OnlineStore.from_config(cfg)
-    client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
+    client = connect(cfg.redis)
     try:
         deleted = sum(delete_user(client, p, store) for p in pseudonyms)
         ttl_s = int(cfg.privacy.erased_model_block.total_seconds())

@@ -379,13 +379,12 @@ def count_matches(
 def redis_user_keys(cfg: AttuneConfig, pseudonyms: set[str]) -> dict[str, int]:
     """``{pseudonym: keys}`` of ``pseudonyms`` in Redis: one SCAN of every per-user key (not one
     per pseudonym), plus the consent key of older versions."""
-    import redis
-
     from attune.keys import Keys, glob_escape
+    from attune.redis_connect import connect
 
     keys = Keys.from_config(cfg)
     found: dict[str, int] = {}
-    client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
+    client = connect(cfg.redis)
     try:
         for raw in client.scan_iter(match=glob_escape(f"{keys.prefix}:u:") + "*", count=1000):
             user = user_of_key(raw.decode(errors="replace"), keys.prefix)
@@ -521,15 +520,14 @@ def table_deletes(
 def erased_markers(cfg: AttuneConfig, pseudonyms: set[str]) -> dict[str, timedelta]:
     """``{pseudonym: remaining TTL}`` of the erased markers that exist (one without a TTL
     counts as a full ``privacy.erased_model_block``)."""
-    import redis
-
     from attune.keys import Keys
+    from attune.redis_connect import connect
 
     if not pseudonyms:
         return {}
     keys = Keys.from_config(cfg)
     ordered = sorted(pseudonyms)
-    client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
+    client = connect(cfg.redis)
     try:
         pipe = client.pipeline(transaction=False)
         for p in ordered:

@@ -247,13 +247,12 @@ def read_redis(cfg: AttuneConfig, pseudonyms: Iterable[str]) -> Reading:
 
     from attune.keys import Keys
     from attune.online_store import user_key_names
+    from attune.redis_connect import connect
 
     where = f"redis://{cfg.redis.host}:{cfg.redis.port}/{cfg.redis.db}"
     keys = Keys.from_config(cfg)
-    client = redis.Redis(
-        host=cfg.redis.host,
-        port=cfg.redis.port,
-        db=cfg.redis.db,
+    client = connect(
+        cfg.redis,
         socket_connect_timeout=5,
         socket_timeout=30,
     )

@@ -98,8 +98,9 @@ class ZsetWriter:
         hash_format: str | None = None,
         keys_per_batch: int = 500,
         counter: Any = None,
+        cluster: bool = False,
     ) -> None:
-        self.host, self.port, self.db = host, port, db
+        self.host, self.port, self.db, self.cluster = host, port, db, cluster
         self.counter = counter  # a Spark accumulator: how many keys were written
         self.key_format = key_format
         self.ttl_s = ttl_s
@@ -108,12 +109,11 @@ class ZsetWriter:
         self.keys_per_batch = keys_per_batch
 
     def __call__(self, rows: Iterable[Any]) -> None:
-        import redis
-
-        client = redis.Redis(host=self.host, port=self.port, db=self.db)
+        client = _connect(self.host, self.port, self.db, self.cluster)
         n = 0
         try:
-            pipe = client.pipeline(transaction=True)
+            # a cluster has no transaction across slots: each key is then replaced on its own
+            pipe = client.pipeline(transaction=not self.cluster)
             for n, row in enumerate(rows, start=1):
                 self._replace(pipe, row)
                 if n % self.keys_per_batch == 0:
@@ -145,17 +145,23 @@ class ZsetWriter:
 class OnlineCorrector:
     """``mapPartitions`` function re-applying interaction rows through the write script."""
 
-    def __init__(self, host: str, port: int, db: int, store: Any, rows_per_call: int = 20_000):
-        self.host, self.port, self.db = host, port, db
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        db: int,
+        store: Any,
+        rows_per_call: int = 20_000,
+        cluster: bool = False,
+    ):
+        self.host, self.port, self.db, self.cluster = host, port, db, cluster
         self.store = store
         self.rows_per_call = rows_per_call
 
     def __call__(self, rows: Iterable[Any]) -> Iterable[tuple[int, int, int, int]]:
-        import redis
-
         from attune.online_store import ApplyStats, OnlineStoreWriter
 
-        client = redis.Redis(host=self.host, port=self.port, db=self.db)
+        client = _connect(self.host, self.port, self.db, self.cluster)
         writer = OnlineStoreWriter(client, self.store)
         total = ApplyStats()
         chunk: list[tuple[str, int, str, str]] = []
@@ -177,16 +183,14 @@ class CatalogMirror:
     """``foreachPartition`` function mirroring items into ``P:i:{item}:meta``: the online store's
     write script looks the genres of each interaction up there."""
 
-    def __init__(self, host: str, port: int, db: int, store: Any) -> None:
-        self.host, self.port, self.db = host, port, db
+    def __init__(self, host: str, port: int, db: int, store: Any, cluster: bool = False) -> None:
+        self.host, self.port, self.db, self.cluster = host, port, db, cluster
         self.store = store
 
     def __call__(self, rows: Iterable[Any]) -> None:
-        import redis
-
         from attune.online_store import OnlineStoreWriter
 
-        client = redis.Redis(host=self.host, port=self.port, db=self.db)
+        client = _connect(self.host, self.port, self.db, self.cluster)
         try:
             writer = OnlineStoreWriter(client, self.store)
             batch: dict[str, dict[str, Any]] = {}
@@ -205,6 +209,14 @@ class CatalogMirror:
             client.close()
 
 
+def _connect(host: str, port: int, db: int, cluster: bool) -> Any:
+    """A client on a Spark worker, which gets the plain settings, not the config object."""
+    from attune.config import RedisConfig
+    from attune.redis_connect import connect
+
+    return connect(RedisConfig(host=host, port=port, db=db, cluster=cluster))
+
+
 def _key_format(build: Callable[[str], str]) -> str:
     """The :class:`ZsetWriter` format (``{id}`` for the entity) of a key builder."""
     return KeyTemplate.of(build).key("{id}")
@@ -212,11 +224,11 @@ def _key_format(build: Callable[[str], str]) -> str:
 
 def run_views(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
     """The drift report, then the batch views and corrections in Redis (see above)."""
-    import redis
     from pyspark.sql import functions as F
 
     from attune.features import FeatureParams, online_rows
     from attune.online_store import OnlineStore
+    from attune.redis_connect import connect
     from spark import drift
     from spark.tables import date_between, read_table
 
@@ -255,6 +267,7 @@ def run_views(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
             {"as_of": day.isoformat()},
             batch_fmt,
             counter=users_written,
+            cluster=r.cluster,
         )
     )
     n_users = int(users_written.value)
@@ -267,16 +280,20 @@ def run_views(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
         ("user", _key_format(keys.item_knn)),
     ):
         rows = _zset_rows(cooc.where(F.col("kind") == kind), "item_id", "other_item_id", "score")
-        rows.foreachPartition(ZsetWriter(r.host, r.port, r.db, fmt, ttl, counter=items_written))
+        rows.foreachPartition(
+            ZsetWriter(r.host, r.port, r.db, fmt, ttl, counter=items_written, cluster=r.cluster)
+        )
     n_items = int(items_written.value)
     ctx.progress(f"views: {n_items:,} neighbour lists (similar, bought with, kNN)")
 
     popular = read_table(spark, lake.gold_popular_by_segment)
     seg_rows = _zset_rows(popular, "segment", "item_id", "engagements").collect()
-    client = redis.Redis(host=r.host, port=r.port, db=r.db)
+    client = connect(r)
     try:
         segments = {row["segment"] for row in seg_rows}
-        pipe = client.pipeline(transaction=True)
+        # one transaction on one Redis; a cluster has none across slots (the lists and the
+        # views meta are then replaced one key at a time)
+        pipe = client.pipeline(transaction=not r.cluster)
         for row in seg_rows:
             key = keys.segment_popular(row["segment"])
             pipe.delete(key)
@@ -287,8 +304,8 @@ def run_views(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
             for k in client.scan_iter(match=lists.glob(), count=1000)
             if lists.id_of(k) not in segments
         ]
-        if stale:
-            pipe.delete(*stale)
+        for k in stale:  # one key per DEL: a cluster pipeline refuses a multi-key DEL
+            pipe.delete(k)
         pipe.delete(keys.views_meta)
         pipe.hset(
             keys.views_meta,
@@ -312,11 +329,13 @@ def run_views(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
         # from the items dimension first, so corrected interactions get the same genres.
         read_table(spark, lake.silver_items).select(
             "item_id", "title", "year", "genres"
-        ).foreachPartition(CatalogMirror(r.host, r.port, r.db, store))
+        ).foreachPartition(CatalogMirror(r.host, r.port, r.db, store, cluster=r.cluster))
         rows = online_rows(events, FeatureParams.from_config(cfg)).repartition(
             cfg.spark.shuffle_partitions, "user"
         )
-        stats = rows.rdd.mapPartitions(OnlineCorrector(r.host, r.port, r.db, store)).collect()
+        stats = rows.rdd.mapPartitions(
+            OnlineCorrector(r.host, r.port, r.db, store, cluster=r.cluster)
+        ).collect()
         users, applied, dups, late = (sum(s[i] for s in stats) for i in range(4))
         out["correction"] = {
             "users": users,

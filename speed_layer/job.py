@@ -217,9 +217,9 @@ def _progress_listener(board: StatusBoard) -> Any:
 
 
 def _redis_client(cfg: AttuneConfig) -> Any:
-    import redis
+    from attune.redis_connect import connect
 
-    return redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
+    return connect(cfg.redis)
 
 
 class OnlineBatchWriter:
@@ -352,9 +352,11 @@ class RealTimeRedisWriter:
         self._rows: list[tuple[str, int, str, str]] = []
 
     def open(self, partition_id: int, epoch_id: int) -> bool:
-        import redis
+        from attune.config import RedisConfig
+        from attune.redis_connect import connect
 
-        client = redis.Redis(host=self.host, port=self.port, db=self.db)
+        r = self.cfg.redis if self.cfg else RedisConfig(host=self.host, port=self.port, db=self.db)
+        client = connect(r)
         self._writer = OnlineStoreWriter(client, self.store)
         self._bandits = None if self.cfg is None else BanditFeedback.from_config(self.cfg, client)
         self._rows = []

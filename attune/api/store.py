@@ -65,6 +65,7 @@ from attune.online_store import (
     decode_user_features,
     user_feature_commands,
 )
+from attune.redis_connect import connect, connect_async, is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +177,8 @@ class ApiStore:
             )
         self.trending_key = self.keys.trending(window)
         r = cfg.redis
-        self.client: aioredis.Redis = client or aioredis.Redis(
-            host=r.host,
-            port=r.port,
-            db=r.db,
+        self.client: aioredis.Redis = client or connect_async(
+            r,
             socket_timeout=2.0,
             socket_connect_timeout=1.0,
             max_connections=256,
@@ -345,6 +344,9 @@ class ApiStore:
         """Apply dismiss / not_interested feedback (or its undo) to Redis at once."""
         ttl = self.store.user_ttl_s
         items = list(items)
+        if is_cluster(self.client):  # all keys in the user's slot, so MULTI works; but redis-py
+            # 8.1's cluster transaction does not read the slot map itself: read it first
+            await self.client.initialize()
         pipe = self.client.pipeline(transaction=True)
         dismissed = self.keys.user_key(subject, "dismissed")
         suppressed = self.keys.suppressed(subject)
@@ -392,7 +394,7 @@ class ApiStore:
     def refresh_catalog_sync(self) -> int:
         """Re-read the catalog mirror (blocking; run it in a thread)."""
         r = self.cfg.redis
-        client = redis.Redis(host=r.host, port=r.port, db=r.db, socket_timeout=10.0)
+        client = connect(r, socket_timeout=10.0)
         try:
             items = load_catalog(client, self.store)
         finally:
@@ -405,7 +407,7 @@ class ApiStore:
         """Re-read the new items' vectors and content (blocking; run it in a thread); their
         titles and genres join the catalog cache at once (it is re-read far less often)."""
         r = self.cfg.redis
-        client = redis.Redis(host=r.host, port=r.port, db=r.db, socket_timeout=10.0)
+        client = connect(r, socket_timeout=10.0)
         try:
             new = load_new_items(client, self.keys)
         finally:

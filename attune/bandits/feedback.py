@@ -48,6 +48,7 @@ from attune.config import ConfigError
 from attune.experiments.bandit import POLICY_PREFIX as EXPERIMENT_PREFIX
 from attune.experiments.live import DEFAULT_PATTERN, NO_EXPERIMENT, parse_recommendation_id
 from attune.keys import Keys
+from attune.redis_connect import queue_script
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +298,7 @@ class BanditFeedback:
                 self.keys.bandit_seen(policy),
                 self.keys.bandit_history(policy),
             ]
-            self._script(keys=keys, args=args, client=pipe)
+            queue_script(pipe, self._script, keys, args)
         for policy, (applied, dups, late) in zip(by_policy, pipe.execute(), strict=True):
             stats.applied += int(applied)
             stats.duplicates += int(dups)

@@ -55,6 +55,7 @@ import orjson
 
 from attune.bandits.policies import ArmCounts, BetaState, LinearState
 from attune.keys import Keys
+from attune.redis_connect import queue_script
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -289,7 +290,7 @@ class BanditStore:
         pipe = self.redis.pipeline(transaction=False)
         for policy, delta in deltas.items():
             args = update_arguments(delta, writer, batch_id)
-            self._update(keys=[self.keys.bandit(policy)], args=args, client=pipe)
+            queue_script(pipe, self._update, [self.keys.bandit(policy)], args)
         return {p: bool(r) for p, r in zip(deltas, pipe.execute(), strict=True)}
 
     def read(self, policy: str) -> dict[Any, Any]:

@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
+
+from attune.redis_connect import is_cluster
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -126,8 +128,11 @@ def read_live_counts(
     pairs = [(e, v) for e, variants in out.items() for v in variants]
     if pairs:
         pipe = redis.pipeline(transaction=False)
+        # redis-py's cluster pipeline refuses pfcount() (a multi-key PFCOUNT could span slots),
+        # not the command: one key per PFCOUNT is sent raw there
+        count = partial(pipe.execute_command, "PFCOUNT") if is_cluster(redis) else pipe.pfcount
         for experiment, variant in pairs:
-            pipe.pfcount(keys.experiment_live_users(day_s, experiment, variant))
+            count(keys.experiment_live_users(day_s, experiment, variant))
         for (experiment, variant), users in zip(pairs, pipe.execute(), strict=True):
             out[experiment][variant]["users"] = int(users)
     return out

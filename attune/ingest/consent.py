@@ -20,8 +20,13 @@ start) or, if Redis could not be reached then, before its first read; so the col
 a state written by an older version as missing (:mod:`attune.keys` explains why this, not a
 fallback read per request). A process of an older version still running during an upgrade writes
 the old keys again: run ``attune store migrate-keys`` once the last of them has stopped. Each key
-moves in one script (atomic, with its TTL): on Redis Cluster, where the old and new names live in
-different slots, run the command against a standalone copy or move the keys by hand.
+moves in one script (atomic, with its TTL). On a Redis Cluster (``redis.cluster: true``) the old
+and new names live in different slots, which no script may span: there each key moves in three
+steps from the client instead (read the old value and TTL; ``SET NX`` the new key with them; delete
+the old key only if it still holds the value read, :data:`DELETE_IF_SAME_SCRIPT`), with the same
+outcomes; it is not atomic, so a process of an older version writing the old key between the
+steps keeps that key for the next run. In a cluster the collector's one ``MGET``/``MSET`` become
+``mget_nonatomic``/``mset_nonatomic`` (one ``MGET``/``MSET`` per slot, pipelined per master).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import redis.asyncio as aioredis
 from attune.config import AttuneConfig
 from attune.ingest.pipeline import CONSENT_FLAGS
 from attune.keys import Keys, KeyTemplate
+from attune.redis_connect import connect_async, is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,14 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
 end
 redis.call('RENAME', KEYS[1], KEYS[2])
 return 1
+"""
+
+
+# KEYS[1]: the old key. ARGV[1]: the value read from it. Deletes it only if it still holds that
+# value (the cluster migration's last step; one key, so one slot).
+DELETE_IF_SAME_SCRIPT = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -77,6 +91,10 @@ async def migrate_legacy_consent(
     found: list[str] = []
 
     async def flush() -> None:
+        if is_cluster(client):
+            await _move_in_cluster(client, keys, old, found, result)
+            found.clear()
+            return
         pipe = client.pipeline(transaction=False)
         for key in found:
             subject = old.id_of(key)
@@ -98,6 +116,47 @@ async def migrate_legacy_consent(
     if found:
         await flush()
     return result
+
+
+async def _move_in_cluster(
+    client: aioredis.Redis,
+    keys: Keys,
+    old: KeyTemplate,
+    found: Sequence[str],
+    result: ConsentMigration,
+) -> None:
+    """:data:`MIGRATE_SCRIPT`'s outcomes for ``found`` without a cross-slot script: three
+    pipelines (each may span slots; redis-py splits it per master)."""
+    pipe = client.pipeline(transaction=False)
+    for key in found:
+        pipe.type(key)
+        pipe.get(key)
+        pipe.pttl(key)
+    replies = await pipe.execute(raise_on_error=False)  # GET of a non-string: WRONGTYPE
+    moving: list[tuple[str, str, bytes]] = []  # (old key, new key, value)
+    pipe = client.pipeline(transaction=False)
+    for n, key in enumerate(found):
+        kind, value, pttl = replies[3 * n : 3 * n + 3]
+        if (kind.decode() if isinstance(kind, bytes) else kind) != "string" or value is None:
+            result.skipped += 1
+            continue
+        subject = old.id_of(key)
+        assert subject is not None  # the SCAN pattern is the family's
+        new = keys.consent(subject)
+        moving.append((key, new, value))
+        pipe.set(new, value, nx=True, px=pttl if pttl and pttl > 0 else None)
+    if not moving:
+        return
+    written = await pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    for key, _, value in moving:
+        pipe.eval(DELETE_IF_SAME_SCRIPT, 1, key, value)
+    await pipe.execute()
+    for was_set in written:
+        if was_set:
+            result.moved += 1
+        else:
+            result.superseded += 1
 
 
 def decode_state(raw: bytes | str | None) -> dict[str, bool]:
@@ -130,10 +189,8 @@ class ConsentStore:
 
     @classmethod
     def from_config(cls, cfg: AttuneConfig) -> ConsentStore:
-        client = aioredis.Redis(
-            host=cfg.redis.host,
-            port=cfg.redis.port,
-            db=cfg.redis.db,
+        client = connect_async(
+            cfg.redis,
             socket_timeout=2.0,
             socket_connect_timeout=1.0,
             max_connections=64,
@@ -164,7 +221,11 @@ class ConsentStore:
             return {}
         if not self._migrated:
             await self.migrate()
-        values = await self.client.mget([self.keys.consent(s) for s in subjects])
+        names = [self.keys.consent(s) for s in subjects]
+        if is_cluster(self.client):  # one MGET per slot, i.e. per subject
+            values = await self.client.mget_nonatomic(names)  # type: ignore[attr-defined]
+        else:
+            values = await self.client.mget(names)
         out = {}
         for subject, raw in zip(subjects, values, strict=True):
             if raw:
@@ -175,7 +236,9 @@ class ConsentStore:
 
     async def write_many(self, states: Mapping[str, Mapping[str, bool]]) -> None:
         mapping = {self.keys.consent(s): encode_state(st) for s, st in states.items() if st}
-        if mapping:
+        if mapping and is_cluster(self.client):
+            await self.client.mset_nonatomic(mapping)  # type: ignore[attr-defined]
+        elif mapping:
             await self.client.mset(mapping)  # type: ignore[arg-type]
 
     async def ping(self) -> bool:
@@ -193,7 +256,7 @@ def cmd_migrate_keys(cfg: AttuneConfig, args: argparse.Namespace) -> int:
     r = cfg.redis
 
     async def run() -> ConsentMigration:
-        client = aioredis.Redis(host=r.host, port=r.port, db=r.db, socket_timeout=30.0)
+        client = connect_async(r, socket_timeout=30.0)
         try:
             return await migrate_legacy_consent(client, Keys.from_config(cfg))
         finally:

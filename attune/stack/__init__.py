@@ -104,7 +104,9 @@ def stack_up(cfg: AttuneConfig) -> list[ComponentStatus]:
 def stack_down(cfg: AttuneConfig) -> None:
     """Stop what ``stack_up`` started; both components are tried even if one fails."""
     errors = []
-    for stop in (kafka_down, redis_down):
+    from attune.stack.redis_cluster import stack_redis_cluster_down
+
+    for stop in (kafka_down, redis_down, stack_redis_cluster_down):
         try:
             stop(cfg)
         except (StackError, OSError) as exc:

@@ -28,6 +28,28 @@ def cmd_up(cfg: AttuneConfig, args: argparse.Namespace) -> int:
         )
         for name, value in cluster_settings(cfg).items():
             print(f"  export {name}={value}")
+    masters = getattr(args, "redis_masters", None)
+    if masters is not None:
+        return _redis_cluster_up(cfg, masters)
+    return 0
+
+
+def _redis_cluster_up(cfg: AttuneConfig, masters: int) -> int:
+    """``--redis-masters N``: the local Redis Cluster (:mod:`attune.stack.redis_cluster`)."""
+    from attune.stack import redis_cluster
+
+    try:
+        layout = redis_cluster.cluster_layout(cfg, masters)
+        redis_cluster.redis_cluster_up(layout)
+    except StackError as exc:
+        print(f"attune stack up: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"attune stack up: a Redis Cluster of {masters} masters; to use it instead of the "
+        "Redis at redis.port, put these in the config, or export them:"
+    )
+    for name, value in redis_cluster.cluster_settings(layout).items():
+        print(f"  export {name}={value}")
     return 0
 
 

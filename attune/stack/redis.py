@@ -52,15 +52,14 @@ def redis_conf(cfg: AttuneConfig, paths: StackPaths) -> str:
 
 
 def redis_client(cfg: AttuneConfig, timeout_s: float = 1.0) -> Any:
-    import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    from attune.redis_connect import connect
+
     # No retries: a health probe must answer at once (redis-py retries 3 times with backoff).
-    return redis.Redis(
-        host=cfg.redis.host,
-        port=cfg.redis.port,
-        db=cfg.redis.db,
+    return connect(
+        cfg.redis,
         socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
@@ -70,7 +69,10 @@ def redis_client(cfg: AttuneConfig, timeout_s: float = 1.0) -> Any:
 def redis_not_ready(cfg: AttuneConfig) -> str | None:
     import redis
 
-    client = redis_client(cfg)
+    try:
+        client = redis_client(cfg)  # a cluster client connects here
+    except redis.exceptions.RedisError as exc:
+        return f"PING failed: {exc}"
     try:
         client.ping()
     except redis.exceptions.BusyLoadingError:
@@ -162,6 +164,12 @@ def redis_up(cfg: AttuneConfig) -> None:
         return
     paths.redis_external.unlink(missing_ok=True)
 
+    if cfg.redis.cluster:
+        raise StackError(
+            f"no Redis Cluster answers at {address} (redis.cluster is true); start it (`attune "
+            "stack up --redis-masters 3` runs a local one and prints its settings), or set "
+            "redis.cluster: false"
+        )
     if not cfg.redis.manage:
         raise StackError(
             f"no Redis answers at {address} and redis.manage is false; start that Redis, or "
@@ -208,7 +216,11 @@ def redis_status(cfg: AttuneConfig) -> ComponentStatus:
 
     address = f"{cfg.redis.host}:{cfg.redis.port}"
     pid = redis_pid(cfg)
-    client = redis_client(cfg)
+    try:
+        client = redis_client(cfg)  # a cluster client connects here
+    except redis.exceptions.RedisError as exc:
+        hint = "start it with `attune stack up`" if cfg.redis.manage else "start that Redis"
+        return ComponentStatus("redis", address, False, f"not answering ({exc}); {hint}")
     try:
         client.ping()
         server = client.info("server")

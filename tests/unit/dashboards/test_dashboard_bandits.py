@@ -222,7 +222,7 @@ def bandit_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[in
         keys.bandit("slot:home_banner"): state,
         keys.bandit_history("slot:home_banner"): history,
     }
-    monkeypatch.setattr(sources, "_redis", lambda host, port, db: _FakeRedis(hashes))
+    monkeypatch.setattr(sources, "_redis", lambda host, port, db, cluster=False: _FakeRedis(hashes))
     _clear()
     yield last
     _clear()
@@ -312,7 +312,7 @@ def test_the_page_reads_every_policy_in_one_pipeline(monkeypatch: pytest.MonkeyP
             pipes.append(super().pipeline(transaction))
             return pipes[-1]
 
-    monkeypatch.setattr(sources, "_redis", lambda host, port, db: Counting(hashes))
+    monkeypatch.setattr(sources, "_redis", lambda host, port, db, cluster=False: Counting(hashes))
     got = sources._bandit_state("h", 1, 0, "p", ("slot:a", "messages"))
     assert len(pipes) == 1 and pipes[0].queued == [
         keys.bandit("slot:a"),
@@ -338,7 +338,7 @@ def test_a_hash_that_cannot_be_decoded_is_that_policys_error(
 
     keys = Keys("p")
     hashes: dict[str, Any] = {keys.bandit("slot:a"): {"n:x": "lots"}}
-    monkeypatch.setattr(sources, "_redis", lambda host, port, db: _FakeRedis(hashes))
+    monkeypatch.setattr(sources, "_redis", lambda host, port, db, cluster=False: _FakeRedis(hashes))
     got = sources._bandit_state("h", 1, 0, "p", ("slot:a",))
     assert got["error"] is None
     assert got["policies"]["slot:a"]["counts"] == {}
