@@ -396,6 +396,14 @@ class OnlineStoreConfig(_Section):
     dedup_per_user: int = Field(
         2000, ge=10, description="Event ids remembered per user to make replays change nothing."
     )
+    aggregate_dedup_window: timedelta = Field(
+        timedelta(minutes=10),
+        description=(
+            "How long the aggregates (popular, trending, item stats, live experiment counts) "
+            "remember the interaction ids they counted: longer than a speed-layer restart "
+            "between counting a batch and emptying its users' outboxes."
+        ),
+    )
 
 
 SpeedQuery = Literal["bronze", "online"]

@@ -28,6 +28,7 @@ key                   type    written by                   read by              
 ``undo``              zset    write script; API feedback   feature reader        user TTL
 ``applied``           zset    write script                 write script          user TTL
 ``meta``              hash    write script                 write script          user TTL
+``outbox``            hash    write script                 online store writer   user TTL
 ``recs``              zset    batch views stage            API (batch fallback)  views TTL
 ``batch``             hash    batch views stage            API (segment)         views TTL
 ``suppressed``        zset    API feedback                 API (rules)           user TTL
@@ -36,32 +37,33 @@ key                   type    written by                   read by              
 ``consent``           string  collector (consent updates)  collector, API        never
 ====================  ======  ===========================  ====================  ==========
 
-Per item (``P:i:{item}:...``) and global:
+Per item (``P:i:{item}:...``) and the aggregates (``P:{agg}:...``):
 
-===========================  ====  =================  ======================  =========
-key                          type  written by         read by                 expires
-===========================  ====  =================  ======================  =========
-``P:i:{item}:stats``         hash  write script       ``read_item_stats``     never
-``P:i:{item}:meta``          hash  catalog mirror     write script, API       never
-``P:i:{item}:similar``       zset  batch views stage  API (neighbours)        views TTL
-``P:i:{item}:bought_with``   zset  batch views stage  API (similar items)     views TTL
-``P:i:{item}:knn``           zset  batch views stage  API (neighbours)        views TTL
-``P:i:{item}:vec``           str   new-item vectors   API (new items)         never
-``P:new_items``              zset  new-item vectors   API (new items)         never
-``P:new_items:meta``         hash  new-item vectors   API, speed status       never
-``P:popular``                zset  write script       API, ``read_popular``   never
-``P:trend:<window_s>:<n>``   zset  write script       trending script         2 windows
-``P:trending:<window_s>``    zset  trending script    API, ``read_trending``  2 windows
-``P:meta``                   hash  both scripts       trending script         never
-``P:seg:<segment>:popular``  zset  batch views stage  (no reader yet)         next run
-``P:views``                  hash  batch views stage  ``attune demo``         never
-``P:exp:state``              hash  experiments CLI    API, experiments CLI    never
-``P:erased:{user}``          str   privacy erase      API (query user id)     model block
-``P:exp:history``            list  experiments CLI    experiments CLI         never
-``P:exp:live:<d>``           hash  write script       ``read_live_counts``    3 days
-``P:exp:live:<d>:users:*``   hll   write script       ``read_live_counts``    3 days
-``P:bandit:{<policy>}``      hash  bandit script      bandit policies         never
-===========================  ====  =================  ======================  =========
+================================  ====  =================  ======================  ===========
+key                               type  written by         read by                 expires
+================================  ====  =================  ======================  ===========
+``P:i:{item}:meta``               hash  catalog mirror     write script, API       never
+``P:i:{item}:similar``            zset  batch views stage  API (neighbours)        views TTL
+``P:i:{item}:bought_with``        zset  batch views stage  API (similar items)     views TTL
+``P:i:{item}:knn``                zset  batch views stage  API (neighbours)        views TTL
+``P:i:{item}:vec``                str   new-item vectors   API (new items)         never
+``P:new_items``                   zset  new-item vectors   API (new items)         never
+``P:new_items:meta``              hash  new-item vectors   API, speed status       never
+``P:{agg}:i:<item>:stats``        hash  aggregate script   ``read_item_stats``     never
+``P:{agg}:popular``               zset  aggregate script   API, ``read_popular``   never
+``P:{agg}:trend:<w>:<n>``         zset  aggregate script   trending script         2 windows
+``P:{agg}:trending:<w>``          zset  trending script    API, ``read_trending``  2 windows
+``P:{agg}:meta``                  hash  both scripts       trending script         never
+``P:{agg}:seen``                  zset  aggregate script   aggregate script        window
+``P:seg:<segment>:popular``       zset  batch views stage  (no reader yet)         next run
+``P:views``                       hash  batch views stage  ``attune demo``         never
+``P:{exp}:state``                 hash  experiments CLI    API, experiments CLI    never
+``P:erased:{user}``               str   privacy erase      API (query user id)     model block
+``P:{exp}:history``               list  experiments CLI    experiments CLI         never
+``P:{agg}:exp:live:<d>``          hash  aggregate script   ``read_live_counts``    3 days
+``P:{agg}:exp:live:<d>:users:*``  hll   aggregate script   ``read_live_counts``    3 days
+``P:bandit:{<policy>}``           hash  bandit script      bandit policies         never
+================================  ====  =================  ======================  ===========
 
 ``<d>`` is a UTC event date (``YYYY-MM-DD``); ``users:*`` is one HyperLogLog per
 ``<experiment>|<variant>`` (:mod:`attune.experiments.live`). ``<policy>`` names one decision
@@ -69,9 +71,13 @@ point of a bandit (``slot:<slot>``, ``messages``, ``experiment:<id>``); the hash
 arms' impressions, clicks and linear statistics (:mod:`attune.bandits.store`, "bandit script"
 is its update script).
 
-"write script" and "trending script" are the online store's Lua scripts, run by the speed layer
-and by the batch views stage when it re-applies what the stream missed; "feature reader" is
-:func:`attune.online_store.read_user_features` (the personalization API, the drift report);
+"write script", "aggregate script" and "trending script" are the online store's Lua scripts,
+run by the speed layer and by the batch views stage when it re-applies what the stream missed.
+The write script touches one user's keys only (one hash slot); what its events add to the
+aggregates waits in the user's ``outbox`` until the aggregate script, whose keys all carry the
+``{agg}`` hash tag (one slot), has counted it (:mod:`attune.online_store`, "Redis Cluster").
+"feature reader" is :func:`attune.online_store.read_user_features` (the personalization API,
+the drift report);
 "catalog mirror" is fed by the speed layer (catalog topic) and the batch views stage;
 "new-item vectors" is the speed layer's :class:`speed_layer.catalog.NewItemVectors`: the
 retrieval vectors of catalog items the served retrieval model does not know, computed by the
@@ -112,6 +118,7 @@ ONLINE_USER_KEYS = (
     "undo",
     "applied",
     "meta",
+    "outbox",
 )
 """The online store's per-user keys, in the order its write script receives them (``KEYS``)."""
 ONLINE_FEATURE_KEYS = ONLINE_USER_KEYS[:7]
@@ -141,6 +148,18 @@ class Keys:
     @classmethod
     def from_config(cls, cfg: AttuneConfig) -> Keys:
         return cls(cfg.speed.online_store.key_prefix)
+
+    # -- the aggregates: one hash slot ---------------------------------------------------------
+    @property
+    def agg_prefix(self) -> str:
+        """What every aggregate key starts with: the ``{agg}`` hash tag puts them in one slot,
+        so the aggregate and trending scripts can declare every key they touch."""
+        return f"{self.prefix}:{{agg}}:"
+
+    @property
+    def agg_seen(self) -> str:
+        """The interaction ids the aggregate script counted lately (by arrival time)."""
+        return f"{self.agg_prefix}seen"
 
     # -- per user ---------------------------------------------------------------------------
     def user_prefix(self, user: str) -> str:
@@ -192,7 +211,8 @@ class Keys:
 
     # -- per item ---------------------------------------------------------------------------
     def item_stats(self, item_id: str) -> str:
-        return f"{self.prefix}:i:{{{item_id}}}:stats"
+        """An item's engagements by type: an aggregate, in the ``{agg}`` slot."""
+        return f"{self.agg_prefix}i:{item_id}:stats"
 
     def item_meta(self, item_id: str) -> str:
         return f"{self.prefix}:i:{{{item_id}}}:meta"
@@ -232,18 +252,18 @@ class Keys:
     # -- global -----------------------------------------------------------------------------
     @property
     def popular(self) -> str:
-        return f"{self.prefix}:popular"
+        return f"{self.agg_prefix}popular"
 
     @property
     def meta(self) -> str:
         """The online store's global bookkeeping (latest event time, trending as-of)."""
-        return f"{self.prefix}:meta"
+        return f"{self.agg_prefix}meta"
 
     def trend_slice(self, window_s: int | str, slice_index: int | str) -> str:
-        return f"{self.prefix}:trend:{window_s}:{slice_index}"
+        return f"{self.agg_prefix}trend:{window_s}:{slice_index}"
 
     def trending(self, window_s: int | str) -> str:
-        return f"{self.prefix}:trending:{window_s}"
+        return f"{self.agg_prefix}trending:{window_s}"
 
     def segment_popular(self, segment: str) -> str:
         return f"{self.prefix}:seg:{segment}:popular"
@@ -256,18 +276,18 @@ class Keys:
     @property
     def experiments_state(self) -> str:
         """Experiment id -> its running state as JSON (:mod:`attune.experiments.state`)."""
-        return f"{self.prefix}:exp:state"
+        return f"{self.prefix}:{{exp}}:state"
 
     @property
     def experiments_history(self) -> str:
         """Every start, forced re-start and stop of an experiment, oldest first (JSON)."""
-        return f"{self.prefix}:exp:history"
+        return f"{self.prefix}:{{exp}}:history"
 
     def experiment_live(self, day: str) -> str:
         """Today's partial counts (``day`` = ``YYYY-MM-DD``, UTC event date): field
         ``<experiment>|<variant>|<impressions|clicks|purchases>`` -> n
         (:mod:`attune.experiments.live`)."""
-        return f"{self.prefix}:exp:live:{day}"
+        return f"{self.agg_prefix}exp:live:{day}"
 
     def bandit(self, policy: str) -> str:
         """One bandit decision point's state (``policy``: ``slot:<slot>``, ``messages``):
@@ -286,7 +306,7 @@ class Keys:
 
     def experiment_live_users(self, day: str, experiment: str, variant: str) -> str:
         """HyperLogLog of the users a variant showed an impression to on ``day``."""
-        return f"{self.prefix}:exp:live:{day}:users:{experiment}|{variant}"
+        return f"{self.agg_prefix}exp:live:{day}:users:{experiment}|{variant}"
 
 
 _MARK = "\x00{}\x00"  # stands for an id while a builder is traced; never part of a key

@@ -13,10 +13,10 @@ time ms), ``recent_meta`` (hash item -> ``{"type", "t", "i"}``), ``aff`` (hash
 dismissal), ``neg`` (hash ``imp:<genre>`` / ``eng:<genre>`` -> count), ``undo`` (zset item ->
 time of its latest undo; the personalization API writes it too), and the bookkeeping
 ``applied`` (zset interaction id -> time) and ``meta`` (hash); per item: ``stats`` (hash type
--> engagements) and ``meta`` (catalog mirror: title, year, genres); global: ``popular`` (zset),
-one zset per trending slice, ``trending`` per window (the window as of the latest event) and
-``meta`` (hash); and today's experiment counts per variant (:mod:`attune.experiments.live`),
-counted with the event's other updates. The full table is in :mod:`attune.keys` and
+-> engagements) and ``meta`` (catalog mirror: title, year, genres); the aggregates (``P:{agg}:``):
+``popular`` (zset), one zset per trending slice, ``trending`` per window (the window as of the
+latest event), ``meta`` (hash) and today's experiment counts per variant
+(:mod:`attune.experiments.live`). The full table is in :mod:`attune.keys` and
 ``docs/online_store.md``.
 
 Idempotency. Every write is an *interaction* (one item of one event, or the event itself when
@@ -28,6 +28,25 @@ between two users' updates all leave the store exactly as one clean pass would. 
 user's newest ``dedup_per_user`` ids; anything at or below the newest id it forgot (the
 ``floor``) is treated as seen, so a replay can never count an old event twice (a brand-new
 event that old, later than ``dedup_per_user`` newer ones, is left to the nightly batch).
+
+Redis Cluster. A Lua script may only touch keys of one hash slot, and must declare them. So an
+interaction is written in three steps (:meth:`OnlineStoreWriter.apply`), each safe to repeat:
+
+1. the writer reads the items' genres from their catalog meta keys (other slots) and hands them
+   to the write script;
+2. the write script, on the user's keys only (``{u}``), applies the new interactions as above
+   and leaves what they add to the aggregates in the user's ``outbox`` (hash: interaction id ->
+   entry), atomically with the ``applied`` marker; it answers with the whole outbox;
+3. the aggregate script, on keys that all carry the ``{agg}`` hash tag and are all declared,
+   counts the entries whose ids it has not seen within ``aggregate_dedup_window`` (set
+   ``P:{agg}:seen``, by arrival time), then the writer removes them from the outboxes.
+
+A failure after step 2 leaves the entries in the outboxes; the retry's step 2 finds its
+interactions already applied but still answers with the outbox, so step 3 counts them then. A
+failure between step 3 and the removal sends entries again, and the seen set skips them. So the
+aggregates stay exactly-once per interaction as long as a failed writer is retried within the
+window (10 minutes by default; Spark retries a failed micro-batch at once). The aggregates
+share one slot, written once per pipeline of 500 users, not once per event.
 
 Exactness. Decayed affinities are stored as integers so that they add up the same in any
 order: an interaction of weight ``w`` at time ``t`` adds
@@ -45,6 +64,7 @@ the item's latest undo, which the reader applies (:func:`decode_user_features`).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,11 +75,14 @@ import orjson
 
 from attune.experiments.live import DEFAULT_PATTERN, LIVE_TTL_S, live_fields
 from attune.keys import Keys, KeyTemplate
+from attune.redis_connect import is_cluster, queue_script
 
 if TYPE_CHECKING:
     from redis import Redis
 
     from attune.config import AttuneConfig
+
+log = logging.getLogger(__name__)
 
 BUCKET_HALF_LIVES = 16
 """Width of an affinity bucket, in half-lives."""
@@ -86,6 +109,9 @@ class OnlineStore:
     """Names the experiment and variant of a recommendation id, for today's live experiment
     counts (:mod:`attune.experiments.live`; ``batch.recommendation_id_pattern``)."""
     live_ttl_s: int = LIVE_TTL_S
+    aggregate_dedup_ms: int = 10 * 60 * 1000
+    """How long the aggregate script remembers the interaction ids it counted (by arrival
+    time): longer than a writer can take between counting an outbox and emptying it."""
     keys: Keys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +127,7 @@ class OnlineStore:
             recent_items=f.recent_items,
             dismissed_items=f.dismissed_items,
             dedup_per_user=s.dedup_per_user,
+            aggregate_dedup_ms=_ms(s.aggregate_dedup_window),
             user_ttl_s=max(1, int(s.user_ttl.total_seconds())),
             session_gap_ms=_ms(f.session_gap),
             ignore_min_impressions=f.ignore_min_impressions,
@@ -117,18 +144,15 @@ class OnlineStore:
         return window_s * 1000 // self.trending_slices
 
     def script_params(self) -> bytes:
-        """The constant parameters of the write script, as its ``ARGV[1]``: ``k`` holds the
-        names and templates (:class:`attune.keys.KeyTemplate` parts) of the item and global keys
-        it touches."""
+        """The constant parameters of the write and aggregate scripts, as their ``ARGV[1]``:
+        ``k`` holds the templates (:class:`attune.keys.KeyTemplate` parts) of the aggregate
+        keys the aggregate script builds (and checks against the keys it was given)."""
         k = self.keys
         return orjson.dumps(
             {
                 "k": {
-                    "item_meta": KeyTemplate.of(k.item_meta).parts,
                     "item_stats": KeyTemplate.of(k.item_stats).parts,
                     "trend_slice": KeyTemplate.of(k.trend_slice, 2).parts,
-                    "popular": k.popular,
-                    "meta": k.meta,
                     "exp_live": KeyTemplate.of(k.experiment_live).parts,
                     "exp_live_users": KeyTemplate.of(k.experiment_live_users, 3).parts,
                 },
@@ -139,19 +163,20 @@ class OnlineStore:
                 "gap": self.session_gap_ms,
                 "trend_ttl": {str(w): 2 * w for w in self.trending_windows_s},
                 "live_ttl": self.live_ttl_s,
+                "seen_ms": self.aggregate_dedup_ms,
             }
         )
 
-    def trending_params(self) -> bytes:
-        """The keys of the trending script, as its ``ARGV[1]``."""
+    def trending_keys(self, max_t: int) -> list[str]:
+        """The trending script's ``KEYS`` as of the latest event time ``max_t``: the meta hash,
+        then per window its destination and its slices (oldest first)."""
         k = self.keys
-        return orjson.dumps(
-            {
-                "meta": k.meta,
-                "trend_slice": KeyTemplate.of(k.trend_slice, 2).parts,
-                "trending": KeyTemplate.of(k.trending).parts,
-            }
-        )
+        out = [k.meta]
+        for w in self.trending_windows_s:
+            last = max_t // self.slice_ms(w)
+            out.append(k.trending(w))
+            out += [k.trend_slice(w, s) for s in range(last - self.trending_slices + 1, last + 1)]
+        return out
 
 
 def _ms(td: Any) -> int:
@@ -161,30 +186,28 @@ def _ms(td: Any) -> int:
 # ----------------------------------------------------------------------------------------
 # Writing
 
-# One call applies one user's interactions of one micro-batch, in (event time, id) order.
-# KEYS: the user's keys (attune.keys.ONLINE_USER_KEYS order). ARGV[1]:
-# OnlineStore.script_params(), whose "k" names the other keys it touches. ARGV[2]: JSON
-# array of interactions, each {"i": interaction id, "t": event time ms, "y": type, "x": 1 when
-# the row carries the event-level updates, "s": session id?, "it": item id?, "ca": category?,
-# "b": affinity bucket, "a": affinity units (string), "r"/"n"/"m"/"d": recent / engagement /
+# One call applies one user's interactions of one micro-batch, in (event time, id) order, and
+# touches that user's keys only (one hash slot). KEYS: the user's keys
+# (attune.keys.ONLINE_USER_KEYS order). ARGV[1]: OnlineStore.script_params(). ARGV[2]: JSON array
+# of interactions, each {"i": interaction id, "t": event time ms, "y": type, "x": 1 when the row
+# carries the event-level updates, "s": session id?, "it": item id?, "ca": category?, "b":
+# affinity bucket, "a": affinity units (string), "r"/"n"/"m"/"d": recent / engagement /
 # impression / negative flags, "u": undo flag (takes back the item's dismissals up to "t"),
-# "tr": trending slices "<window_s>:<slice>", "c": 1 when the event withdraws
-# personalization consent, "xd"/"xe"/"xv"/"xk": day, experiment, variant and count name of
-# today's live experiment counts (attune.experiments.live.live_fields)}. ARGV[3]: the user
-# (what the live users HyperLogLog counts). Returns {applied, duplicates, too_late, max_t}.
+# "tr": trending slices "<window_s>:<slice>", "c": 1 when the event withdraws personalization
+# consent, "xd"/"xe"/"xv"/"xk": day, experiment, variant and count name of today's live
+# experiment counts (attune.experiments.live.live_fields)}. ARGV[3]: JSON object item id ->
+# the item's catalog genres (read by the writer from the items' meta keys, which live in other
+# slots). An applied interaction that adds to the aggregates (an engagement, a live count)
+# leaves that part in the user's outbox (field: its id). Returns {applied, duplicates,
+# too_late, max_t, outbox} where outbox is every entry waiting there, this call's and any a
+# failed earlier call left (HGETALL's flat list).
 APPLY_SCRIPT = r"""
 local P = cjson.decode(ARGV[1])
 local rows = cjson.decode(ARGV[2])
-local K_RECENT, K_RMETA, K_AFF, K_CNT, K_SES, K_DIS, K_NEG, K_UNDO, K_APP, K_META =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local K = P.k
-local USER = ARGV[3]
--- a key of a family from its template's parts (attune.keys.KeyTemplate) and its ids
-local function key(t, a, b, c)
-  if b == nil then return t[1] .. a .. t[2] end
-  if c == nil then return t[1] .. a .. t[2] .. b .. t[3] end
-  return t[1] .. a .. t[2] .. b .. t[3] .. c .. t[4]
-end
+local catalog = cjson.decode(ARGV[3])
+local K_RECENT, K_RMETA, K_AFF, K_CNT, K_SES, K_DIS, K_NEG, K_UNDO, K_APP, K_META, K_OUT =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
+  KEYS[11]
 local function num(x) if x == false or x == nil then return nil end return tonumber(x) end
 local function fmt(x) return string.format('%d', x) end
 
@@ -246,42 +269,28 @@ local function forget_user(t)
   maxb = nil
 end
 
--- An item's genres: the catalog's (mirrored in the item's meta key), else the event's category;
--- the same rule as attune.features.with_genres.
-local catalog = {}
-local expiring = {}
+-- An item's genres: the catalog's (ARGV[3], from the item's meta key), else the event's
+-- category; the same rule as attune.features.with_genres.
 local function genres_of(r)
   local g = catalog[r.it]
-  if g == nil then
-    local raw = redis.call('HGET', key(K.item_meta, r.it), 'genres')
-    g = raw and cjson.decode(raw) or {}
-    catalog[r.it] = g
+  if g == nil or #g == 0 then
+    if r.ca then return {r.ca} end
+    return {}
   end
-  if #g == 0 and r.ca then return {r.ca} end
   return g
 end
 
--- today's live experiment counts (attune.experiments.live), once per applied event
-local function count_live(r)
-  local h = key(K.exp_live, r.xd)
-  redis.call('HINCRBY', h, r.xe .. '|' .. r.xv .. '|' .. r.xk, 1)
-  if not expiring[h] then
-    redis.call('EXPIRE', h, P.live_ttl)
-    expiring[h] = true
-  end
-  if r.xk == 'impressions' and USER then
-    local u = key(K.exp_live_users, r.xd, r.xe, r.xv)
-    redis.call('PFADD', u, USER)
-    if not expiring[u] then
-      redis.call('EXPIRE', u, P.live_ttl)
-      expiring[u] = true
-    end
-  end
+-- what an applied interaction adds to the aggregates, kept until the aggregate script counts it
+local function to_outbox(r)
+  local e = {t = r.t}
+  if r.n == 1 then e.it, e.y, e.tr = r.it, r.y, r.tr end
+  if r.xk then e.xd, e.xe, e.xv, e.xk = r.xd, r.xe, r.xv, r.xk end
+  redis.call('HSET', K_OUT, r.i, cjson.encode(e))
 end
 
 local function apply(r)
   local t = r.t
-  if r.xk then count_live(r) end
+  if r.xk or (r.n == 1 and r.it) then to_outbox(r) end
   if r.c == 1 then forget_user(t) return end
   if r.x == 1 then
     redis.call('HINCRBY', K_CNT, r.y, 1)
@@ -318,17 +327,6 @@ local function apply(r)
   end
   if r.n == 1 then
     for _, g in ipairs(genres) do redis.call('HINCRBY', K_NEG, 'eng:' .. g, 1) end
-    redis.call('ZINCRBY', K.popular, 1, item)
-    redis.call('HINCRBY', key(K.item_stats, item), r.y, 1)
-    for _, s in ipairs(r.tr or {}) do
-      local window, slice = string.match(s, '^(%d+):(.*)$')
-      local k = key(K.trend_slice, window, slice)
-      redis.call('ZINCRBY', k, 1, item)
-      if not expiring[k] then
-        redis.call('EXPIRE', k, P.trend_ttl[window])
-        expiring[k] = true
-      end
-    end
   end
   if r.d == 1 then
     local cur = num(redis.call('ZSCORE', K_DIS, item))
@@ -377,39 +375,116 @@ if applied > 0 then
   end
   if maxb ~= nil then redis.call('HSET', K_META, 'aff_max_b', fmt(maxb)) end
   for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], P.ttl) end
-  local gm = num(redis.call('HGET', K.meta, 'max_t'))
-  if gm == nil or max_t > gm then redis.call('HSET', K.meta, 'max_t', fmt(max_t)) end
 end
-if max_t == nil then return {applied, dups, late, false} end
-return {applied, dups, late, fmt(max_t)}
+local outbox = redis.call('HGETALL', K_OUT)
+if max_t == nil then return {applied, dups, late, false, outbox} end
+return {applied, dups, late, fmt(max_t), outbox}
 """
 
-# Recomputes every trending window as of the latest event time (max_t of the global meta
-# hash): the sum of the window's slices. Deterministic given the slices, so running it again
-# changes nothing. ARGV[1]: OnlineStore.trending_params() (the keys' names and templates),
-# ARGV[2]: slices per window, ARGV[3..]: window lengths in seconds.
-TRENDING_SCRIPT = r"""
-local K, slices = cjson.decode(ARGV[1]), tonumber(ARGV[2])
-local function key(t, a, b)
-  if b == nil then return t[1] .. a .. t[2] end
-  return t[1] .. a .. t[2] .. b .. t[3]
+# Adds interactions' outbox entries to the aggregates: popular, item stats, trending slices,
+# today's live experiment counts; and raises the latest event time. KEYS[1]: the seen set
+# (interaction id -> arrival ms), KEYS[2]: the aggregates' meta hash, KEYS[3]: popular, KEYS[4..]:
+# every other key the entries touch (OnlineStoreWriter._agg_keys; all in the {agg} slot, and
+# the script refuses to touch one it was not given). ARGV[1]: OnlineStore.script_params(),
+# ARGV[2]: JSON array of {"i": id, "u": user, "e": outbox entry (JSON text)}, ARGV[3]: the
+# calls' latest event time ms, or ''. An id seen within P.seen_ms is skipped: a writer that
+# failed after this call but before it emptied the outboxes sends the same entries again.
+# Returns {counted, already_counted}.
+AGG_SCRIPT = r"""
+local P = cjson.decode(ARGV[1])
+local K = P.k
+local entries = cjson.decode(ARGV[2])
+local K_SEEN, K_GMETA, K_POP = KEYS[1], KEYS[2], KEYS[3]
+local declared = {}
+for i = 1, #KEYS do declared[KEYS[i]] = true end
+local function key(t, a, b, c)
+  local k
+  if b == nil then k = t[1] .. a .. t[2]
+  elseif c == nil then k = t[1] .. a .. t[2] .. b .. t[3]
+  else k = t[1] .. a .. t[2] .. b .. t[3] .. c .. t[4] end
+  if not declared[k] then error('undeclared key ' .. k) end
+  return k
 end
-local max_t = tonumber(redis.call('HGET', K.meta, 'max_t'))
-if max_t == nil then return 0 end
-for i = 3, #ARGV do
-  local w = tonumber(ARGV[i])
-  local slice_ms = math.floor(w * 1000 / slices)
-  local last = math.floor(max_t / slice_ms)
-  local keys = {}
-  for s = last - slices + 1, last do
-    keys[#keys + 1] = key(K.trend_slice, ARGV[i], string.format('%d', s))
+-- every key is built and checked before the first write
+local plans = {}
+for n, x in ipairs(entries) do
+  local r = cjson.decode(x.e)
+  local plan = {i = x.i, u = x.u, r = r, slices = {}}
+  if r.it then
+    plan.stats = key(K.item_stats, r.it)
+    for _, s in ipairs(r.tr or {}) do
+      local window, slice = string.match(s, '^(%d+):(.*)$')
+      plan.slices[#plan.slices + 1] = {key(K.trend_slice, window, slice), P.trend_ttl[window]}
+    end
   end
-  local dest = key(K.trending, ARGV[i])
-  redis.call('ZUNIONSTORE', dest, #keys, unpack(keys))
-  redis.call('EXPIRE', dest, 2 * w)
-  redis.call('HSET', K.meta, 'trending:' .. ARGV[i] .. ':as_of', string.format('%d', max_t))
+  if r.xk then
+    plan.live = key(K.exp_live, r.xd)
+    if r.xk == 'impressions' then plan.live_users = key(K.exp_live_users, r.xd, r.xe, r.xv) end
+  end
+  plans[n] = plan
 end
-return 1
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local expiring = {}
+local function expire_once(k, ttl)
+  if not expiring[k] then redis.call('EXPIRE', k, ttl) expiring[k] = true end
+end
+local counted, again = 0, 0
+for _, plan in ipairs(plans) do
+  local r = plan.r
+  if redis.call('ZADD', K_SEEN, 'NX', now_ms, plan.i) == 0 then
+    again = again + 1
+  else
+    counted = counted + 1
+    if plan.stats then
+      redis.call('ZINCRBY', K_POP, 1, r.it)
+      redis.call('HINCRBY', plan.stats, r.y, 1)
+      for _, s in ipairs(plan.slices) do
+        redis.call('ZINCRBY', s[1], 1, r.it)
+        expire_once(s[1], s[2])
+      end
+    end
+    if plan.live then
+      redis.call('HINCRBY', plan.live, r.xe .. '|' .. r.xv .. '|' .. r.xk, 1)
+      expire_once(plan.live, P.live_ttl)
+      if plan.live_users then
+        redis.call('PFADD', plan.live_users, plan.u)
+        expire_once(plan.live_users, P.live_ttl)
+      end
+    end
+  end
+end
+redis.call('ZREMRANGEBYSCORE', K_SEEN, '-inf', '(' .. string.format('%d', now_ms - P.seen_ms))
+if ARGV[3] ~= '' then
+  local max_t = tonumber(ARGV[3])
+  local gm = tonumber(redis.call('HGET', K_GMETA, 'max_t') or '')
+  if gm == nil or max_t > gm then redis.call('HSET', K_GMETA, 'max_t', ARGV[3]) end
+end
+return {counted, again}
+"""
+
+# Recomputes every trending window as of the latest event time: the sum of the window's
+# slices. KEYS[1]: the aggregates' meta hash; then per window its destination and its slices'
+# keys, as of ARGV[3] (OnlineStoreWriter.refresh_trending computes them). ARGV[1]: slices per
+# window, ARGV[2]: JSON array of window lengths in seconds, ARGV[3]: the latest event time the
+# keys were computed for. When the stored time moved on meanwhile (another writer), nothing is
+# written and the stored time is returned, for the caller to try again; else returns 'ok'.
+# Deterministic given the slices, so running it again changes nothing.
+TRENDING_SCRIPT = r"""
+local slices = tonumber(ARGV[1])
+local windows = cjson.decode(ARGV[2])
+local stored = redis.call('HGET', KEYS[1], 'max_t')
+if not stored then return 'ok' end
+if stored ~= ARGV[3] then return stored end
+local n = 2
+for _, w in ipairs(windows) do
+  local dest = KEYS[n]
+  redis.call('ZUNIONSTORE', dest, slices, unpack(KEYS, n + 1, n + slices))
+  redis.call('EXPIRE', dest, 2 * w)
+  redis.call('HSET', KEYS[1], 'trending:' .. string.format('%d', w) .. ':as_of', stored)
+  n = n + slices + 1
+end
+return 'ok'
 """
 
 
@@ -446,12 +521,14 @@ def live_payload(payload: str, pattern: str) -> str:
 
 
 class OnlineStoreWriter:
-    """Applies interaction rows to Redis through the write script, one call per user."""
+    """Applies interaction rows to Redis: one write-script call per user, then one aggregate
+    call per pipeline of users (see the module docstring, "Redis Cluster")."""
 
     def __init__(self, redis: Redis, store: OnlineStore, users_per_pipeline: int = 500) -> None:
         self.redis = redis
         self.store = store
         self._apply = redis.register_script(APPLY_SCRIPT)
+        self._aggregate = redis.register_script(AGG_SCRIPT)
         self._trending = redis.register_script(TRENDING_SCRIPT)
         self._params = store.script_params()
         self._users_per_pipeline = users_per_pipeline
@@ -463,23 +540,47 @@ class OnlineStoreWriter:
         call; users are sent in pipelines of ``users_per_pipeline`` calls. A row carrying a
         recommendation id (``rc``, see :func:`attune.features.online_rows`) gets what the
         script counts for today's live experiment counts instead (:func:`live_payload`).
+
+        Three steps per pipeline, each safe to repeat: (1) the items' genres are read from
+        their meta keys; (2) each user's write script applies the new interactions and answers
+        with the user's outbox; (3) the aggregate script counts the outbox entries it has not
+        counted yet, and the entries are removed from the outboxes. A failure between (2) and
+        (3) leaves the entries in the outboxes, and the retry's step (2) returns them again.
         """
         by_user: dict[str, list[tuple[int, str, str]]] = {}
+        items: dict[str, set[str]] = {}
         pattern = self.store.recommendation_id_pattern
         for user, t, iid, payload in rows:
             if '"rc":' in payload:
                 payload = live_payload(payload, pattern)
             by_user.setdefault(user, []).append((t, iid, payload))
+            if '"it":' in payload:
+                items.setdefault(user, set()).add(str(orjson.loads(payload)["it"]))
         stats = ApplyStats()
         users = list(by_user)
         for start in range(0, len(users), self._users_per_pipeline):
+            chunk = users[start : start + self._users_per_pipeline]
+            genres = self._genres({i for u in chunk for i in items.get(u, ())})
             pipe = self.redis.pipeline(transaction=False)
-            for user in users[start : start + self._users_per_pipeline]:
+            for user in chunk:
                 batch = sorted(by_user[user])
                 body = b"[" + b",".join(p.encode() for _, _, p in batch) + b"]"
+                catalog = (
+                    b"{"
+                    + b",".join(
+                        orjson.dumps(i) + b":" + genres[i]
+                        for i in items.get(user, ())
+                        if i in genres
+                    )
+                    + b"}"
+                )
                 keys = self.store.keys.online_user_keys(user)
-                self._apply(keys=keys, args=[self._params, body, user], client=pipe)
-            for applied, dups, late, max_t in pipe.execute():
+                queue_script(pipe, self._apply, keys, [self._params, body, catalog])
+            outboxes: dict[str, list[bytes]] = {}
+            entries: list[dict[str, str]] = []
+            for user, (applied, dups, late, max_t, outbox) in zip(
+                chunk, pipe.execute(), strict=True
+            ):
                 stats.add(
                     ApplyStats(
                         users=1,
@@ -489,18 +590,72 @@ class OnlineStoreWriter:
                         max_event_ms=int(max_t) if max_t else None,
                     )
                 )
+                for n in range(0, len(outbox), 2):
+                    outboxes.setdefault(user, []).append(outbox[n])
+                    entries.append({"i": _s(outbox[n]), "u": user, "e": _s(outbox[n + 1])})
+            if entries or stats.max_event_ms is not None:
+                self._count(entries, stats.max_event_ms)
+            if outboxes:
+                self._clear(outboxes)
         return stats
 
-    def refresh_trending(self) -> None:
-        """Recompute every trending window as of the latest event time."""
-        self._trending(
-            keys=[],
-            args=[
-                self.store.trending_params(),
-                self.store.trending_slices,
-                *self.store.trending_windows_s,
-            ],
+    def _clear(self, outboxes: Mapping[str, list[bytes]]) -> None:
+        """Remove counted entries from the users' outboxes (entries a later write added stay)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for user, fields in outboxes.items():
+            pipe.hdel(self.store.keys.user_key(user, "outbox"), *fields)
+        pipe.execute()
+
+    def _genres(self, items: set[str]) -> dict[str, bytes]:
+        """The catalog genres (JSON text) of ``items`` that have them, from their meta keys:
+        read here, not in the write script, because they live in other hash slots."""
+        if not items:
+            return {}
+        ordered = sorted(items)
+        pipe = self.redis.pipeline(transaction=False)
+        for item in ordered:
+            pipe.hget(self.store.keys.item_meta(item), "genres")
+        return {i: g for i, g in zip(ordered, pipe.execute(), strict=True) if g}
+
+    def _count(self, entries: list[dict[str, str]], max_t: int | None) -> None:
+        """Run the aggregate script on outbox entries, declaring every key it will touch."""
+        k = self.store.keys
+        touched: dict[str, None] = {}
+        for x in entries:
+            e = orjson.loads(x["e"])
+            if "it" in e:
+                touched[k.item_stats(e["it"])] = None
+                for s in e.get("tr") or ():
+                    window, _, index = s.partition(":")
+                    touched[k.trend_slice(window, index)] = None
+            if "xk" in e:
+                touched[k.experiment_live(e["xd"])] = None
+                if e["xk"] == "impressions":
+                    touched[k.experiment_live_users(e["xd"], e["xe"], e["xv"])] = None
+        self._aggregate(
+            keys=[k.agg_seen, k.meta, k.popular, *touched],
+            args=[self._params, orjson.dumps(entries), "" if max_t is None else str(max_t)],
         )
+
+    def refresh_trending(self) -> None:
+        """Recompute every trending window as of the latest event time (tried again if another
+        writer moves the latest time on between reading it and the script's run)."""
+        for _ in range(5):
+            raw = self.redis.hget(self.store.keys.meta, "max_t")
+            if raw is None:
+                return
+            max_t = int(raw)
+            answer = self._trending(
+                keys=self.store.trending_keys(max_t),
+                args=[
+                    self.store.trending_slices,
+                    orjson.dumps(list(self.store.trending_windows_s)),
+                    str(max_t),
+                ],
+            )
+            if _s(answer) == "ok":
+                return
+        log.warning("trending not refreshed: the latest event time kept moving; next batch will")
 
     def write_item_metadata(self, items: Mapping[str, Mapping[str, Any] | None]) -> None:
         """Mirror catalog records (``None`` deletes) into the items' meta keys."""
@@ -520,6 +675,113 @@ class OnlineStoreWriter:
             if n % 1000 == 0:
                 pipe.execute()
         pipe.execute()
+
+
+# ----------------------------------------------------------------------------------------
+# Keys of earlier versions
+
+# KEYS[1]: an aggregate key of an earlier version, KEYS[2]: its new name; ARGV[1]: its kind.
+# Adds the old key into the new one (what a writer of this version counted meanwhile stays),
+# keeps the old key's time to live, deletes the old key. Returns 1 when it moved one, else 0.
+MIGRATE_AGGREGATE_SCRIPT = r"""
+local old, new, kind = KEYS[1], KEYS[2], ARGV[1]
+if redis.call('EXISTS', old) == 0 then return 0 end
+local ttl = redis.call('PTTL', old)
+if kind == 'zsum' then
+  redis.call('ZUNIONSTORE', new, 2, new, old)
+elseif kind == 'hsum' then
+  local h = redis.call('HGETALL', old)
+  for i = 1, #h, 2 do redis.call('HINCRBY', new, h[i], h[i + 1]) end
+elseif kind == 'hll' then
+  redis.call('PFMERGE', new, new, old)
+elseif kind == 'meta' then
+  local a = tonumber(redis.call('HGET', old, 'max_t') or '')
+  local b = tonumber(redis.call('HGET', new, 'max_t') or '')
+  if a ~= nil and (b == nil or a > b) then
+    redis.call('HSET', new, 'max_t', string.format('%d', a))
+  end
+elseif kind == 'derived' then
+  if redis.call('EXISTS', new) == 0 then redis.call('RENAME', old, new) return 1 end
+end
+if ttl > 0 then redis.call('PEXPIRE', new, ttl) end
+redis.call('DEL', old)
+return 1
+"""
+
+
+def legacy_aggregate_keys(key: str, keys: Keys) -> tuple[str, str] | None:
+    """The new name and the migration kind of ``key`` when it is an aggregate key of the
+    versions before the ``{agg}`` hash tag (``P:popular``, ``P:meta``, ``P:trend:<w>:<n>``,
+    ``P:trending:<w>``, ``P:i:{item}:stats``, ``P:exp:live:<d>[:users:<e>|<v>]``) or the
+    experiments' state and history before ``{exp}`` (``P:exp:state``, ``P:exp:history``), else
+    None. A "derived" key is renamed only when its new name does not exist yet."""
+    p = keys.prefix + ":"
+    if not key.startswith(p):
+        return None
+    rest = key[len(p) :]
+    if rest == "popular":
+        return keys.popular, "zsum"
+    if rest == "meta":
+        return keys.meta, "meta"
+    if rest == "exp:state":
+        return keys.experiments_state, "derived"
+    if rest == "exp:history":
+        return keys.experiments_history, "derived"
+    parts = rest.split(":")
+    if len(parts) == 3 and parts[0] == "trend" and parts[1].isdigit():
+        return keys.trend_slice(parts[1], parts[2]), "zsum"
+    if len(parts) == 2 and parts[0] == "trending" and parts[1].isdigit():
+        return keys.trending(parts[1]), "derived"
+    if rest.startswith("i:{") and rest.endswith("}:stats"):
+        return keys.item_stats(rest[3 : -len("}:stats")]), "hsum"
+    if rest.startswith("exp:live:"):
+        day, sep, who = rest[len("exp:live:") :].partition(":users:")
+        if not sep:
+            return keys.experiment_live(day), "hsum"
+        experiment, bar, variant = who.partition("|")
+        if bar:
+            return keys.experiment_live_users(day, experiment, variant), "hll"
+    return None
+
+
+def has_legacy_aggregates(redis: Redis, keys: Keys) -> bool:
+    """Whether an earlier version's aggregates or experiments state are still under their old
+    names (single-key reads: cheap enough for every speed-layer start, and valid on a
+    cluster)."""
+    return any(redis.exists(f"{keys.prefix}:{old}") for old in ("popular", "meta", "exp:state"))
+
+
+def migrate_aggregate_keys(redis: Redis, keys: Keys) -> int:
+    """Move the aggregate keys of earlier versions to their ``{agg}`` names (see
+    :func:`legacy_aggregate_keys`); returns how many moved. Safe to run again, and while a
+    writer of this version runs: each old key is added into its new one. On one Redis only:
+    the versions that wrote the old names could not run on a cluster."""
+    from attune.keys import glob_escape
+
+    script = redis.register_script(MIGRATE_AGGREGATE_SCRIPT)
+    p = glob_escape(keys.prefix)
+    moved = 0
+    for pattern in (
+        f"{p}:popular",
+        f"{p}:meta",
+        f"{p}:trend*",
+        f"{p}:i:{{*}}:stats",
+        f"{p}:exp:live:*",
+        f"{p}:exp:state",
+        f"{p}:exp:history",
+    ):
+        for raw in redis.scan_iter(match=pattern, count=1000):
+            key = _s(raw)
+            target = legacy_aggregate_keys(key, keys)
+            if target is not None and is_cluster(redis):
+                raise ValueError(
+                    f"{key} is an aggregate key of an earlier version, on a Redis Cluster, where "
+                    "it cannot be merged into its new name (another slot): run `attune store "
+                    "migrate-keys` on one Redis before moving its data to a cluster"
+                )
+            if target is not None:
+                moved += int(script(keys=[key, target[0]], args=[target[1]]))
+    return moved
 
 
 # ----------------------------------------------------------------------------------------
@@ -760,7 +1022,11 @@ def user_key_names(redis: Redis, user: str, keys: Keys) -> set[str]:
     user's own prefix finds (message caps, and any key added later). Erasure deletes them;
     ``attune privacy export`` reads them."""
     names = {*keys.user_keys(user), keys.legacy_consent(user)}
-    for key in redis.scan_iter(match=keys.user_glob(user), count=1000):
+    where: dict[str, Any] = {}
+    if is_cluster(redis):  # only the master of the user's slot can hold the user's keys
+        cluster: Any = redis
+        where["target_nodes"] = cluster.get_node_from_key(keys.user_prefix(user))
+    for key in redis.scan_iter(match=keys.user_glob(user), count=1000, **where):
         names.add(key.decode() if isinstance(key, bytes) else key)
     return names
 

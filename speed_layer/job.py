@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from attune.bandits.feedback import BanditFeedback
 from attune.features import FeatureParams, online_rows
-from attune.online_store import ApplyStats, OnlineStore, OnlineStoreWriter
+from attune.online_store import (
+    ApplyStats,
+    OnlineStore,
+    OnlineStoreWriter,
+    has_legacy_aggregates,
+    migrate_aggregate_keys,
+)
 from speed_layer.bronze import BronzeBatchWriter, ensure_tables
 from speed_layer.catalog import Catalog, CatalogRefresher, NewItemVectors
 from speed_layer.parsing import parse_records, valid_events
@@ -422,6 +428,9 @@ def start_online(
     catalog = Catalog(cfg, spark, on_change=writer.write_item_metadata)
     catalog.refresh()  # the mirror is complete before the first event is applied
     log.info("catalog: %d items mirrored to Redis", len(catalog.items))
+    if has_legacy_aggregates(writer.redis, store.keys):
+        moved = migrate_aggregate_keys(writer.redis, store.keys)
+        log.info("moved %d aggregate keys of an earlier version to their {agg} names", moved)
     vectors = None
     if cfg.speed.new_item_vectors:
         # its own reader of the catalog (a Kafka consumer serves one thread), which mirrors

@@ -3,11 +3,11 @@
 A declaration (:mod:`attune.experiments.spec`) says what an experiment *would* do; whether it
 runs is state, kept in Redis so every API process sees the same answer:
 
-* ``Keys.experiments_state`` (``P:exp:state``), a hash: experiment id -> JSON
+* ``Keys.experiments_state`` (``P:{exp}:state``), a hash: experiment id -> JSON
   ``{"status": "running"|"stopped", "started_at": iso, "stopped_at": iso|null,
   "allocation": {"layer", "traffic", "range": [lo, hi], "weights": {...}, "bandit": {...}
   (only with ``allocation.bandit``)}, "forced": bool}``;
-* ``Keys.experiments_history`` (``P:exp:history``), a list: one JSON record per start, forced
+* ``Keys.experiments_history`` (``P:{exp}:history``), a list: one JSON record per start, forced
   re-start and stop (``{"at", "experiment", "action", "state", "changes"}``), oldest first.
 
 ``attune experiments start ID`` records the **allocation** the experiment starts with: its
@@ -412,15 +412,14 @@ class StateStore:
 
     @classmethod
     def from_config(cls, cfg: AttuneConfig) -> StateStore:
-        import redis as redis_lib
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
+        from attune.redis_connect import connect
+
         # a command line answers at once when Redis is down (redis-py retries 3 times by default)
-        client = redis_lib.Redis(
-            host=cfg.redis.host,
-            port=cfg.redis.port,
-            db=cfg.redis.db,
+        client = connect(
+            cfg.redis,
             socket_connect_timeout=2.0,
             socket_timeout=5.0,
             retry=Retry(NoBackoff(), 0),

@@ -8,6 +8,7 @@ at 100 * 57,600,000 ms = 5,760,000,000 ms, called B below.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -36,9 +37,16 @@ MIN = 60_000
 B = 100 * 57_600_000  # start of affinity bucket 100
 
 
-@pytest.fixture
-def client(cfg: AttuneConfig) -> Iterator[redis.Redis]:
-    r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=REDIS_DB)
+@pytest.fixture(params=["redis", "redis-cluster"])
+def client(cfg: AttuneConfig, request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    """One Redis (the stack's, db 12), or a Redis Cluster of 3 masters (``redis_cluster``):
+    every test runs on both."""
+    from attune.redis_connect import connect
+
+    if request.param == "redis-cluster":
+        r = connect(request.getfixturevalue("redis_cluster").redis)
+    else:
+        r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=REDIS_DB)
     yield r
     r.close()
 
@@ -104,11 +112,14 @@ def row(
 
 
 def dump(r: redis.Redis, prefix: str) -> dict[str, Any]:
-    """Every key under ``prefix`` with its full content (not its TTL)."""
+    """Every key under ``prefix`` with its full content (not its TTL). Of the aggregates' seen
+    set, the ids only: its scores are arrival times, different in two equal passes."""
     out: dict[str, Any] = {}
     for key in sorted(r.scan_iter(match=f"{prefix}:*", count=1000)):
         kind = r.type(key)
-        if kind == b"zset":
+        if key.endswith(b":{agg}:seen"):
+            out[key] = sorted(r.zrange(key, 0, -1))
+        elif kind == b"zset":
             out[key] = r.zrange(key, 0, -1, withscores=True)
         elif kind == b"hash":
             out[key] = r.hgetall(key)
@@ -368,3 +379,105 @@ def test_erasure_deletes_every_key_under_the_user_and_nothing_else(
     assert client.exists("consent:alice") == 0
     assert read_user_features(client, "bob", store).recent_item_ids == ["m9"]
     assert client.get(f"{store.prefix}:u:{{bob}}:consent") == b'{"marketing":false}'
+
+
+class _FailsOnce:
+    """Makes one step of a writer raise a lost connection the first time it runs."""
+
+    def __init__(self, step: Any) -> None:
+        self.step, self.failed = step, False
+
+    def __call__(self, *args: Any) -> None:
+        if not self.failed:
+            self.failed = True
+            raise redis.ConnectionError("connection lost (test)")
+        self.step(*args)
+
+
+def _aggregates(client: redis.Redis, store: OnlineStore) -> tuple[Any, ...]:
+    k = store.keys
+    return (
+        sorted(read_popular(client, store)),
+        client.hgetall(k.item_stats("m2")),
+        client.hgetall(k.user_key("alice", "outbox")),
+    )
+
+
+@pytest.mark.parametrize("failing_step", ["_count", "_clear"])
+def test_a_writer_failing_between_the_user_and_the_aggregates_counts_once_on_retry(
+    client: redis.Redis, store: OnlineStore, writer: OnlineStoreWriter, failing_step: str
+) -> None:
+    # SESSION's engagements (by hand): views of m1 and m4, a cart of m2; nothing else counts.
+    expected = ([("m1", 1), ("m2", 1), ("m4", 1)], {b"add_to_cart": b"1"}, {})
+    flaky = _FailsOnce(getattr(writer, failing_step))
+    setattr(writer, failing_step, flaky)
+    with pytest.raises(redis.ConnectionError):
+        writer.apply(SESSION)
+    # The user's features are in; what the aggregates lack waits in the outbox.
+    assert read_user_features(client, "alice", store).views == 2
+    outbox = client.hgetall(store.keys.user_key("alice", "outbox"))
+    assert sorted(outbox) == [b"e1#0", b"e2#0", b"e5#0"]
+    again = writer.apply(SESSION)  # the retry: every interaction is a duplicate now
+    assert (again.applied, again.duplicates) == (0, 6)
+    assert _aggregates(client, store) == expected
+    writer.apply(SESSION)  # and a third pass changes nothing
+    assert _aggregates(client, store) == expected
+
+
+def test_the_aggregate_script_refuses_a_key_it_was_not_given(
+    client: redis.Redis, store: OnlineStore, writer: OnlineStoreWriter
+) -> None:
+    from attune.online_store import AGG_SCRIPT
+
+    entry = orjson.dumps({"t": B, "it": "m1", "y": "item_view"}).decode()
+    script = client.register_script(AGG_SCRIPT)
+    k = store.keys
+    with pytest.raises(redis.ResponseError, match=r"undeclared key .*:i:m1:stats"):
+        script(
+            keys=[k.agg_seen, k.meta, k.popular],  # m1's stats key left out
+            args=[store.script_params(), orjson.dumps([{"i": "x#0", "u": "a", "e": entry}]), ""],
+        )
+    # the script checks every key before its first write
+    assert not client.exists(k.item_stats("m1"), k.popular, k.agg_seen)
+
+
+def test_the_aggregates_of_an_earlier_version_move_to_their_new_names(
+    client: redis.Redis, store: OnlineStore, writer: OnlineStoreWriter
+) -> None:
+    from attune.online_store import has_legacy_aggregates, migrate_aggregate_keys
+
+    p, k = store.prefix, store.keys
+    # What an earlier version left (old names), and what this version counted meanwhile.
+    client.zadd(f"{p}:popular", {"m1": 5, "m2": 2})
+    client.hset(f"{p}:meta", mapping={"max_t": B + 9 * HOUR, "trending:3600:as_of": B})
+    client.zadd(f"{p}:trend:3600:7", {"m1": 3})
+    client.expire(f"{p}:trend:3600:7", 7200)
+    client.zadd(f"{p}:trending:3600", {"m1": 3})
+    client.hset(f"{p}:i:{{m1}}:stats", mapping={"item_view": 4, "purchase": 1})
+    client.hset(f"{p}:exp:live:2026-12-06", mapping={"e|a|impressions": 10})
+    client.pfadd(f"{p}:exp:live:2026-12-06:users:e|a", "u1", "u2")
+    client.hset(f"{p}:exp:state", "e", '{"id": "e"}')
+    writer.apply([row("n1#0", B + 2 * HOUR, "item_view", "m1", weight=1)])
+    client.hset(k.experiment_live("2026-12-06"), "e|a|impressions", 1)
+    client.pfadd(k.experiment_live_users("2026-12-06", "e", "a"), "u2", "u3")
+
+    assert has_legacy_aggregates(client, k)
+    if isinstance(client, redis.RedisCluster):  # old names sit in other slots: refused, saying how
+        with pytest.raises(ValueError, match="migrate-keys` on one Redis before moving"):
+            migrate_aggregate_keys(client, k)
+        return
+    assert migrate_aggregate_keys(client, k) == 8
+    # by hand: sums of old and new; the later max_t; the HyperLogLog's union has 3 users
+    assert sorted(read_popular(client, store)) == [("m1", 6), ("m2", 2)]
+    assert client.hgetall(k.item_stats("m1")) == {b"item_view": b"5", b"purchase": b"1"}
+    assert client.hget(k.meta, "max_t") == str(B + 9 * HOUR).encode()
+    assert client.zrange(k.trend_slice(3600, 7), 0, -1, withscores=True) == [(b"m1", 3.0)]
+    assert 7000 < client.ttl(k.trend_slice(3600, 7)) <= 7200
+    assert client.zrange(k.trending(3600), 0, -1, withscores=True) == [(b"m1", 3.0)]
+    assert client.hgetall(k.experiment_live("2026-12-06")) == {b"e|a|impressions": b"11"}
+    assert client.pfcount(k.experiment_live_users("2026-12-06", "e", "a")) == 3
+    assert client.hgetall(k.experiments_state) == {b"e": b'{"id": "e"}'}
+    old = [key for key in client.scan_iter(match=f"{p}:*") if not re.search(rb"{agg}|{exp}", key)]
+    assert all(b":u:{" in key or b"}:meta" in key for key in old), old
+    assert migrate_aggregate_keys(client, k) == 0  # again: nothing left to move
+    assert not has_legacy_aggregates(client, k)

@@ -31,6 +31,7 @@ def test_online_store_keys_of_a_user() -> None:
         "att:u:{u1}:undo",
         "att:u:{u1}:applied",
         "att:u:{u1}:meta",
+        "att:u:{u1}:outbox",
     ]
     # a consent withdrawal deletes the first seven: the features, not undo or bookkeeping
     assert ONLINE_USER_KEYS[:7] == ONLINE_FEATURE_KEYS and "undo" not in ONLINE_FEATURE_KEYS
@@ -44,7 +45,7 @@ def test_every_other_key_of_a_user_is_under_the_same_prefix() -> None:
     assert K.suppressed("u1") == "att:u:{u1}:suppressed"
     assert K.message_cap("u1", "welcome") == "att:u:{u1}:msg:welcome"
     assert K.consent("abc") == "att:u:{abc}:consent"
-    assert K.user_keys("u1")[10:] == [
+    assert K.user_keys("u1")[11:] == [
         "att:u:{u1}:recs",
         "att:u:{u1}:batch",
         "att:u:{u1}:suppressed",
@@ -63,14 +64,16 @@ def test_consent_of_older_versions_sat_outside_every_prefix() -> None:
 
 
 def test_item_and_global_keys() -> None:
-    assert K.item_stats("tt01") == "att:i:{tt01}:stats"
+    # the aggregates share the {agg} hash tag (one Redis Cluster slot)
+    assert K.item_stats("tt01") == "att:{agg}:i:tt01:stats"
     assert K.item_meta("tt01") == "att:i:{tt01}:meta"
     assert K.item_similar("tt01") == "att:i:{tt01}:similar"
     assert K.item_bought_with("tt01") == "att:i:{tt01}:bought_with"
-    assert K.popular == "att:popular"
-    assert K.meta == "att:meta"
-    assert K.trend_slice(3600, 42) == "att:trend:3600:42"
-    assert K.trending(86400) == "att:trending:86400"
+    assert K.popular == "att:{agg}:popular"
+    assert K.meta == "att:{agg}:meta"
+    assert K.agg_seen == "att:{agg}:seen"
+    assert K.trend_slice(3600, 42) == "att:{agg}:trend:3600:42"
+    assert K.trending(86400) == "att:{agg}:trending:86400"
     assert K.segment_popular("loyal") == "att:seg:loyal:popular"
     assert K.views_meta == "att:views"
 
@@ -100,8 +103,8 @@ def test_templates_trace_the_builders() -> None:
     assert meta.id_of("att:i:{tt01}:stats") is None
     assert meta.id_of("att:i:{") is None
     trend = KeyTemplate.of(K.trend_slice, 2)
-    assert trend.parts == ("att:trend:", ":", "")
-    assert trend.key("3600", "42") == "att:trend:3600:42"
+    assert trend.parts == ("att:{agg}:trend:", ":", "")
+    assert trend.key("3600", "42") == "att:{agg}:trend:3600:42"
     assert KeyTemplate.of(K.segment_popular).glob() == "att:seg:*:popular"
     assert KeyTemplate.of(Keys.legacy_consent).parts == ("consent:", "")
     assert KeyTemplate.of(lambda u: K.message_cap(u, "m*1")).glob() == "att:u:{*}:msg:m\\*1"

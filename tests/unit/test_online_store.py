@@ -4,11 +4,13 @@ replies). The key names themselves: tests/unit/test_keys.py."""
 from __future__ import annotations
 
 import math
+import re
 
 import orjson
 
 from attune.keys import Keys
 from attune.online_store import (
+    AGG_SCRIPT,
     APPLY_SCRIPT,
     SCALE,
     TRENDING_SCRIPT,
@@ -28,10 +30,12 @@ def test_the_store_names_its_keys_with_the_key_schema() -> None:
 
 def test_undo_key_reaches_the_write_script() -> None:
     # The write script takes the keys by position: undo is its 8th, after neg, before the
-    # bookkeeping; the feature keys deleted on a consent withdrawal are the first 7.
+    # bookkeeping; the feature keys deleted on a consent withdrawal are the first 7; the outbox
+    # of what waits for the aggregates is the 11th.
     assert STORE.keys.online_user_keys("u1")[7] == "att:u:{u1}:undo"
-    assert "K_NEG, K_UNDO, K_APP, K_META =" in APPLY_SCRIPT
-    assert "KEYS[7], KEYS[8], KEYS[9], KEYS[10]" in APPLY_SCRIPT
+    assert STORE.keys.online_user_keys("u1")[10] == "att:u:{u1}:outbox"
+    assert "K_NEG, K_UNDO, K_APP, K_META, K_OUT =" in APPLY_SCRIPT
+    assert "KEYS[7], KEYS[8], KEYS[9], KEYS[10],\n  KEYS[11]" in APPLY_SCRIPT
     assert "redis.call('DEL', K_RECENT, K_RMETA, K_AFF, K_CNT, K_SES, K_DIS, K_NEG)" in (
         APPLY_SCRIPT
     )
@@ -39,9 +43,55 @@ def test_undo_key_reaches_the_write_script() -> None:
 
 def test_the_scripts_do_not_spell_the_key_layout_out() -> None:
     # Every key name reaches the scripts from attune.keys, through KEYS or their parameters.
-    for script in (APPLY_SCRIPT, TRENDING_SCRIPT):
-        for fragment in (":u:", ":i:", "{'", ":trend", ":popular", ":meta'", "prefix"):
+    for script in (APPLY_SCRIPT, AGG_SCRIPT, TRENDING_SCRIPT):
+        for fragment in (":u:", ":i:", "{'", ":trend", ":popular", ":meta'", "prefix", "{agg}"):
             assert fragment not in script, fragment
+
+
+def test_the_write_script_touches_only_keys_it_is_given() -> None:
+    # Redis Cluster: the user's script names no key of its own making (no key(...) builder)
+    # and reads no item meta key; every redis.call's key is one of its KEYS locals.
+    assert "local function key(" not in APPLY_SCRIPT and "item_meta" not in APPLY_SCRIPT
+    used = set(re.findall(r"redis\.call\('[A-Z]+', ([A-Za-z_\[\]0-9]+)", APPLY_SCRIPT))
+    assert used <= {
+        "K_RECENT",
+        "K_RMETA",
+        "K_AFF",
+        "K_CNT",
+        "K_SES",
+        "K_DIS",
+        "K_NEG",
+        "K_UNDO",
+        "K_APP",
+        "K_META",
+        "K_OUT",
+        "KEYS[i]",
+    }, used
+
+
+def test_every_aggregate_key_shares_one_hash_slot() -> None:
+    k = Keys("att")
+    aggregates = [
+        k.popular,
+        k.meta,
+        k.agg_seen,
+        k.item_stats("m1"),
+        k.trend_slice(3600, 17),
+        k.trending(3600),
+        k.experiment_live("2026-12-07"),
+        k.experiment_live_users("2026-12-07", "e1", "b"),
+    ]
+    # Redis hashes the text between the first "{" and the next "}" when it is not empty
+    assert {key.split("{", 1)[1].split("}", 1)[0] for key in aggregates} == {"agg"}
+    assert k.item_stats("m1") == "att:{agg}:i:m1:stats"
+
+
+def test_the_trending_keys_are_the_windows_last_slices() -> None:
+    store = OnlineStore(trending_windows_s=(3600,), trending_slices=12)
+    # 5-minute slices: t = 10 h + 7 min is in slice 120 + 1 = 121; the window is 110..121
+    keys = store.trending_keys(10 * HOUR_MS + 7 * 60_000)
+    assert keys[:3] == ["att:{agg}:meta", "att:{agg}:trending:3600", "att:{agg}:trend:3600:110"]
+    assert keys[-1] == "att:{agg}:trend:3600:121" and len(keys) == 2 + 12
 
 
 def test_affinity_units_evaluate_to_decayed_sums() -> None:
@@ -128,20 +178,46 @@ def test_script_params() -> None:
     store = OnlineStore(trending_windows_s=(600,))
     params = orjson.loads(store.script_params())
     assert params["trend_ttl"] == {"600": 1200}
-    # key(t, a, b) in the scripts is t[1] .. a .. t[2] (.. b .. t[3])
+    # key(t, a, b) in the aggregate script is t[1] .. a .. t[2] (.. b .. t[3])
     assert params["k"] == {
-        "item_meta": ["att:i:{", "}:meta"],
-        "item_stats": ["att:i:{", "}:stats"],
-        "trend_slice": ["att:trend:", ":", ""],
-        "popular": "att:popular",
-        "meta": "att:meta",
+        "item_stats": ["att:{agg}:i:", ":stats"],
+        "trend_slice": ["att:{agg}:trend:", ":", ""],
         # today's live experiment counts: key(t, day) and key(t, day, experiment, variant)
-        "exp_live": ["att:exp:live:", ""],
-        "exp_live_users": ["att:exp:live:", ":users:", "|", ""],
+        "exp_live": ["att:{agg}:exp:live:", ""],
+        "exp_live_users": ["att:{agg}:exp:live:", ":users:", "|", ""],
     }
     assert params["live_ttl"] == 3 * 24 * 3600
-    assert orjson.loads(store.trending_params()) == {
-        "meta": "att:meta",
-        "trend_slice": ["att:trend:", ":", ""],
-        "trending": ["att:trending:", ""],
-    }
+    assert params["seen_ms"] == 600_000
+
+
+def test_the_aggregate_keys_of_earlier_versions_are_recognised_by_name() -> None:
+    from attune.online_store import legacy_aggregate_keys
+
+    k = Keys("att")
+    assert legacy_aggregate_keys("att:popular", k) == ("att:{agg}:popular", "zsum")
+    assert legacy_aggregate_keys("att:meta", k) == ("att:{agg}:meta", "meta")
+    assert legacy_aggregate_keys("att:trend:3600:42", k) == ("att:{agg}:trend:3600:42", "zsum")
+    assert legacy_aggregate_keys("att:trending:3600", k) == ("att:{agg}:trending:3600", "derived")
+    assert legacy_aggregate_keys("att:i:{a:b}:stats", k) == ("att:{agg}:i:a:b:stats", "hsum")
+    assert legacy_aggregate_keys("att:exp:live:2026-12-06", k) == (
+        "att:{agg}:exp:live:2026-12-06",
+        "hsum",
+    )
+    assert legacy_aggregate_keys("att:exp:live:2026-12-06:users:e|v", k) == (
+        "att:{agg}:exp:live:2026-12-06:users:e|v",
+        "hll",
+    )
+    assert legacy_aggregate_keys("att:exp:state", k) == ("att:{exp}:state", "derived")
+    assert legacy_aggregate_keys("att:exp:history", k) == ("att:{exp}:history", "derived")
+    # not aggregates of an earlier version: user keys, the catalog mirror, other prefixes,
+    # other families under the same words, and the new names themselves
+    for key in (
+        "att:u:{x}:meta",
+        "att:i:{m1}:meta",
+        "other:popular",
+        "att:seg:s:popular",
+        "att:exp:other",
+        "att:trend:x:1",
+        "att:{agg}:popular",
+    ):
+        assert legacy_aggregate_keys(key, k) is None, key

@@ -159,11 +159,19 @@ def train_tiny_model(cfg: AttuneConfig, secret: bytes) -> dict[str, int]:
     return result.versions
 
 
-@pytest.fixture(scope="module")
-def env(cfg: AttuneConfig, spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+@pytest.fixture(scope="module", params=["redis", "redis-cluster"])
+def env(
+    cfg: AttuneConfig,
+    spark: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[Env]:
+    """The API with its collector, speed layer and model server: every test runs once on one
+    Redis and once on a Redis Cluster of 3 masters (``redis_cluster``)."""
+    cluster = request.param == "redis-cluster"
     base = speed_config(
         cfg,
-        suffix=f"test-api-{RUN}",
+        suffix=f"test-api-{'c' if cluster else ''}{RUN}",
         var_dir=tmp_path_factory.mktemp("api-var"),
         redis_db=REDIS_DB,
     )
@@ -223,6 +231,10 @@ def env(cfg: AttuneConfig, spark: Any, tmp_path_factory: pytest.TempPathFactory)
             update={"api": test_api, "serving": serving, "experiments": experiments}
         ).model_dump()
     )
+    if cluster:
+        test_cfg = test_cfg.model_copy(
+            update={"redis": request.getfixturevalue("redis_cluster").redis}
+        )
     secret = write_secret(test_cfg)
     write_key = create_write_key(test_cfg, "it-api")
     read_key = create_read_key(test_cfg, "it")

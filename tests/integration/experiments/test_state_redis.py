@@ -1,7 +1,7 @@
 """The experiments' running state on the real Redis: ``attune experiments start/stop`` through
 the CLI, what the API's reader sees, and WATCH against a concurrent writer.
 
-The keys live under this module's own key prefix (``P:exp:state``, ``P:exp:history``) in Redis
+The keys live under this module's own key prefix (``P:{exp}:state``, ``P:{exp}:history``) in Redis
 db 8, and are deleted afterwards."""
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def test_start_and_stop_through_the_cli_are_what_the_api_reads(
 ) -> None:
     cfg_file, test_cfg, exp_file = env
     keys = Keys.from_config(test_cfg)
-    assert keys.experiments_state == f"texp{RUN}:exp:state"
+    assert keys.experiments_state == f"texp{RUN}:{{exp}}:state"
     attune = ["--config", str(cfg_file), "experiments"]
     assert main([*attune, "start", "exp_it"]) == 0
     assert "exp_it started at" in capsys.readouterr().out

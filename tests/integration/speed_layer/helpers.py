@@ -84,16 +84,21 @@ def wait_until(check: Callable[[], Any], timeout_s: float, what: str, poll_s: fl
 
 
 def redis_client(cfg: AttuneConfig) -> redis.Redis:
-    return redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
+    from attune.redis_connect import connect
+
+    return connect(cfg.redis)
 
 
 def dump_prefix(r: redis.Redis, prefix: str) -> dict[str, Any]:
-    """Every key under ``prefix`` (the prefix stripped) with its content, not its TTL."""
+    """Every key under ``prefix`` (the prefix stripped) with its content, not its TTL. Of the
+    aggregates' seen set, the ids only: its scores are arrival times."""
     out: dict[str, Any] = {}
     for key in sorted(r.scan_iter(match=f"{prefix}:*", count=1000)):
         name = key.decode()[len(prefix) :]
         kind = r.type(key)
-        if kind == b"zset":
+        if name.endswith(":{agg}:seen"):
+            out[name] = sorted(r.zrange(key, 0, -1))
+        elif kind == b"zset":
             out[name] = r.zrange(key, 0, -1, withscores=True)
         elif kind == b"hash":
             out[name] = r.hgetall(key)

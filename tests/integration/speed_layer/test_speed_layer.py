@@ -83,11 +83,19 @@ class Env:
         return self.spark.read.format("delta").load(speed_paths(self.cfg).quarantine)
 
 
-@pytest.fixture(scope="module")
-def env(cfg: AttuneConfig, spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+@pytest.fixture(scope="module", params=["redis", "redis-cluster"])
+def env(
+    cfg: AttuneConfig,
+    spark: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[Env]:
+    """The whole loop (collector -> Kafka -> the speed layer in this process -> Redis), once on
+    one Redis and once on a Redis Cluster of 3 masters (``redis_cluster``)."""
+    cluster = request.param == "redis-cluster"
     test_cfg = speed_config(
         cfg,
-        suffix=f"test-speed-{RUN}",
+        suffix=f"test-speed-{'c' if cluster else ''}{RUN}",
         var_dir=tmp_path_factory.mktemp("speed-var"),
         redis_db=REDIS_DB,
         features={
@@ -106,6 +114,9 @@ def env(cfg: AttuneConfig, spark: Any, tmp_path_factory: pytest.TempPathFactory)
         "tile": {"policy": "linucb", "segments": ["new", "active"]},
     }
     test_cfg = AttuneConfig.model_validate({**test_cfg.model_dump(), "api": api})
+    if cluster:
+        seed = request.getfixturevalue("redis_cluster").redis
+        test_cfg = test_cfg.model_copy(update={"redis": seed})
     secret = write_secret(test_cfg)
     key = create_write_key(test_cfg, "it-speed")
     create_topics(test_cfg)

@@ -118,11 +118,14 @@ class _FakeRedis:
 
 def test_read_live_counts_reads_the_keys_of_the_key_schema() -> None:
     keys = Keys("att")
-    assert keys.experiment_live("2013-03-01") == "att:exp:live:2013-03-01"
-    assert keys.experiment_live_users("2013-03-01", "e", "v") == "att:exp:live:2013-03-01:users:e|v"
+    assert keys.experiment_live("2013-03-01") == "att:{agg}:exp:live:2013-03-01"
+    assert (
+        keys.experiment_live_users("2013-03-01", "e", "v")
+        == "att:{agg}:exp:live:2013-03-01:users:e|v"
+    )
     fake = _FakeRedis(
-        {"att:exp:live:2013-03-01": {b"e|v|impressions": b"3", b"e|v|clicks": b"1"}},
-        {"att:exp:live:2013-03-01:users:e|v": 2},
+        {"att:{agg}:exp:live:2013-03-01": {b"e|v|impressions": b"3", b"e|v|clicks": b"1"}},
+        {"att:{agg}:exp:live:2013-03-01:users:e|v": 2},
     )
     want = {"e": {"v": {"impressions": 3, "clicks": 1, "purchases": 0, "users": 2}}}
     assert read_live_counts(fake, keys, "2013-03-01") == want  # type: ignore[arg-type]

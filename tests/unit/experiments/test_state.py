@@ -246,7 +246,7 @@ def test_the_store_records_the_state_and_the_history() -> None:
     d = decls({"id": "a"})
     t = store.apply(lambda states: plan_start(d, states, "a", NOW), NOW)
     assert t is not None
-    assert set(r.hashes) == {"tst:exp:state"} and set(r.lists) == {"tst:exp:history"}
+    assert set(r.hashes) == {"tst:{exp}:state"} and set(r.lists) == {"tst:{exp}:history"}
     assert store.read() == {"a": t.state}
     assert store.apply(lambda states: plan_start(d, states, "a", NOW), NOW) is None  # nothing new
     store.apply(
@@ -265,7 +265,7 @@ def test_a_concurrent_change_makes_the_store_plan_again() -> None:
     d = decls({"id": "a"})
     other = started(d, "a", NOW - timedelta(hours=3))
     # between WATCH and EXEC another `start a` records a: this one re-reads and finds it running
-    r.interfere = lambda fake: fake.hset("tst:exp:state", "a", json.dumps(other.to_json()))
+    r.interfere = lambda fake: fake.hset("tst:{exp}:state", "a", json.dumps(other.to_json()))
     seen: list[dict[str, RunningState]] = []
 
     def plan(states: Any) -> Any:
