@@ -93,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     store_sub = store.add_subparsers(dest="action", required=True, metavar="ACTION")
     migrate = store_sub.add_parser(
         "migrate-keys",
-        help="move Redis keys of older versions to their current names (idempotent; "
-        "today: consent:<subject> -> P:u:{<subject>}:consent)",
+        help="move Redis keys of older versions to their current names (idempotent): "
+        "consent:<subject> -> P:u:{<subject>}:consent; the aggregates P:popular, P:meta, "
+        "P:trend*, P:i:{item}:stats, P:exp:live:* -> P:{agg}:...; P:exp:state/history -> "
+        "P:{exp}:...",
     )
     migrate.set_defaults(handler=_handler("attune.ingest.consent:cmd_migrate_keys"))
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -268,5 +269,20 @@ def cmd_migrate_keys(cfg: AttuneConfig, args: argparse.Namespace) -> int:
         f"consent: {result.moved} key(s) moved from consent:<subject> to {new}, "
         f"{result.superseded} old key(s) deleted because the new one held newer state, "
         f"{result.skipped} left alone (gone meanwhile, or not a string)"
+    )
+    from attune.online_store import migrate_aggregate_keys
+    from attune.redis_connect import connect
+
+    client = connect(r, socket_timeout=30.0)
+    try:
+        moved = migrate_aggregate_keys(client, Keys.from_config(cfg))
+    except ValueError as exc:  # old names on a cluster: they cannot be merged across slots
+        print(f"aggregates: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print(
+        f"aggregates: {moved} key(s) moved to their {{agg}} / {{exp}} names (popular, trending, "
+        "item stats, live experiment counts, experiments state and history)"
     )
     return 0

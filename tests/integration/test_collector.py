@@ -280,9 +280,12 @@ def test_migrate_keys_command_moves_older_consent_keys_once(
         client.set(f"consent:{c}", b'{"analytics":false}')  # superseded by the newer state:
         client.set(f"{p}:u:{{{c}}}:consent", b'{"analytics":true}')
         client.hset(f"consent:{d}", "not", "ours")  # not a string: left alone
+        client.zadd(f"{p}:popular", {"m1": 2})  # an aggregate of an earlier version
 
         assert cmd_migrate_keys(env.cfg, argparse.Namespace()) == 0
         out = capsys.readouterr().out
+        assert "aggregates: 1 key(s) moved" in out
+        assert client.zscore(f"{p}:{{agg}}:popular", "m1") == 2.0
         assert f"2 key(s) moved from consent:<subject> to {p}:u:{{<subject>}}:consent" in out
         assert "1 old key(s) deleted because the new one held newer state" in out
         assert "1 left alone" in out
@@ -301,6 +304,7 @@ def test_migrate_keys_command_moves_older_consent_keys_once(
         assert client.get(f"{p}:u:{{{c}}}:consent") == b'{"analytics":true}'
     finally:
         client.delete(f"consent:{d}", *(f"{p}:u:{{{x}}}:consent" for x in (a, b, c)))
+        client.delete(f"{p}:popular", f"{p}:{{agg}}:popular")
         client.close()
 
 
