@@ -994,7 +994,10 @@ class ModelClientConfig(_Section):
         "grpc", description="gRPC (PredictionService) or REST (:predict) to the model server."
     )
     grpc_target: str | None = Field(
-        None, description="HOST:PORT of the gRPC API; default serving.host:serving.grpc_port."
+        None,
+        description="HOST:PORT of the gRPC API; default serving.host:serving.grpc_port. Several "
+        "replicas: dns:///NAME:PORT (every address of NAME) or ipv4:H1:P1,H2:P2; calls go "
+        "round-robin to the replicas that are up.",
     )
     rest_url: str | None = Field(
         None, description="Base URL of the REST API; default http://serving.host:rest_port."

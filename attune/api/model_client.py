@@ -157,7 +157,14 @@ class GrpcModelClient:
 
     def __init__(self, target: str, max_message_mb: int = 64, protos: Any = None) -> None:
         """Create it on the event loop that will use it (``grpc.aio`` binds to that loop);
-        ``protos`` (a :class:`_Protos`) can be loaded beforehand in a thread."""
+        ``protos`` (a :class:`_Protos`) can be loaded beforehand in a thread.
+
+        ``target`` is any gRPC name: ``host:port``; ``dns:///name:port``, whose every address
+        is a replica (a Kubernetes headless service, compose's ``deploy.replicas``); or
+        ``ipv4:host1:port1,host2:port2``. The channel balances calls round-robin over the
+        replicas that are up and stops sending to one whose connection fails, so model-server
+        replicas need no load balancer of their own (gRPC keeps one connection per replica,
+        which a layer-4 balancer in front would pin to one replica)."""
         import grpc
 
         self._grpc = grpc
@@ -168,6 +175,8 @@ class GrpcModelClient:
             # reconnect quickly once a restarted model server is back
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 1000),
+            # every address the target resolves to takes calls in turn (one address: as before)
+            ("grpc.lb_policy_name", "round_robin"),
         ]
         self.target = target
         self._channel = grpc.aio.insecure_channel(target, options=options)
