@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -542,17 +543,37 @@ def load_delta(
     items: str | None = None,
     version: int | None = None,
     limit: int | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> Dataset:
     """The gold tables as Delta: ``interactions`` (training examples) and optional ``items``.
 
     Reads one pinned table version (the latest unless ``version`` is given) and records it, so
-    the model metadata says exactly which snapshot it was trained on.
+    the model metadata says exactly which snapshot it was trained on. ``say``: while it reads
+    (a Spark session and a collect: no known total), a line every 10 s with the elapsed time
+    and the running Spark tasks.
     """
+    from attune.progress import Heartbeat, spark_tasks
     from attune.spark_session import build_spark_session
 
-    spark = build_spark_session(
-        cfg, "attune-models-load", {"spark.sql.execution.arrow.pyspark.enabled": "true"}
+    session: list[Any] = []
+    beat = Heartbeat(
+        "reading the gold tables",
+        say or (lambda _: None),
+        every=10.0,
+        detail=lambda: spark_tasks(session[0]) if session else "starting Spark",
     )
+    with beat if say is not None else nullcontext():
+        session.append(
+            build_spark_session(
+                cfg, "attune-models-load", {"spark.sql.execution.arrow.pyspark.enabled": "true"}
+            )
+        )
+        return _load_delta(session[0], interactions, items, version, limit)
+
+
+def _load_delta(
+    spark: Any, interactions: str, items: str | None, version: int | None, limit: int | None
+) -> Dataset:
     inter_version, inter_sdf = _read_delta(spark, interactions, version, "training examples")
     wanted = [c for c in INTERACTION_COLUMNS if c in inter_sdf.columns]
     inter_pdf = inter_sdf.select(*wanted).toPandas()

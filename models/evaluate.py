@@ -33,12 +33,14 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import product
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from attune.config import AttuneConfig, RetrievalConfig
+from attune.progress import progress_lines
 from models.baselines import (
     EASE,
     ALSParams,
@@ -131,7 +133,10 @@ def prepare(
         selection["tried"]["prior_half_life_days"] = {"configured": half_life}
     else:
         tried = {}
-        for h in mc.prior_half_life_grid:
+        grid = progress_lines(
+            mc.prior_half_life_grid, "validation: half-life grid", unit="fits", say=say
+        )
+        for h in grid:
             tried[h] = score_model(Popularity(h).fit(val_data), val_task, k, progress=False)["ndcg"]
         half_life = max(tried, key=lambda h: (_finite(tried[h]), -h))
         selection["tried"]["prior_half_life_days"] = tried
@@ -140,10 +145,10 @@ def prepare(
     if "item-knn" in tune:
         co = cooccurrence(val_data)
         tried_knn: dict[tuple[int, float], float] = {}
-        for n in mc.knn_neighbours_grid:
-            for shrink in mc.knn_shrinkage_grid:
-                model = ItemKNN(n, shrink).fit(val_data, co)
-                tried_knn[n, shrink] = score_model(model, val_task, k, progress=False)["ndcg"]
+        pairs = list(product(mc.knn_neighbours_grid, mc.knn_shrinkage_grid))
+        for n, shrink in progress_lines(pairs, "validation: item-kNN grid", unit="fits", say=say):
+            model = ItemKNN(n, shrink).fit(val_data, co)
+            tried_knn[n, shrink] = score_model(model, val_task, k, progress=False)["ndcg"]
         # ties: the smaller neighbourhood, then the smaller shrinkage
         best = max(tried_knn, key=lambda ns: (_finite(tried_knn[ns]), -ns[0], -ns[1]))
         chosen["knn_neighbours"], chosen["knn_shrinkage"] = best
@@ -154,7 +159,9 @@ def prepare(
     if "ease" in tune:
         tried_ease: dict[float, float] = {}
         fits: dict[float, Any] = {}
-        for lam in mc.ease_lambda_grid:
+        for lam in progress_lines(
+            mc.ease_lambda_grid, "validation: EASE lambda grid", unit="fits", say=say
+        ):
             ease = EASE(lam, mc.ease_max_memory_gb).fit(val_data)
             tried_ease[lam] = score_model(ease, val_task, k, progress=False)["ndcg"]
             fits[lam] = ease.fit_info

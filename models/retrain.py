@@ -69,6 +69,7 @@ import pandas as pd
 
 from attune.config import AttuneConfig, ConfigError
 from attune.model_repository import ModelRepository, RepositoryError, utc_now, write_json_atomic
+from attune.progress import Heartbeat
 from models.data import DataError, Dataset, DataVersion, interaction_mask
 from models.evaluate import clean_json
 from models.repository import Decision, decide_with_baseline, record
@@ -410,7 +411,7 @@ def step_train(run: Run) -> dict[str, Any]:
     cfg, say = run.cfg, run.say
     started = time.monotonic()
     args = run.args or argparse.Namespace(interactions=None, limit=None)
-    dataset = load_training_data(cfg, args)
+    dataset = load_training_data(cfg, args, say=lambda line: say(f"train: {line}"))
     v = dataset.version
     say(
         f"train: data {v.version}: {v.rows} interactions, {v.users} users, {v.items_count} "
@@ -769,45 +770,59 @@ def step_await_serving(run: Run) -> dict[str, Any]:
         run.write("await-serving", {"ok": False, "url": url, "models": states, "error": message})
         return error(message)
 
-    while pending:
-        for name in list(pending):
-            version = pending[name]["version"]
-            try:
-                status, body = http_get(f"{url}/v1/models/{name}")
-            except NoAnswer as exc:
-                last_error = str(exc)
-                continue
-            answered = True
-            state, error = version_state(body, version) if status == 200 else (None, "")
-            states[name]["state"] = state or f"HTTP {status}"
-            if state == "AVAILABLE":
-                states[name]["seconds"] = _seconds(started)
-                run.say(
-                    f"await-serving: {name} v{version} AVAILABLE at {url} ({_seconds(started)} s)"
+    # a wait, not countable work: no ETA; every 10 s the elapsed time and how many are up
+    beat = Heartbeat(
+        "await-serving",
+        run.say,
+        every=10.0,
+        detail=lambda: (
+            f"{len(published) - len(pending)}/{len(published)} model(s) AVAILABLE at {url}; "
+            f"gives up after {timeout:.0f} s"
+        ),
+    )
+    with beat:
+        while pending:
+            for name in list(pending):
+                version = pending[name]["version"]
+                try:
+                    status, body = http_get(f"{url}/v1/models/{name}")
+                except NoAnswer as exc:
+                    last_error = str(exc)
+                    continue
+                answered = True
+                state, error = version_state(body, version) if status == 200 else (None, "")
+                states[name]["state"] = state or f"HTTP {status}"
+                if state == "AVAILABLE":
+                    states[name]["seconds"] = _seconds(started)
+                    run.say(
+                        f"await-serving: {name} v{version} AVAILABLE at {url} "
+                        f"({_seconds(started)} s)"
+                    )
+                    del pending[name]
+                elif state == "END" and error:
+                    raise fail(
+                        f"the model server could not load {name} v{version}: {error}", RunFailed
+                    )
+            if not pending:
+                break
+            elapsed = time.monotonic() - started
+            if not answered and elapsed > min(UNREACHABLE_GRACE_S, timeout):
+                raise fail(
+                    f"the model server at {url} does not answer ({last_error}): start it with "
+                    "`attune serve models`",
+                    RetrainError,
                 )
-                del pending[name]
-            elif state == "END" and error:
-                raise fail(f"the model server could not load {name} v{version}: {error}", RunFailed)
-        if not pending:
-            break
-        elapsed = time.monotonic() - started
-        if not answered and elapsed > min(UNREACHABLE_GRACE_S, timeout):
-            raise fail(
-                f"the model server at {url} does not answer ({last_error}): start it with "
-                "`attune serve models`",
-                RetrainError,
-            )
-        if elapsed > timeout:
-            waiting = ", ".join(
-                f"{n} v{p['version']} ({states[n]['state']})" for n, p in pending.items()
-            )
-            raise fail(
-                f"not AVAILABLE at {url} after {timeout:.0f} s "
-                f"(models.retrain.serving_timeout_s): {waiting}; the repository serves them: "
-                "run this step again, or roll back with `attune models rollback`",
-                RunFailed,
-            )
-        time.sleep(POLL_S)
+            if elapsed > timeout:
+                waiting = ", ".join(
+                    f"{n} v{p['version']} ({states[n]['state']})" for n, p in pending.items()
+                )
+                raise fail(
+                    f"not AVAILABLE at {url} after {timeout:.0f} s "
+                    f"(models.retrain.serving_timeout_s): {waiting}; the repository serves them: "
+                    "run this step again, or roll back with `attune models rollback`",
+                    RunFailed,
+                )
+            time.sleep(POLL_S)
     return run.write(
         "await-serving",
         {"ok": True, "url": url, "models": states, "seconds": _seconds(started)},

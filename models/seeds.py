@@ -185,13 +185,19 @@ def run_seeds(
     """:func:`models.evaluate.run_evaluation` once per seed (``kwargs`` passed on), then
     :func:`aggregate`. The validation choices are shared between seeds whose validation
     split is the same."""
+    from attune.progress import RateEta
+
     cache: dict[Any, Any] = {}
     reports = []
+    # one evaluation takes minutes: a line after each seed, with the ETA of the others
+    meter = RateEta("--- seeds", len(seeds), "seeds", say=say, every=0.0, min_seconds=0.0)
     for i, seed in enumerate(seeds):
         say(f"--- seed {seed} ({i + 1} of {len(seeds)})")
         reports.append(
             run_evaluation(cfg, dataset, seed=seed, say=say, selection_cache=cache, **kwargs)
         )
+        meter.update(1)
+    meter.finish(always=True)
     return aggregate(reports, seeds)
 
 

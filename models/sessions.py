@@ -57,6 +57,7 @@ import numpy as np
 import pandas as pd
 
 from attune.config import AttuneConfig
+from attune.progress import RateEta
 from models.data import DataError
 
 OTTO_EVENT_TYPES: dict[str, str] = {
@@ -114,10 +115,19 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
-def load_otto(path: str | Path, max_sessions: int | None = None) -> Sessions:
+MB = 1024 * 1024
+
+
+def load_otto(
+    path: str | Path,
+    max_sessions: int | None = None,
+    say: Callable[[str], None] | None = None,
+) -> Sessions:
     """OTTO sessions from a JSONL file, or from a folder holding ``train.jsonl``.
 
-    ``max_sessions`` reads only the first N lines (the full OTTO file has 12.9M sessions).
+    ``max_sessions`` parses only the first N lines (the full OTTO file has 12.9M sessions);
+    the whole file is still read, for its digest (the data version). ``say``: progress lines
+    (megabytes read of the file's size, rate, ETA) every 5 s while it reads.
     """
     p = Path(path)
     if p.is_dir():
@@ -129,14 +139,25 @@ def load_otto(path: str | Path, max_sessions: int | None = None) -> Sessions:
         )
     rows: list[tuple[str, str, int, str]] = []
     digest = hashlib.sha256()
+    meter = None
+    if say is not None:
+        meter = RateEta(f"reading {p.name}", p.stat().st_size / MB, "MB", say=say)
+    read = 0
     with p.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
             digest.update(raw)
+            if meter is not None:
+                read += len(raw)
+                if number % 10_000 == 0:  # the clock is read per 10,000 lines, not per line
+                    meter.set(read / MB)
             if max_sessions is not None and number > max_sessions:
                 continue
             if not raw.strip():
                 continue
             rows.extend(_parse_session(raw, f"{p}:{number}"))
+    if meter is not None:
+        meter.set(read / MB)
+        meter.finish()
     if not rows:
         raise DataError(f"{p} holds no session events")
     frame = pd.DataFrame(rows, columns=["session", "item_id", "ts_ms", "type"])
@@ -646,7 +667,9 @@ def cmd_evaluate_sessions(cfg: AttuneConfig, args: argparse.Namespace) -> int:
     from models.evaluate import clean_json
 
     try:
-        sessions = load_otto(args.data, args.max_sessions)
+        sessions = load_otto(
+            args.data, args.max_sessions, say=lambda m: print(m, file=sys.stderr, flush=True)
+        )
         models = [m.strip() for m in args.models.split(",")] if args.models else SESSION_MODELS
         report = run_session_evaluation(
             cfg,

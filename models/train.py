@@ -363,8 +363,11 @@ def promote(
 # CLI
 
 
-def load_training_data(cfg: AttuneConfig, args: argparse.Namespace) -> Dataset:
-    """The gold Delta tables (the version read is recorded), or ``--interactions FILE``."""
+def load_training_data(
+    cfg: AttuneConfig, args: argparse.Namespace, say: Callable[[str], None] | None = None
+) -> Dataset:
+    """The gold Delta tables (the version read is recorded), or ``--interactions FILE``;
+    ``say``: progress lines while the Delta tables are read (:func:`models.data.load_delta`)."""
     if args.interactions:
         return load_from_args(cfg, args)
     lake = cfg.lake_root.rstrip("/")
@@ -377,7 +380,9 @@ def load_training_data(cfg: AttuneConfig, args: argparse.Namespace) -> Dataset:
             f"no gold training examples at {inter}: run the nightly batch first, or train from "
             "a file with --interactions FILE --format movietweetings|csv"
         )
-    return load_delta(cfg, inter, items if is_delta_table(items) else None, limit=args.limit)
+    return load_delta(
+        cfg, inter, items if is_delta_table(items) else None, limit=args.limit, say=say
+    )
 
 
 def cmd_train(cfg: AttuneConfig, args: argparse.Namespace) -> int:
@@ -386,7 +391,7 @@ def cmd_train(cfg: AttuneConfig, args: argparse.Namespace) -> int:
     for noisy in ("py4j", "tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        dataset = load_training_data(cfg, args)
+        dataset = load_training_data(cfg, args, say=print)
         print(
             f"data: {dataset.version.interactions} ({dataset.version.version}), "
             f"{dataset.version.rows} interactions, {dataset.version.users} users"

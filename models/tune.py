@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from attune.config import AttuneConfig, RetrievalConfig
+from attune.progress import RateEta
 
 SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "embedding_dim": (32, 64, 128),
@@ -147,7 +148,10 @@ def run_search(
         f"{len(task.users)} users scored; {trials} trials"
     )
     records = []
-    for i, update in enumerate(draw_trials(mc.retrieval, space, trials, seed)):
+    drawn = draw_trials(mc.retrieval, space, trials, seed)
+    # a trial takes minutes: a line after each one (every=0), with the ETA of the rest
+    meter = RateEta("  trials", len(drawn), "trials", say=say, every=0.0, min_seconds=0.0)
+    for i, update in enumerate(drawn):
         params = mc.retrieval.model_copy(update=update)
         t0 = time.monotonic()
         trained = train_retrieval(data, params, prep.prior_half_life_days, seed, progress=progress)
@@ -169,6 +173,8 @@ def run_search(
             f"{record['recall']:.4f}  fit {record['fit_seconds']:.1f} s  "
             f"{update or '(configured)'}"
         )
+        meter.update(1)
+    meter.finish(always=True)
     best = best_trial(records)
     return {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

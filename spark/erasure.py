@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING
 
+from attune.progress import progress_lines
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -255,7 +257,9 @@ def apply_erasures(ctx: RunContext, requests: list[ErasureRequest]) -> dict[str,
     paths = lake.tables()
     deleted: dict[str, int] = {}
     log_rows: list[tuple[str, str, date, str, int]] = []
-    for name, condition in ERASABLE.items():
+    # one Delta DELETE per table, seconds each: rate and ETA of the tables
+    tables = progress_lines(ERASABLE.items(), "erasure", unit="tables", say=ctx.progress)
+    for name, condition in tables:
         path = paths[name]
         if not is_table(spark, path):
             continue

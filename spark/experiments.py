@@ -1122,12 +1122,22 @@ def cmd_report(cfg: AttuneConfig, args: argparse.Namespace) -> int:
     """``attune experiments report [--date D] [--json]``: 0 written, 1 nothing to report on (or
     failed)."""
     from attune.config import ConfigError
+    from attune.progress import Heartbeat, spark_tasks
     from spark.command import batch_session, failed, parse_date, setup_logging
 
     setup_logging()
     wanted = parse_date(args.date) if args.date else None
     try:
-        with batch_session(cfg, "attune-experiments-report") as spark:
+        # Spark work of no known total: elapsed time and Spark tasks every 10 s, no ETA
+        with (
+            batch_session(cfg, "attune-experiments-report") as spark,
+            Heartbeat(
+                "experiments report",
+                lambda m: print(m, file=sys.stderr, flush=True),
+                every=10.0,
+                detail=lambda: spark_tasks(spark),
+            ),
+        ):
             report_date, doc, path, version = run_report(cfg, spark, wanted, datetime.now(UTC))
     except NoMetrics as exc:
         print(f"attune experiments report: {exc}", file=sys.stderr)

@@ -9,6 +9,10 @@ runs only some of them:
 ``views``        drift report, then batch views and corrections written to Redis
 ``maintenance``  retention, OPTIMIZE, VACUUM
 
+Progress: each stage says when it starts (``stage 2/5``) and how long it took; while it runs,
+every 10 s, its elapsed time and the running Spark tasks (:func:`attune.progress.spark_tasks`).
+A stage's total work is unknown up front (Spark plans it as it goes), so there is no ETA.
+
 Each stage is a :class:`spark.context.Stage`: a function of the run's context and the tables it
 needs, defined in its own module (:mod:`spark.silver`, :mod:`spark.gold`, :mod:`spark.views`,
 :mod:`spark.maintenance`); this module only runs them in order.
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from attune.progress import Heartbeat, spark_tasks
 from spark import gold, maintenance, quality, silver, views
 from spark.command import (  # (defined there: the other commands share them)
     batch_spark_conf,
@@ -122,15 +127,23 @@ def run_batch(
     by_name = {stage.name: stage for stage in PIPELINE}
     results: list[StageResult] = []
     ctx.progress(f"stages {', '.join(todo)} on {cfg.spark.master} (lake {cfg.lake_root})")
-    for name in todo:
+    for number, name in enumerate(todo, start=1):
         stage = by_name[name]
         started = time.monotonic()
+        # Spark plans a stage's work as it goes: no total, so no ETA; while the stage runs, a
+        # line every 10 s says the elapsed time and the running Spark tasks (done/total)
+        ctx.progress(f"{name} (stage {number}/{len(todo)}) started")
         session.sparkContext.setJobGroup(f"batch-{name}", f"attune batch {name} {run_date}")
-        details = stage.run(ctx, stage.inputs(ctx))
+        with Heartbeat(name, ctx.progress, every=HEARTBEAT_S, detail=lambda: spark_tasks(session)):
+            details = stage.run(ctx, stage.inputs(ctx))
         seconds = time.monotonic() - started
         results.append(StageResult(name, seconds, details))
         ctx.progress(f"{name} done in {seconds:.1f} s")
     return BatchReport(run_date, results)
+
+
+HEARTBEAT_S = 10.0
+"""How often a running stage says it is alive (elapsed time and Spark's task counts)."""
 
 
 def cmd_run(cfg: AttuneConfig, args: argparse.Namespace) -> int:

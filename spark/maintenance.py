@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from attune.progress import progress_lines
 from spark.context import RunContext, Stage, StageInputs, StageOutputs
 
 if TYPE_CHECKING:
@@ -66,9 +67,15 @@ def temporary_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
                 spark.conf.set(k, old)
 
 
-def vacuum_tables(spark: SparkSession, retention: timedelta, tables: dict[str, str]) -> float:
+def vacuum_tables(
+    spark: SparkSession,
+    retention: timedelta,
+    tables: dict[str, str],
+    say: Callable[[str], None] | None = None,
+) -> float:
     """VACUUM ``tables`` (``{Lake field: path}``) with ``retention`` (see the module docstring:
     the retention check, and the table property Delta 4 reads); returns the retention in hours.
+    ``say``: progress lines (tables vacuumed, rate, ETA) every 5 s.
 
     Shared by the maintenance stage and ``attune privacy vacuum`` (:mod:`spark.privacy`).
     """
@@ -115,7 +122,13 @@ def vacuum_tables(spark: SparkSession, retention: timedelta, tables: dict[str, s
             )  # fmt: skip
     with temporary_conf(spark, conf), ThreadPoolExecutor(max_workers=4) as pool:
         # Each VACUUM is a few small Spark jobs; running some side by side hides their latency.
-        list(pool.map(lambda path: DeltaTable.forPath(spark, path).vacuum(hours), tables.values()))
+        vacuumed = pool.map(
+            lambda path: DeltaTable.forPath(spark, path).vacuum(hours), tables.values()
+        )
+        for _ in progress_lines(
+            vacuumed, "VACUUM", len(tables), "tables", say=say or (lambda _: None)
+        ):
+            pass
     return hours
 
 
@@ -175,7 +188,7 @@ def run_maintenance(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
         )
 
     started = time.monotonic()
-    hours = vacuum_tables(spark, m.vacuum_retention, tables)
+    hours = vacuum_tables(spark, m.vacuum_retention, tables, ctx.progress)
     out["vacuum"] = {"tables": len(tables), "retention_hours": hours}
     ctx.progress(
         f"maintenance: VACUUM of {len(tables)} tables (retention {hours:g} h) in "

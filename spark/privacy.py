@@ -811,7 +811,7 @@ def vacuum_when_due(
         if decision.due:
             due[name] = path
     if due:
-        vacuum_tables(spark, configured, due)
+        vacuum_tables(spark, configured, due, say)
     for name in due:
         tables[name]["vacuumed"] = True
     return {

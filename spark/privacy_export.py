@@ -58,6 +58,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attune.progress import progress_lines
 from spark.erasure import ERASABLE
 
 if TYPE_CHECKING:
@@ -327,10 +328,12 @@ def read_tables(
     now: datetime,
     profile_key: Callable[[], bytes],
     key_file: str = "privacy.profile_key_file",
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Reading]:
     """Every row of every erasable table that erasure of ``pseudonyms`` at ``now`` would
     delete (the same conditions, :data:`spark.erasure.ERASABLE`), as JSON objects; the
-    columns of :data:`ENCRYPTED_COLUMNS` decrypted with ``profile_key()``."""
+    columns of :data:`ENCRYPTED_COLUMNS` decrypted with ``profile_key()``. ``say``: progress
+    lines (tables read, rate, ETA; one Spark query per table)."""
     from spark.erasure import REQUESTS_DDL, _sql_path
     from spark.tables import is_table
 
@@ -341,7 +344,10 @@ def read_tables(
     ).createOrReplaceTempView(view)
     readings: dict[str, Reading] = {}
     try:
-        for name, condition in ERASABLE.items():
+        tables = progress_lines(
+            ERASABLE.items(), "privacy export", unit="tables", say=say or (lambda _: None)
+        )
+        for name, condition in tables:
             path = paths[name]
             try:
                 if not is_table(spark, path):
@@ -467,6 +473,7 @@ def cmd_export(cfg: AttuneConfig, args: argparse.Namespace) -> int:
                 now,
                 lambda: export_profile_key(cfg),
                 str(cfg.paths.resolve(cfg.privacy.profile_key_file)),
+                say=lambda m: print(m, file=sys.stderr, flush=True),
             )
     except Exception as exc:
         reason = f"Spark could not read the lake: {reason_of(exc)}; see the log above"

@@ -156,7 +156,7 @@ def policy_distribution(
                 f"campaign) but the logs have {logs.n_actions}: evaluate bts on Open Bandit "
                 "logs, or give the policy as a file"
             )
-        report = rate_reporter("simulating Thompson-sampling slates", _progress_line)
+        report = rate_reporter("simulating Thompson-sampling slates", _progress_line, unit="slates")
         dist = thompson_slate_distribution(
             prior.alpha, prior.beta, logs.len_list, n_sim=n_sim, seed=seed, progress=report
         )
@@ -347,7 +347,9 @@ def cmd_evaluate(cfg: AttuneConfig, args: argparse.Namespace) -> int:
             folds=args.folds,
             n_bootstrap=args.bootstrap,
             seed=args.seed,
-            progress=rate_reporter("bootstrap (reward model refitted)", _progress_line),
+            progress=rate_reporter(
+                "bootstrap (reward model refitted)", _progress_line, unit="resamples"
+            ),
         )
         obp_runs = None
         if args.obp_runs and truth is not None:
@@ -358,7 +360,7 @@ def cmd_evaluate(cfg: AttuneConfig, args: argparse.Namespace) -> int:
                 runs=args.obp_runs,
                 folds=args.folds,
                 l2=evaluation.l2,
-                progress=rate_reporter("obp protocol runs", _progress_line),
+                progress=rate_reporter("obp protocol runs", _progress_line, unit="runs"),
             )
     except (LogsError, PolicyError, OPEInputError) as exc:
         _err(str(exc))

@@ -33,7 +33,6 @@ of resampled round indices serves all four and keeps them paired.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -353,28 +352,15 @@ def evaluate(
 
 
 def rate_reporter(
-    label: str, emit: Callable[[str], None], min_seconds: float = 3.0, every: float = 5.0
+    label: str,
+    emit: Callable[[str], None],
+    min_seconds: float = 3.0,
+    every: float = 5.0,
+    unit: str = "",
 ) -> Progress:
-    """A :data:`Progress` that emits ``label: done/total (rate/s, ETA s)`` lines.
+    """A :data:`Progress` that emits ``label: done/total, rate/s, ETA s`` lines
+    (:func:`attune.progress.reporter`): silent for the first ``min_seconds``, then at most once
+    every ``every`` seconds, and once at the end when the work took longer than that."""
+    from attune.progress import reporter
 
-    Silent for the first ``min_seconds`` (short steps print nothing), then at most once every
-    ``every`` seconds, and once at the end if it printed anything before.
-    """
-    start = time.monotonic()
-    state = {"last": start, "printed": False}
-
-    def report(done: int, total: int) -> None:
-        now = time.monotonic()
-        elapsed = now - start
-        finished = done >= total
-        if elapsed < min_seconds and not state["printed"]:
-            return
-        if not finished and state["printed"] and now - state["last"] < every:
-            return
-        rate = done / elapsed if elapsed > 0 else float("inf")
-        eta = (total - done) / rate if rate > 0 else float("inf")
-        emit(f"{label}: {done}/{total} ({rate:,.0f}/s, ETA {eta:.0f} s)")
-        state["last"] = now
-        state["printed"] = True
-
-    return report
+    return reporter(label, emit, unit, every=every, min_seconds=min_seconds)

@@ -214,3 +214,37 @@ def test_run_on_the_sample_says_it_is_anecdotal(cfg: AttuneConfig, tmp_path: Pat
     assert written["data"]["sessions"] == 20 and (tmp_path / "s.png").exists()
     args.models = "popularity,gru4rec"
     assert cmd_evaluate_sessions(cfg, args) == 2
+
+
+def test_load_otto_says_megabytes_read_with_rate_and_eta(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+
+    import models.sessions as sessions_module
+    from attune.progress import RateEta
+
+    ticks = iter(range(100))  # a fake clock: one second per reading
+
+    def clock() -> float:
+        return float(next(ticks))
+
+    monkeypatch.setattr(
+        sessions_module,
+        "RateEta",
+        functools.partial(RateEta, clock=clock, every=0.0, min_seconds=0.0),
+    )
+    head = '{"session": 1, "events": [{"aid": 7, "ts": 1661200010000, "type": "clicks"}]}'
+    line = head.ljust(99) + "\n"  # 100 bytes a line, 30,000 lines: 3,000,000 bytes
+    (tmp_path / "train.jsonl").write_text(line * 30_000)
+    lines: list[str] = []
+    sessions_module.load_otto(tmp_path, max_sessions=1, say=lines.append)
+    # clock: 0 at the start; lines 10,000 and 20,000 at 1 s and 2 s, the end at 3 s (no line:
+    # complete), the closing line at 5 s (the last set() read 4). 1,000,000 bytes = 0.954 MB
+    # of 2.86 MB in 1 s: 0.954 MB/s, 2/3 left at that rate = 2 s; at 2 s: 1.91 MB, still
+    # 0.954 MB/s, 1/3 left = 1 s; 2.86 MB in 5 s = 0.572 MB/s.
+    assert lines == [
+        "reading train.jsonl: 0.954/2.86 MB, 0.954 MB/s, ETA 2 s",
+        "reading train.jsonl: 1.91/2.86 MB, 0.954 MB/s, ETA 1 s",
+        "reading train.jsonl: 2.86/2.86 MB, 0.572 MB/s, done in 5 s",
+    ]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from datetime import date
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -38,3 +41,47 @@ def test_cli_wires_batch_run_and_privacy_erase() -> None:
     assert erase.user == ["alice", "bob"] and erase.anonymous_id is None
     with pytest.raises(SystemExit):
         build_parser().parse_args(["batch", "run", "--date", "2013-03-05", "--stage", "bronze"])
+
+
+def test_run_batch_says_each_stage_start_and_beats_while_it_runs(
+    cfg: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Spark: a stand-in session and two stand-in stages; the second runs long enough for
+    heartbeats (every 0.05 s here, 10 s for real)."""
+    import spark.job as job
+    from spark.context import Stage
+
+    tracker = SimpleNamespace(
+        getActiveStageIds=lambda: [7],
+        getStageInfo=lambda i: SimpleNamespace(numTasks=16, numCompletedTasks=4),
+    )
+    context = SimpleNamespace(setJobGroup=lambda *a: None, statusTracker=lambda: tracker)
+    session = SimpleNamespace(sparkContext=context)
+
+    def slow(ctx: Any, inputs: Any) -> dict[str, object]:
+        time.sleep(0.3)
+        return {}
+
+    monkeypatch.setattr(
+        job, "PIPELINE", (Stage("quick", lambda ctx, inputs: {"rows": 1}), Stage("slow", slow))
+    )
+    monkeypatch.setattr(job, "STAGES", ("quick", "slow"))
+    monkeypatch.setattr(job, "HEARTBEAT_S", 0.05)
+    lines: list[str] = []
+    stand_in: Any = session
+    report = job.run_batch(cfg, date(2013, 3, 1), spark=stand_in, say=lines.append)
+    assert [s.stage for s in report.stages] == ["quick", "slow"]
+    said = [line.split("] ", 1)[1] for line in lines]  # after "batch <date> [<elapsed> s]"
+    said = [s for s in said if not s.startswith("quick: ")]  # a beat there: a loaded machine
+    assert said[1] == "quick (stage 1/2) started"
+    assert said[2].startswith("quick done in ")
+    assert said[3] == "slow (stage 2/2) started"
+    beats = said[4:-1]
+    assert beats and all(
+        b.startswith("slow: ")
+        and b.endswith(
+            "s elapsed (total unknown, no ETA); Spark tasks 4/16 of 1 running Spark stage(s)"
+        )
+        for b in beats
+    ), beats
+    assert said[-1].startswith("slow done in ")
