@@ -180,6 +180,7 @@ def generate_bronze(
             (position if position is not None else F.lit(None).cast("long")).alias("position"),
             F.lit(None).cast("string").alias("category"),
             F.lit(None).cast("string").alias("team"),
+            F.lit(None).cast("double").alias("propensity"),
         )
 
     shown = F.array(*[one(pick_item(30 + p), position=F.lit(p).cast("long")) for p in range(4)])
@@ -188,7 +189,7 @@ def generate_bronze(
             F.col("type").isin("page_view", "search", "profile_update"),
             F.array().cast(
                 "array<struct<item_id:string,quantity:bigint,price:double,position:bigint,"
-                "category:string,team:string>>"
+                "category:string,team:string,propensity:double>>"
             ),
         )
         .when(F.col("type") == "impression", shown)
@@ -284,6 +285,7 @@ def generate_bronze(
                 F.lit(None).cast("long").alias("position"),
                 F.lit(None).cast("string").alias("category"),
                 F.lit(None).cast("string").alias("team"),
+                F.lit(None).cast("double").alias("propensity"),
             )
         ).alias("items"),
         *[
