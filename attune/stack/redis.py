@@ -73,6 +73,13 @@ def redis_not_ready(cfg: AttuneConfig) -> str | None:
         client = redis_client(cfg)  # a cluster client connects here
     except redis.exceptions.RedisError as exc:
         return f"PING failed: {exc}"
+    return ping_not_ready(client)
+
+
+def ping_not_ready(client: Any) -> str | None:
+    """Why ``client``'s server does not answer a PING yet (None: it does); closes ``client``."""
+    import redis
+
     try:
         client.ping()
     except redis.exceptions.BusyLoadingError:

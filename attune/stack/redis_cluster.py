@@ -36,7 +36,7 @@ from attune.stack.common import (
     stop,
     wait_until,
 )
-from attune.stack.redis import _is_redis, ensure_redis_server
+from attune.stack.redis import _is_redis, ensure_redis_server, ping_not_ready
 
 CLUSTER_START_TIMEOUT_S = 60.0
 HASH_SLOTS = 16384
@@ -172,18 +172,7 @@ def _cluster_info(layout: RedisClusterLayout, port: int) -> dict[str, Any]:
 
 def node_not_ready(layout: RedisClusterLayout, port: int) -> str | None:
     """Why the node on ``port`` does not answer yet, or None."""
-    import redis
-
-    client = _client(layout, port)
-    try:
-        client.ping()
-    except redis.exceptions.BusyLoadingError:
-        return "loading its data set"
-    except redis.exceptions.RedisError as exc:
-        return f"PING failed: {exc}"
-    finally:
-        client.close()
-    return None
+    return ping_not_ready(_client(layout, port))
 
 
 def cluster_not_ready(layout: RedisClusterLayout) -> str | None:
