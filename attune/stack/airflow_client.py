@@ -57,6 +57,15 @@ class DagRunResult:
     run: dict[str, Any]
 
 
+def run_progress_line(dag_id: str, tasks: list[TaskRun], elapsed_s: float) -> str:
+    """``attune_nightly: 95 s, 3/9 tasks done, running gold``: a run's tasks differ too much in
+    size for an ETA, so the line says how far it is in tasks and what runs now."""
+    done = sum(1 for t in tasks if t.state in TASK_DONE)
+    running = sorted(t.task_id for t in tasks if t.state == "running")
+    now = f", running {', '.join(running)}" if running else ""
+    return f"{dag_id}: {elapsed_s:.0f} s, {done}/{len(tasks)} tasks done{now}"
+
+
 class AirflowClient:
     """A logged-in client of one Airflow API server."""
 
@@ -233,8 +242,10 @@ class AirflowClient:
         say: Callable[[str], None] = print,
         poll_s: float = 2.0,
         drop_scheduled: bool = False,
+        heartbeat_s: float = 30.0,
     ) -> DagRunResult:
-        """Follow a run until it ends, saying each task's new state (with its time).
+        """Follow a run until it ends, saying each task's new state (with its time), and every
+        ``heartbeat_s`` without one (a long task) a :func:`run_progress_line`.
 
         ``drop_scheduled``: the queued *scheduled* runs of the DAG that appear meanwhile are
         ended without running. Unpausing a DAG makes the scheduler queue a run for the latest
@@ -245,6 +256,7 @@ class AirflowClient:
         """
         started = time.monotonic()
         seen: dict[str, str | None] = {}
+        last_line = started
         while True:
             if drop_scheduled:
                 for other in self.runs(dag_id):
@@ -266,8 +278,12 @@ class AirflowClient:
                     took = f" in {t.seconds:.1f} s" if t.seconds and t.state in TASK_DONE else ""
                     retry = f" (try {t.try_number})" if t.try_number > 1 else ""
                     say(f"{dag_id} {t.task_id}: {t.state}{took}{retry}")
+                    last_line = time.monotonic()
                 seen[t.task_id] = t.state
             elapsed = time.monotonic() - started
+            if tasks and time.monotonic() - last_line >= heartbeat_s:
+                say(run_progress_line(dag_id, tasks, elapsed))
+                last_line = time.monotonic()
             if run["state"] in FINISHED:
                 if not tasks:
                     raise StackError(

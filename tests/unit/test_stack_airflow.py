@@ -149,3 +149,18 @@ def test_a_patch_answered_with_a_locked_database_is_repeated_until_it_lands(
     answers[:] = [500]
     with pytest.raises(airflow_client.StackError, match="500 to POST"):
         client.request("POST", "/api/v2/dags/d/dagRuns", json={})
+
+
+def test_a_long_task_gets_a_line_with_the_runs_progress_in_tasks() -> None:
+    from attune.stack.airflow_client import TaskRun, run_progress_line
+
+    tasks = [
+        TaskRun("silver", "success", 40.0, 1),
+        TaskRun("quality", "skipped", None, 1),
+        TaskRun("gold", "running", None, 1),
+        TaskRun("views", None, None, 0),
+    ]
+    assert run_progress_line("attune_nightly", tasks, 95.4) == (
+        "attune_nightly: 95 s, 2/4 tasks done, running gold"
+    )
+    assert run_progress_line("d", tasks[:2], 3) == "d: 3 s, 2/2 tasks done"
