@@ -36,10 +36,13 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from attune.keys import KeyTemplate
+from attune.redis_connect import connect
 from spark.context import RunContext, Stage, StageInputs, StageOutputs, window_start
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
+
+    from attune.config import RedisConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,18 +92,15 @@ class ZsetWriter:
 
     def __init__(
         self,
-        host: str,
-        port: int,
-        db: int,
+        redis: RedisConfig,
         key_format: str,
         ttl_s: int | None,
         extra_hash: dict[str, str] | None = None,
         hash_format: str | None = None,
         keys_per_batch: int = 500,
         counter: Any = None,
-        cluster: bool = False,
     ) -> None:
-        self.host, self.port, self.db, self.cluster = host, port, db, cluster
+        self.redis = redis
         self.counter = counter  # a Spark accumulator: how many keys were written
         self.key_format = key_format
         self.ttl_s = ttl_s
@@ -109,11 +109,11 @@ class ZsetWriter:
         self.keys_per_batch = keys_per_batch
 
     def __call__(self, rows: Iterable[Any]) -> None:
-        client = _connect(self.host, self.port, self.db, self.cluster)
+        client = connect(self.redis)
         n = 0
         try:
             # a cluster has no transaction across slots: each key is then replaced on its own
-            pipe = client.pipeline(transaction=not self.cluster)
+            pipe = client.pipeline(transaction=not self.redis.cluster)
             for n, row in enumerate(rows, start=1):
                 self._replace(pipe, row)
                 if n % self.keys_per_batch == 0:
@@ -145,23 +145,15 @@ class ZsetWriter:
 class OnlineCorrector:
     """``mapPartitions`` function re-applying interaction rows through the write script."""
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        db: int,
-        store: Any,
-        rows_per_call: int = 20_000,
-        cluster: bool = False,
-    ):
-        self.host, self.port, self.db, self.cluster = host, port, db, cluster
+    def __init__(self, redis: RedisConfig, store: Any, rows_per_call: int = 20_000):
+        self.redis = redis
         self.store = store
         self.rows_per_call = rows_per_call
 
     def __call__(self, rows: Iterable[Any]) -> Iterable[tuple[int, int, int, int]]:
         from attune.online_store import ApplyStats, OnlineStoreWriter
 
-        client = _connect(self.host, self.port, self.db, self.cluster)
+        client = connect(self.redis)
         writer = OnlineStoreWriter(client, self.store)
         total = ApplyStats()
         chunk: list[tuple[str, int, str, str]] = []
@@ -183,14 +175,14 @@ class CatalogMirror:
     """``foreachPartition`` function mirroring items into ``P:i:{item}:meta``: the online store's
     write script looks the genres of each interaction up there."""
 
-    def __init__(self, host: str, port: int, db: int, store: Any, cluster: bool = False) -> None:
-        self.host, self.port, self.db, self.cluster = host, port, db, cluster
+    def __init__(self, redis: RedisConfig, store: Any) -> None:
+        self.redis = redis
         self.store = store
 
     def __call__(self, rows: Iterable[Any]) -> None:
         from attune.online_store import OnlineStoreWriter
 
-        client = _connect(self.host, self.port, self.db, self.cluster)
+        client = connect(self.redis)
         try:
             writer = OnlineStoreWriter(client, self.store)
             batch: dict[str, dict[str, Any]] = {}
@@ -209,14 +201,6 @@ class CatalogMirror:
             client.close()
 
 
-def _connect(host: str, port: int, db: int, cluster: bool) -> Any:
-    """A client on a Spark worker, which gets the plain settings, not the config object."""
-    from attune.config import RedisConfig
-    from attune.redis_connect import connect
-
-    return connect(RedisConfig(host=host, port=port, db=db, cluster=cluster))
-
-
 def _key_format(build: Callable[[str], str]) -> str:
     """The :class:`ZsetWriter` format (``{id}`` for the entity) of a key builder."""
     return KeyTemplate.of(build).key("{id}")
@@ -228,7 +212,6 @@ def run_views(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
 
     from attune.features import FeatureParams, online_rows
     from attune.online_store import OnlineStore
-    from attune.redis_connect import connect
     from spark import drift
     from spark.tables import date_between, read_table
 
@@ -259,15 +242,12 @@ def run_views(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
     users_written = spark.sparkContext.accumulator(0)
     per_user.foreachPartition(
         ZsetWriter(
-            r.host,
-            r.port,
-            r.db,
+            r,
             user_fmt,
             ttl,
             {"as_of": day.isoformat()},
             batch_fmt,
             counter=users_written,
-            cluster=r.cluster,
         )
     )
     n_users = int(users_written.value)
@@ -280,9 +260,7 @@ def run_views(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
         ("user", _key_format(keys.item_knn)),
     ):
         rows = _zset_rows(cooc.where(F.col("kind") == kind), "item_id", "other_item_id", "score")
-        rows.foreachPartition(
-            ZsetWriter(r.host, r.port, r.db, fmt, ttl, counter=items_written, cluster=r.cluster)
-        )
+        rows.foreachPartition(ZsetWriter(r, fmt, ttl, counter=items_written))
     n_items = int(items_written.value)
     ctx.progress(f"views: {n_items:,} neighbour lists (similar, bought with, kNN)")
 
@@ -329,13 +307,11 @@ def run_views(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
         # from the items dimension first, so corrected interactions get the same genres.
         read_table(spark, lake.silver_items).select(
             "item_id", "title", "year", "genres"
-        ).foreachPartition(CatalogMirror(r.host, r.port, r.db, store, cluster=r.cluster))
+        ).foreachPartition(CatalogMirror(r, store))
         rows = online_rows(events, FeatureParams.from_config(cfg)).repartition(
             cfg.spark.shuffle_partitions, "user"
         )
-        stats = rows.rdd.mapPartitions(
-            OnlineCorrector(r.host, r.port, r.db, store, cluster=r.cluster)
-        ).collect()
+        stats = rows.rdd.mapPartitions(OnlineCorrector(r, store)).collect()
         users, applied, dups, late = (sum(s[i] for s in stats) for i in range(4))
         out["correction"] = {
             "users": users,

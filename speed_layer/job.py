@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
 
-    from attune.config import AttuneConfig
+    from attune.config import AttuneConfig, RedisConfig
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +335,8 @@ class OnlineBatchWriter:
 class RealTimeRedisWriter:
     """``foreach`` writer for real-time mode: applies rows to Redis in small groups.
 
-    Pickled to the Python workers, so it holds only plain settings and connects on ``open``.
+    Pickled to the Python workers, so it holds only settings (``redis``, the config's section)
+    and connects on ``open``.
     Rows are applied every ``flush_rows`` rows and when the epoch closes: in Spark 4.1.1 the
     Python foreach writer gets an epoch's rows together at its end anyway (see
     docs/speed_layer.md), and one script call per row could not keep up.
@@ -343,14 +344,12 @@ class RealTimeRedisWriter:
 
     def __init__(
         self,
-        host: str,
-        port: int,
-        db: int,
+        redis: RedisConfig,
         store: OnlineStore,
         flush_rows: int = 500,
         cfg: AttuneConfig | None = None,
     ) -> None:
-        self.host, self.port, self.db, self.store = host, port, db, store
+        self.redis, self.store = redis, store
         self.flush_rows = flush_rows
         self.cfg = cfg  # for the bandits' feedback (None: no bandits)
         self._writer: OnlineStoreWriter | None = None
@@ -358,11 +357,9 @@ class RealTimeRedisWriter:
         self._rows: list[tuple[str, int, str, str]] = []
 
     def open(self, partition_id: int, epoch_id: int) -> bool:
-        from attune.config import RedisConfig
         from attune.redis_connect import connect
 
-        r = self.cfg.redis if self.cfg else RedisConfig(host=self.host, port=self.port, db=self.db)
-        client = connect(r)
+        client = connect(self.redis)
         self._writer = OnlineStoreWriter(client, self.store)
         self._bandits = None if self.cfg is None else BanditFeedback.from_config(self.cfg, client)
         self._rows = []
@@ -466,7 +463,7 @@ def start_online(
     _check_realtime_slots(spark, cfg)
     stream_writer = (
         rows.writeStream.queryName(name)
-        .foreach(RealTimeRedisWriter(cfg.redis.host, cfg.redis.port, cfg.redis.db, store, cfg=cfg))
+        .foreach(RealTimeRedisWriter(cfg.redis, store, cfg=cfg))
         .outputMode("update")
         .option("checkpointLocation", str(checkpoint))
     )

@@ -58,3 +58,20 @@ def test_without_a_wait_the_error_ends_the_batch_as_before() -> None:
     with pytest.raises(redis.ConnectionError):
         batch_writer(writer, 0.0, slept).write(ROWS, batch_id=7)
     assert writer.calls == [ROWS] and slept == []
+
+
+def test_the_real_time_writer_pickles_its_redis_settings_and_connects_with_them() -> None:
+    import pickle
+
+    from attune.config import RedisConfig
+    from attune.online_store import OnlineStore
+    from speed_layer.job import RealTimeRedisWriter
+
+    shipped = pickle.loads(
+        pickle.dumps(RealTimeRedisWriter(RedisConfig(port=6390, db=4), OnlineStore()))
+    )
+    assert shipped.open(0, 0)  # no command is sent before the first rows
+    assert shipped._writer is not None
+    kwargs = shipped._writer.redis.connection_pool.connection_kwargs
+    assert (kwargs["port"], kwargs["db"]) == (6390, 4)
+    shipped.close(None)
