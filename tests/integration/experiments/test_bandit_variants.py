@@ -166,7 +166,9 @@ def test_two_concurrent_first_requests_agree(test_cfg: AttuneConfig) -> None:
                 store.remember_variant("race", "arms", b"first"),
                 store.remember_variant("race", "arms", b"second"),
             )
-            assert direct[0] == direct[1] == b"first"  # the second found the first's value
+            # both get the value whose write reached Redis first (either may: the two calls
+            # can go out on two pooled connections, so their order at Redis is not theirs)
+            assert direct[0] == direct[1] and direct[0] in (b"first", b"second")
             for i in range(20):
                 user = f"r{i}"
                 wanted = rec.assigner.bandit_experiments(user)
