@@ -322,7 +322,9 @@ class Recommender:
             raw, state = data.experiment_bandits.get(a.experiment, (None, {}))
             stored = StoredVariant.decode(raw)
             if stored is None:
-                mine = choose(a.bandit, a.arms, state, uuid.uuid4().hex, int(now * 1000))
+                mine = choose(
+                    a.bandit, a.arms, state, uuid.uuid4().hex, int(now * 1000), data.segment
+                )
                 kept = await self.store.remember_variant(req.subject, a.experiment, mine.encode())
                 stored = StoredVariant.decode(kept) or mine
                 if stored == mine:

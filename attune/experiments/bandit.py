@@ -2,12 +2,16 @@
 
 An A/B experiment that declares ``allocation.bandit`` (:class:`attune.experiments.spec.
 BanditAllocationSpec`) does not split its users by a hash: the first time a user of the
-experiment asks for recommendations, a Thompson-sampling bandit chooses the variant
-(:func:`attune.bandits.slots.decide` over the experiment's variants, policy ``experiment:<id>``,
-:func:`policy_name`, state ``P:bandit:{experiment:<id>}``), and the choice is **stored, not
-derived**: the bandit's state moves on, so deciding again would move the user to another
-variant. Who is in the experiment at all stays the pure business of
-:class:`attune.experiments.assignment.Assigner` (holdout, layer range, status, targeting).
+experiment asks for recommendations, a bandit chooses the variant (Thompson sampling, or LinUCB
+over the user's segment: :func:`attune.bandits.slots.decide` over the experiment's variants,
+policy ``experiment:<id>``, :func:`policy_name`, state ``P:bandit:{experiment:<id>}``), and
+the choice is **stored, not derived**: the bandit's state moves on, so deciding again would
+move the user to another variant. A LinUCB decision's context is the user's segment at the
+first exposure; the speed layer updates the arm with the user's segment at each list
+impression and click (:mod:`attune.bandits.feedback`), which differs only when the nightly
+batch has moved the user to another segment meanwhile, as for a content slot. Who is in the
+experiment at all stays the pure business of :class:`attune.experiments.assignment.Assigner`
+(holdout, layer range, status, targeting).
 
 Per user and experiment the API keeps ``P:u:{u}:exp:<id>``
 (:meth:`attune.keys.Keys.user_experiment_variant`, in the user's hash tag, so erasure deletes it
@@ -91,8 +95,10 @@ def choose(
     raw_state: Mapping[Any, Any],
     decision_id: str,
     now_ms: int,
+    segment: str | None = None,
 ) -> StoredVariant:
     """A new decision among ``arms`` (the experiment's variants that take part, in declared
-    order) from the bandit's stored state (its ``HGETALL`` reply); no segment (Thompson only)."""
-    d = decide(cfg, arms, raw_state, None, decision_id)
+    order) from the bandit's stored state (its ``HGETALL`` reply); ``segment``, the user's
+    (batch layer) segment, is the context of a LinUCB policy and ignored by Thompson sampling."""
+    d = decide(cfg, arms, raw_state, segment, decision_id)
     return StoredVariant(d.action, d.propensity, decision_id, now_ms)

@@ -45,16 +45,16 @@ Concepts:
   of the experiment gets a team-draft merge of both variants' lists, and a click credits the
   variant whose item was clicked (:mod:`attune.experiments.interleaving`). Weights do not split
   users there; they must still not all be 0.
-* **allocation.bandit** (``type: ab`` only) lets a Thompson-sampling bandit choose each new
-  user's variant instead of the hash: policy ``experiment:<id>`` learns from the clicks on the
-  experiment's lists, the choice is stored per user (``Keys.user_experiment_variant``) and kept
-  for as long as the key lives, and the first exposure logs a decision impression with the
-  propensity (docs/bandits.md, "Experiment variants"). ``epsilon`` (> 0) keeps every variant's
-  propensity at least ``epsilon / variants``, so off-policy estimates can divide by it; weights
-  only say which variants take part (0 leaves one out) and must otherwise be equal. ``linucb``
-  is refused (a list click carries no decision context to learn from); so is interleaving.
-  The report then skips the sample-ratio test and warns that its fixed-allocation statistics
-  are biased.
+* **allocation.bandit** (``type: ab`` only) lets a bandit (Thompson sampling, or LinUCB over
+  the user's segment) choose each new user's variant instead of the hash: policy
+  ``experiment:<id>`` learns from the impressions and clicks of the experiment's lists, the
+  choice is stored per user (``Keys.user_experiment_variant``) and kept for as long as the key
+  lives, and the first exposure logs a decision impression with the propensity
+  (docs/bandits.md, "Experiment variants"). ``epsilon`` (> 0) keeps every variant's propensity
+  at least ``epsilon / variants``, so off-policy estimates can divide by it; weights only say
+  which variants take part (0 leaves one out) and must otherwise be equal. Interleaving is
+  refused. The report then skips the sample-ratio test and warns that its fixed-allocation
+  statistics are biased.
 * **start / stop** is the planned window. ``attune experiments start ID`` makes an experiment
   run (from ``start`` when that is in the future); it stops at ``stop`` or at
   ``attune experiments stop ID``.
@@ -225,30 +225,28 @@ def _aware(v: Any) -> Any:
 
 
 class BanditAllocationSpec(_Strict):
-    """``allocation.bandit``: the variants are arms of a Thompson-sampling bandit (policy
-    ``experiment:<id>``, :mod:`attune.bandits.registry`) instead of a hash split."""
+    """``allocation.bandit``: the variants are arms of a bandit (policy ``experiment:<id>``,
+    :mod:`attune.bandits.registry`) instead of a hash split: Thompson sampling, or LinUCB over
+    the user's segment at the first exposure (the speed layer learns from each list impression
+    and click with the user's segment then, as it does for a content slot)."""
 
-    policy: Literal["thompson"] = Field(
-        "thompson", description="Beta-Bernoulli Thompson sampling (the only one here)."
+    policy: Literal["thompson", "linucb"] = Field(
+        "thompson",
+        description="thompson: Beta-Bernoulli Thompson sampling; linucb: contextual (LinUCB "
+        "over the user's segment).",
     )
     epsilon: float = Field(
         0.1, gt=0, le=1, description="Exploration floor: every variant >= epsilon / variants."
     )
-    prior_alpha: float = Field(1.0, ge=1.0, description="Beta prior's alpha.")
-    prior_beta: float = Field(1.0, ge=1.0, description="Beta prior's beta.")
+    prior_alpha: float = Field(1.0, ge=1.0, description="thompson: Beta prior's alpha.")
+    prior_beta: float = Field(1.0, ge=1.0, description="thompson: Beta prior's beta.")
+    ucb_alpha: float = Field(0.5, gt=0.0, description="linucb: width of the confidence bonus.")
+    ridge: float = Field(1.0, gt=0.0, description="linucb: ridge penalty of each arm's model.")
+    segments: list[str] = Field(
+        default_factory=lambda: ["new", "active", "at_risk", "dormant"],
+        description="linucb: the segments one-hot encoded in the context (others: none set).",
+    )
     seed: int = Field(0, description="Seeds every decision with its decision id.")
-
-    @field_validator("policy", mode="before")
-    @classmethod
-    def _thompson_only(cls, v: Any) -> Any:
-        if v == "linucb":
-            raise ValueError(
-                "linucb is not offered for experiment variants: a variant is decided once per "
-                "user and learns from the clicks on its lists, and a list click carries no "
-                "decision context, so the context would have to be rebuilt for every click; "
-                "use policy: thompson"
-            )
-        return v
 
     @field_validator("epsilon", mode="before")
     @classmethod
@@ -268,8 +266,23 @@ class BanditAllocationSpec(_Strict):
             epsilon=self.epsilon,
             prior_alpha=self.prior_alpha,
             prior_beta=self.prior_beta,
+            ucb_alpha=self.ucb_alpha,
+            ridge=self.ridge,
+            segments=list(self.segments),
             seed=self.seed,
         )
+
+    def recorded(self) -> dict[str, Any]:
+        """What the experiment's recorded allocation keeps: the policy's own settings only, so
+        that a Thompson experiment started before LinUCB was offered reads as unchanged."""
+        own = _POLICY_FIELDS[self.policy]
+        return {k: v for k, v in self.model_dump(mode="json").items() if k in own}
+
+
+_POLICY_FIELDS = {
+    "thompson": ("policy", "epsilon", "prior_alpha", "prior_beta", "seed"),
+    "linucb": ("policy", "epsilon", "ucb_alpha", "ridge", "segments", "seed"),
+}
 
 
 class AllocationSpec(_Strict):

@@ -109,7 +109,7 @@ def declared_allocations(decls: ExperimentsFile) -> dict[str, Allocation]:
         lo = 0.0
         for exp in members:
             hi = min(1.0, lo + exp.traffic)
-            bandit = None if exp.bandit is None else exp.bandit.model_dump(mode="json")
+            bandit = None if exp.bandit is None else exp.bandit.recorded()
             out[exp.id] = Allocation(layer, exp.traffic, (lo, hi), exp.weights, bandit)
             lo = hi
     return out

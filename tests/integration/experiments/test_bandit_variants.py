@@ -32,7 +32,7 @@ REDIS_DB = 8  # shared with test_state_redis; the key prefix is this run's own
 NOW_S = 1_764_892_800.0  # 2025-12-05T00:00:00Z
 
 
-def declarations(epsilon: float = 0.1) -> ExperimentsFile:
+def declarations(epsilon: float = 0.1, policy: str = "thompson") -> ExperimentsFile:
     return parse_experiments(
         {
             "experiments": [
@@ -41,7 +41,7 @@ def declarations(epsilon: float = 0.1) -> ExperimentsFile:
                     "hypothesis": "h",
                     "layer": "recs",
                     "variants": {"control": {}, "treatment": {"ranking": False}},
-                    "allocation": {"bandit": {"epsilon": epsilon}},
+                    "allocation": {"bandit": {"epsilon": epsilon, "policy": policy}},
                 }
             ]
         }
@@ -144,6 +144,69 @@ def test_the_first_request_decides_and_stores_and_later_ones_keep_it(
                     keys.bandit(policy_name("arms")),
                     mapping={"c:control": 500, "c:treatment": 10},
                 )
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sync.close()
+
+
+def test_a_linucb_experiment_learns_from_list_clicks_by_segment_and_decides_by_it(
+    test_cfg: AttuneConfig,
+) -> None:
+    # The speed layer's feedback script counts the experiment's list impressions and clicks
+    # with each user's segment (read from the batch hash): active users clicked control's
+    # lists 5 times in 10 and treatment's 0 times in 10, new users the reverse. Both arms then
+    # hold the same impressions (the same A = I + sum x x', the same confidence bonus), and
+    # the estimates differ by 5 x' A^-1 (x_active - x_new): > 0 for an active user and < 0 for
+    # a new one (equal A^-1 norms by the segments' symmetry, then Cauchy-Schwarz). So, by hand,
+    # with epsilon 0.1 over 2 variants, an active user's decision gives control 0.95 and
+    # treatment 0.05, a new user's the reverse, whichever variant the draw then shows.
+    from attune.bandits.feedback import BanditFeedback
+
+    d = declarations(policy="linucb")
+    spec = d.experiments[0].bandit
+    assert spec is not None
+    rec, store = make(test_cfg, d)
+    keys = store.keys
+    sync = redis.Redis(host=test_cfg.redis.host, port=test_cfg.redis.port, db=REDIS_DB)
+    t0 = int(NOW_S * 1000) - 60_000
+    rows: list[tuple[str, int, str, str]] = []
+    for segment, clicked in (("active", "control"), ("new", "treatment")):
+        for i in range(10):
+            user = f"learn-{segment}-{i}"
+            sync.hset(keys.user_batch(user), "segment", segment)
+            for variant in ("control", "treatment"):
+                rc = f"arms:{variant}:{user}"
+                kinds = ["impression"] + (["rec_click"] if variant == clicked and i < 5 else [])
+                for kind in kinds:
+                    iid = f"{user}-{variant}-{kind}#0"
+                    payload = {"i": iid, "t": t0 + i, "y": kind, "x": 1, "rc": rc, "it": "m1"}
+                    rows.append((user, t0 + i, iid, orjson.dumps(payload).decode()))
+    fb = BanditFeedback(sync, keys, {policy_name("arms"): spec.bandit_config()}, 3_600_000, 3)
+    stats = fb.apply(rows)
+    assert (stats.applied, stats.duplicates, stats.too_late) == (50, 0, 0)  # 40 + 10 clicks
+    state = sync.hgetall(keys.bandit(policy_name("arms")))
+    assert {k: int(v) for k, v in state.items() if k[:2] in (b"n:", b"c:")} == {
+        b"n:control": 20,
+        b"n:treatment": 20,
+        b"c:control": 5,
+        b"c:treatment": 5,
+    }
+
+    async def scenario() -> None:
+        try:
+            for segment, best in (("active", "control"), ("new", "treatment")):
+                for i in range(4):
+                    user = f"decide-{segment}-{i}"
+                    sync.hset(keys.user_batch(user), "segment", segment)
+                    variant, first = await resolve(rec, user)
+                    ((_, decided),) = first
+                    assert decided.variant == variant
+                    expected = 0.95 if variant == best else 0.05
+                    assert decided.propensity == pytest.approx(expected, abs=1e-9)
         finally:
             await store.close()
 

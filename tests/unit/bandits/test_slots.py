@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import orjson
 import pytest
 
-from attune.bandits.policies import LinearState, Observation, update_linear
+from attune.bandits.policies import Observation
 from attune.bandits.slots import decide, layout, policy_name, slot_arms
-from attune.bandits.store import update_arguments
 from attune.config import BanditConfig, ContentRule
+from tests.unit.bandits.stored import linear_hash
 
 RULES = [
     ContentRule(variant="welcome", max_events=0),
@@ -65,20 +64,8 @@ def test_linucb_without_data_ties_and_with_data_follows_the_segment() -> None:
     x = features.vector("active")
     # "a" clicked 50 of 100 times for active users, "b" 1 of 100 (statistics as the store
     # keeps them; the bytes go through the same encoding as Redis)
-    delta = update_linear(
-        LinearState.empty(("a", "b"), features.names),
-        [Observation("a", x, 100, 50), Observation("b", x, 100, 1)],
-    )
-    args = update_arguments(delta)
-    # what the store's update script writes for these arguments, on an empty hash
-    header = orjson.loads(args[0])
-    raw: dict[bytes, bytes] = {b"features": orjson.dumps(list(features.names))}
-    blobs = iter(args[1:])
-    for arm, n, c, has in header["arms"]:
-        raw[f"n:{arm}".encode()] = str(n).encode()
-        raw[f"c:{arm}".encode()] = str(c).encode()
-        if has:
-            raw[f"x:{arm}".encode()] = next(blobs)
+    obs = [Observation("a", x, 100, 50), Observation("b", x, 100, 1)]
+    raw = linear_hash(("a", "b"), features.names, obs)
     d = decide(cfg, ("a", "b"), raw, "active", "x")
     assert d.propensities == pytest.approx((0.95, 0.05))
     assert np.isclose(sum(d.propensities), 1.0)
