@@ -22,6 +22,8 @@ echo "test.sh: starting the stack"
 "$attune" stack up
 
 status=0
-.venv/bin/pytest "$@" || status=$?
+mkdir -p var/log
+.venv/bin/pytest --junitxml=var/log/junit.xml "$@" || status=$?
 echo "test.sh: pytest exited with $status"
+.venv/bin/python scripts/test_times.py var/log/junit.xml || true
 exit "$status"
