@@ -278,6 +278,21 @@ class CollectorConfig(_Section):
         description="/metrics, /docs and /openapi.json need an admin key "
         "(`attune keys create-admin NAME`); false: open to anyone who reaches the port.",
     )
+    kafka_append: Literal["accumulator", "send"] = Field(
+        "accumulator",
+        description="How each record reaches kafka-python's producer: 'accumulator' appends it "
+        "straight to the producer's record accumulator (the same batches, linger, compression, "
+        "acks and idempotence as send(), without send()'s per-record checks, and one sender "
+        "wake-up per request: attune.ingest.producer); 'send' calls KafkaProducer.send() per "
+        "record (the previous path, kept to compare: benchmarks/ingest.py --compare).",
+    )
+    gc_young_threshold: int = Field(
+        20_000,
+        ge=0,
+        description="Each collector process freezes its start-up objects (gc.freeze) and runs a "
+        "young garbage collection every this many allocations instead of CPython's 700 "
+        "(attune.collector.app.tune_gc); 0 keeps Python's defaults.",
+    )
 
 
 class Consent(_Section):

@@ -1,6 +1,7 @@
 """Ingest benchmark: sustained events/s through the collector into Kafka, vs the raw producer.
 
     .venv/bin/python benchmarks/ingest.py [--duration 20] [--connections 8] [--batch 100]
+        [--compare [--rounds N]]
 
 What it does, on the configured stack (``attune stack up``; ``ATTUNE__*`` overrides apply):
 
@@ -17,6 +18,12 @@ What it does, on the configured stack (``attune stack up``; ``ATTUNE__*`` overri
    warm-up; every request must be answered 200 (Kafka acknowledged all of its events);
 5. **zero loss**: reads the events topic back and checks that every acknowledged event id is
    there (distinct ids == accepted).
+
+``--compare`` measures the collector as it was before issue 15's ingest work (:data:`BEFORE`:
+``collector.kafka_append: send``, ``collector.gc_young_threshold: 0``) and as configured now,
+alternating ``--rounds`` times, each run with its own topics and collector, in the same
+conditions; the table has a column for each (the best round of each; every round is in the
+JSON), with the load average and the machine's CPU use during each run.
 
 It prints a table and writes ``benchmarks/results/ingest.json`` (git-ignored).
 """
@@ -38,7 +45,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ingest.json"
-TARGET_EVENTS_PER_S = 20_000
+TARGET_EVENTS_PER_S = 50_000
 TARGET_RATIO = 0.5
 
 
@@ -53,6 +60,14 @@ def _cpu_seconds(pids: list[int]) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
     return total
+
+
+def _cpu_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat (all processes: the
+    collector, the broker, the load generator and anything else running)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def _make_bodies(
@@ -259,6 +274,114 @@ def _collector_records(cfg: Any, events: list[dict[str, Any]], n: int) -> list[t
     return out
 
 
+# What "before" means in --compare: the collector as it was before issue 15's ingest work.
+# Each entry is (config section, key, value) applied to the "before" run only; "after" runs the
+# configuration as loaded (the defaults, or the operator's file and ATTUNE__* overrides).
+BEFORE: tuple[tuple[str, str, Any], ...] = (
+    ("collector", "kafka_append", "send"),
+    ("collector", "gc_young_threshold", 0),
+)
+
+
+def _variant(cfg: Any, overrides: tuple[tuple[str, str, Any], ...]) -> Any:
+    """``cfg`` with ``(section, key, value)`` overrides (``collector`` or ``kafka.producer``)."""
+    collector = {k: v for section, k, v in overrides if section == "collector"}
+    producer = {k: v for section, k, v in overrides if section == "kafka.producer"}
+    return cfg.model_copy(
+        update={
+            "collector": cfg.collector.model_copy(update=collector),
+            "kafka": cfg.kafka.model_copy(
+                update={"producer": cfg.kafka.producer.model_copy(update=producer)}
+            ),
+        }
+    )
+
+
+def _run_collector(
+    cfg: Any, key: str, events: list[dict[str, Any]], args: argparse.Namespace, var: Path
+) -> dict[str, Any]:
+    """One collector run on ``cfg``'s own topics: throughput, latency, CPU and zero loss."""
+    from attune.collector.process import collector_process
+    from attune.events_cli import read_topic
+
+    events_topic = cfg.kafka.topic("events")
+    n_events = int(args.max_rate * (args.duration + args.warmup))
+    n_events -= n_events % args.batch
+    bodies = _make_bodies(events, args.batch, n_events)
+    print(
+        f"collector ({cfg.collector.kafka_append}): {len(bodies):,} prepared requests of "
+        f"{args.batch} events, {args.connections} connections, {args.warmup:g} s warm-up + "
+        f"{args.duration:g} s measured",
+        flush=True,
+    )
+    out_path = var / f"loadgen-{cfg.collector.port}.json"
+    load_before = os.getloadavg()
+    with collector_process(cfg, log_path=var / f"collector-{cfg.collector.port}.log") as url:
+        pids = _collector_pids(cfg.collector.port)
+        ctx = mp.get_context("spawn")
+        proc = ctx.Process(
+            target=_load_generator,
+            args=(url, key, bodies, args.connections, args.warmup, args.duration, str(out_path)),
+        )
+        del bodies
+        cpu0 = _cpu_seconds(pids)
+        busy0 = _cpu_busy()
+        proc.start()
+        proc.join()
+        cpu1 = _cpu_seconds(pids)
+        busy1 = _cpu_busy()
+        load_after = os.getloadavg()
+        if proc.exitcode != 0:
+            raise SystemExit(f"the load generator failed (exit {proc.exitcode})")
+    gen = json.loads(out_path.read_text())
+
+    print("zero loss: reading the events topic back ...", flush=True)
+    landed = {
+        json.loads(r.value)["event_id"]
+        for r in read_topic(cfg, events_topic.name, progress=False, timeout_s=600)
+    }
+    acked = set(gen["acked"])
+    missing = len(acked - landed)
+    lat = gen["latencies"]
+    rate = gen["measured_events"] / gen["window_s"] if gen["window_s"] > 0 else 0.0
+    total_acked = len(gen["acked"])
+    return {
+        "settings": {
+            "kafka_append": cfg.collector.kafka_append,
+            "gc_young_threshold": cfg.collector.gc_young_threshold,
+            "compression": cfg.kafka.producer.compression_type,
+            "linger_ms": cfg.kafka.producer.linger_ms,
+            "batch_size": cfg.kafka.producer.batch_size,
+            "workers": cfg.collector.workers,
+        },
+        "load_avg_before": [round(x, 2) for x in load_before],
+        "load_avg_after": [round(x, 2) for x in load_after],
+        # share of the machine's CPU time in use while the load generator ran (all processes)
+        "machine_cpu_busy": round((busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]), 3),
+        "events_per_s": round(rate, 1),
+        "requests": len(lat),
+        "events": gen["measured_events"],
+        "window_s": round(gen["window_s"], 3),
+        "p50_ms": round(_percentile(lat, 0.50) * 1000, 2),
+        "p99_ms": round(_percentile(lat, 0.99) * 1000, 2),
+        "max_ms": round(max(lat) * 1000, 2) if lat else None,
+        "errors": gen["errors"],
+        "ran_out_of_prepared_requests": gen["ran_out_of_bodies"],
+        "cpu_s_per_1000_events": round(1000 * (cpu1 - cpu0) / total_acked, 4)
+        if total_acked
+        else None,
+        "load_generator_cpu_s_per_1000_events": round(1000 * gen["cpu_s"] / total_acked, 4)
+        if total_acked
+        else None,
+        "zero_loss": {
+            "acknowledged": total_acked,
+            "distinct_ids_in_topic": len(landed),
+            "acknowledged_missing": missing,
+            "ok": missing == 0 and len(landed) >= total_acked,
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds")
@@ -272,14 +395,20 @@ def main(argv: list[str] | None = None) -> int:
         help="collector.workers: processes (default 2: one per core of the 2-core target box)",
     )
     parser.add_argument("--raw-events", type=int, default=200_000)
-    parser.add_argument("--max-rate", type=float, default=60_000, help="events/s to prepare for")
+    parser.add_argument("--max-rate", type=float, default=70_000, help="events/s to prepare for")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="also run the collector as it was before issue 15's ingest work (BEFORE: "
+        "collector.kafka_append=send, collector.gc_young_threshold=0), alternating with the "
+        "current one, each run on its own topics",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="with --compare: before/after pairs")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--keep-topics", action="store_true")
     args = parser.parse_args(argv)
 
-    from attune.collector.process import collector_process
     from attune.config import TopicConfig, isolated_config, load_config
-    from attune.events_cli import read_topic
     from attune.replay import dataset_events
     from attune.secrets import create_write_key
     from attune.stack import create_topics, kafka_admin
@@ -287,9 +416,18 @@ def main(argv: list[str] | None = None) -> int:
     base = load_config()
     run = uuid.uuid4().hex[:8]
     var = Path(tempfile.mkdtemp(prefix="attune-bench-"))
-    cfg = isolated_config(
-        base, suffix=f"bench-{run}", var_dir=var, redis_db=15, workers=args.workers
-    )
+
+    def variant_cfg(label: str) -> Any:
+        cfg = isolated_config(
+            base, suffix=f"bench-{run}-{label}", var_dir=var, redis_db=15, workers=args.workers
+        )
+        return _variant(cfg, BEFORE) if label.startswith("before") else cfg
+
+    labels = ["after"]
+    if args.compare:
+        labels = [f"{w}{i}" for i in range(1, args.rounds + 1) for w in ("before", "after")]
+    cfgs = {label: variant_cfg(label) for label in labels}
+    cfg = cfgs[labels[-1]]
     events_topic = cfg.kafka.topic("events")
     raw_topic = TopicConfig(
         name=f"attune.bench-raw.{run}",
@@ -305,72 +443,46 @@ def main(argv: list[str] | None = None) -> int:
             )
         }
     )
+    cfgs[labels[-1]] = cfg
     print(f"ingest benchmark {run}: stack {cfg.kafka.bootstrap_servers}, var {var}", flush=True)
-    create_topics(cfg)
+    for c in cfgs.values():
+        create_topics(c)
     key = create_write_key(cfg, "bench")
     _, rows, events = dataset_events(cfg, "movietweetings")
     print(f"payloads: {rows:,} MovieTweetings ratings -> {len(events):,} events", flush=True)
 
     load_before = os.getloadavg()
+    runs: dict[str, dict[str, Any]] = {}
     try:
         print(f"raw producer: {args.raw_events:,} events ...", flush=True)
         raw = _raw_producer(cfg, _collector_records(cfg, events, args.raw_events), raw_topic.name)
         print(f"raw producer: {raw['events_per_s']:,.0f} events/s", flush=True)
-
-        n_events = int(args.max_rate * (args.duration + args.warmup))
-        n_events -= n_events % args.batch
-        bodies = _make_bodies(events, args.batch, n_events)
-        print(
-            f"collector: {len(bodies):,} prepared requests of {args.batch} events, "
-            f"{args.connections} connections, {args.warmup:g} s warm-up + "
-            f"{args.duration:g} s measured",
-            flush=True,
-        )
-        out_path = var / "loadgen.json"
-        with collector_process(cfg, log_path=var / "collector.log") as url:
-            pids = _collector_pids(cfg.collector.port)
-            ctx = mp.get_context("spawn")
-            proc = ctx.Process(
-                target=_load_generator,
-                args=(
-                    url,
-                    key,
-                    bodies,
-                    args.connections,
-                    args.warmup,
-                    args.duration,
-                    str(out_path),
-                ),
-            )
-            del bodies
-            cpu0 = _cpu_seconds(pids)
-            proc.start()
-            proc.join()
-            cpu1 = _cpu_seconds(pids)
-            if proc.exitcode != 0:
-                raise SystemExit(f"the load generator failed (exit {proc.exitcode})")
-        gen = json.loads(out_path.read_text())
-
-        print("zero loss: reading the events topic back ...", flush=True)
-        landed = {
-            json.loads(r.value)["event_id"]
-            for r in read_topic(cfg, events_topic.name, progress=True, timeout_s=600)
-        }
-        acked = set(gen["acked"])
-        missing = len(acked - landed)
+        for label in labels:
+            runs[label] = _run_collector(cfgs[label], key, events, args, var)
+            print(f"{label}: {runs[label]['events_per_s']:,.0f} events/s", flush=True)
     finally:
         if not args.keep_topics:
             try:
                 with kafka_admin(cfg) as admin:
-                    names = [t.name for t in cfg.kafka.topics.values()]
-                    admin.delete_topics([n for n in names if n in admin.list_topics()])
+                    existing = admin.list_topics()
+                    names = {t.name for c in cfgs.values() for t in c.kafka.topics.values()}
+                    admin.delete_topics([n for n in names if n in existing])
             except Exception as exc:  # best effort
                 print(f"could not delete the benchmark topics: {exc}", file=sys.stderr)
 
-    lat = gen["latencies"]
-    rate = gen["measured_events"] / gen["window_s"] if gen["window_s"] > 0 else 0.0
+    def summary(prefix: str) -> dict[str, Any] | None:
+        picked = [r for label, r in runs.items() if label.startswith(prefix)]
+        if not picked:
+            return None
+        best = max(picked, key=lambda r: r["events_per_s"])
+        return {**best, "events_per_s_each_round": [r["events_per_s"] for r in picked]}
+
+    after = summary("after")
+    before = summary("before")
+    assert after is not None
+    rate = after["events_per_s"]
     ratio = rate / raw["events_per_s"] if raw["events_per_s"] else 0.0
-    total_acked = len(gen["acked"])
+    zero_loss_ok = all(r["zero_loss"]["ok"] for r in runs.values())
     result: dict[str, Any] = {
         "run": run,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -383,39 +495,22 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "bootstrap_servers": cfg.kafka.bootstrap_servers,
             "acks": cfg.kafka.producer.acks,
-            "compression": cfg.kafka.producer.compression_type,
-            "linger_ms": cfg.kafka.producer.linger_ms,
             "batch_events": args.batch,
             "connections": args.connections,
             "workers": cfg.collector.workers,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
+            "before_overrides": [list(o) for o in BEFORE] if before else None,
         },
-        "collector": {
-            "events_per_s": round(rate, 1),
-            "requests": len(lat),
-            "events": gen["measured_events"],
-            "window_s": round(gen["window_s"], 3),
-            "p50_ms": round(_percentile(lat, 0.50) * 1000, 2),
-            "p99_ms": round(_percentile(lat, 0.99) * 1000, 2),
-            "max_ms": round(max(lat) * 1000, 2) if lat else None,
-            "errors": gen["errors"],
-            "ran_out_of_prepared_requests": gen["ran_out_of_bodies"],
-            "cpu_s_per_1000_events": round(1000 * (cpu1 - cpu0) / total_acked, 4)
-            if total_acked
-            else None,
-            "load_generator_cpu_s_per_1000_events": round(1000 * gen["cpu_s"] / total_acked, 4)
-            if total_acked
-            else None,
-        },
+        "collector": after,
+        "collector_before": before,
+        "runs_in_order": runs,
+        "speedup_after_vs_before": round(rate / before["events_per_s"], 3)
+        if before and before["events_per_s"]
+        else None,
         "raw_producer": raw,
         "ratio_collector_to_raw": round(ratio, 3),
-        "zero_loss": {
-            "acknowledged": total_acked,
-            "distinct_ids_in_topic": len(landed),
-            "acknowledged_missing": missing,
-            "ok": missing == 0 and len(landed) >= total_acked,
-        },
+        "zero_loss": {"ok": zero_loss_ok, **after["zero_loss"]},
         "targets": {
             "events_per_s": TARGET_EVENTS_PER_S,
             "ratio": TARGET_RATIO,
@@ -426,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     _print_table(result)
     print(f"written to {args.output}")
-    return 0 if result["zero_loss"]["ok"] else 1
+    return 0 if zero_loss_ok else 1
 
 
 def _collector_pids(port: int) -> list[int]:
@@ -454,35 +549,68 @@ def _collector_pids(port: int) -> list[int]:
 
 
 def _print_table(r: dict[str, Any]) -> None:
-    c, raw, z = r["collector"], r["raw_producer"], r["zero_loss"]
-    rows = [
-        ("collector events/s", f"{c['events_per_s']:,.0f}"),
-        ("  requests (batch of events)", f"{c['requests']:,} ({r['settings']['batch_events']})"),
-        ("  latency p50 / p99 / max ms", f"{c['p50_ms']} / {c['p99_ms']} / {c['max_ms']}"),
-        ("  errors", json.dumps(c["errors"]) if c["errors"] else "none"),
-        ("  collector CPU s / 1000 events", f"{c['cpu_s_per_1000_events']}"),
-        ("  load generator CPU s / 1000 events", f"{c['load_generator_cpu_s_per_1000_events']}"),
-        ("raw producer events/s", f"{raw['events_per_s']:,.0f}"),
-        ("collector / raw", f"{r['ratio_collector_to_raw']:.2f}"),
+    """Rows per measure; a column per collector run kept (before, after) when --compare."""
+    cols = [("after", r["collector"])]
+    if r["collector_before"] is not None:
+        cols.insert(0, ("before", r["collector_before"]))
+    raw = r["raw_producer"]
+
+    def loss(c: dict[str, Any]) -> str:
+        z = c["zero_loss"]
+        return (
+            f"{'OK' if z['ok'] else 'FAILED'} {z['acknowledged_missing']} missing of "
+            f"{z['acknowledged']:,}"
+        )
+
+    measures: list[tuple[str, Any]] = [
         (
-            "zero loss",
-            f"{'OK' if z['ok'] else 'FAILED'}: {z['acknowledged']:,} acknowledged, "
-            f"{z['distinct_ids_in_topic']:,} distinct ids in the topic, "
-            f"{z['acknowledged_missing']} missing",
+            "kafka_append / linger_ms / compression",
+            lambda c: "{kafka_append} / {linger_ms} / {compression}".format(**c["settings"]),
+        ),
+        ("collector events/s (best round)", lambda c: f"{c['events_per_s']:,.0f}"),
+        ("  each round", lambda c: ", ".join(f"{x:,.0f}" for x in c["events_per_s_each_round"])),
+        (
+            "  requests (batch of events)",
+            lambda c: f"{c['requests']:,} ({r['settings']['batch_events']})",
         ),
         (
-            "targets (>= 20,000 ev/s, >= 0.5 x raw)",
+            "  latency p50 / p99 / max ms",
+            lambda c: f"{c['p50_ms']} / {c['p99_ms']} / {c['max_ms']}",
+        ),
+        ("  errors", lambda c: json.dumps(c["errors"]) if c["errors"] else "none"),
+        ("  collector CPU s / 1000 events", lambda c: f"{c['cpu_s_per_1000_events']}"),
+        (
+            "  load generator CPU s / 1000 events",
+            lambda c: f"{c['load_generator_cpu_s_per_1000_events']}",
+        ),
+        ("  zero loss", loss),
+        ("  machine CPU busy during the run", lambda c: f"{100 * c['machine_cpu_busy']:.0f}%"),
+        (
+            "  load average before / after run",
+            lambda c: f"{c['load_avg_before'][0]} / {c['load_avg_after'][0]}",
+        ),
+    ]
+    rows = [("", *[name for name, _ in cols])]
+    rows += [(label, *[fn(c) for _, c in cols]) for label, fn in measures]
+    if r["speedup_after_vs_before"] is not None:
+        rows.append(("after / before", "", f"{r['speedup_after_vs_before']:.2f}x"))
+    rows += [
+        ("raw producer events/s", f"{raw['events_per_s']:,.0f}"),
+        ("collector (after) / raw", f"{r['ratio_collector_to_raw']:.2f}"),
+        ("zero loss, every run", "OK" if r["zero_loss"]["ok"] else "FAILED"),
+        (
+            f"targets (>= {TARGET_EVENTS_PER_S:,} ev/s, >= {TARGET_RATIO} x raw)",
             "met" if r["targets"]["met"] else "NOT met",
         ),
         (
-            "load average before / after",
+            "load average (1/5/15 min) before / after",
             f"{r['machine']['load_avg_before']} / {r['machine']['load_avg_after']}",
         ),
     ]
-    width = max(len(k) for k, _ in rows)
+    widths = [max(len(str(row[i])) for row in rows if i < len(row)) for i in range(len(cols) + 1)]
     print()
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
+    for row in rows:
+        print("  ".join(f"{v!s:<{widths[i]}}" for i, v in enumerate(row)).rstrip())
 
 
 if __name__ == "__main__":

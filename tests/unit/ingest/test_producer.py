@@ -279,3 +279,146 @@ def test_stop_never_hangs_on_a_wedged_producer_and_says_what_was_not_flushed(
         "closed without flushing" in r.getMessage() and r.levelname in ("ERROR", "WARNING")
         for r in caplog.records
     ), [r.getMessage() for r in caplog.records]
+
+
+# -- collector.kafka_append: accumulator --------------------------------------------------
+
+
+class _AccumulatorProducer:
+    """What the sink's accumulator path uses of a KafkaProducer, around kafka-python's real
+    RecordAccumulator and its own size checks (no broker: nothing is ever drained)."""
+
+    from kafka.producer.kafka import KafkaProducer as _KP
+
+    _ensure_valid_record_size = _KP._ensure_valid_record_size
+    _estimate_size_in_bytes = _KP._estimate_size_in_bytes
+    max_usable_produce_magic = _KP.max_usable_produce_magic
+
+    def __init__(self, partitions: set[int], batch_size: int = 16384) -> None:
+        from kafka.producer.record_accumulator import RecordAccumulator
+
+        self._accumulator = RecordAccumulator(batch_size=batch_size)
+        self._closed = False
+        self._sender = self
+        self.wakeups = 0
+        self.partitions = partitions
+        self.config = {"max_request_size": 1048576, "api_version": (2, 8)}
+
+    def wakeup(self) -> None:
+        self.wakeups += 1
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return self.partitions
+
+    def send(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the accumulator path must not call send()")
+
+    def batches(self, topic: str) -> dict[int, list[Any]]:
+        """Partition -> the ProducerBatches the accumulator holds for it."""
+        return {tp.partition: list(dq) for tp, dq in self._accumulator._batches.items() if dq}
+
+
+def _records_in(batch: Any) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every record of a ProducerBatch, decoded by kafka-python's reader."""
+    from kafka.record.memory_records import MemoryRecords
+
+    batch.records.close()
+    records = MemoryRecords(bytes(batch.records.buffer()))
+    out = []
+    while records.has_next():
+        for rec in records.next_batch():
+            out.append((bytes(rec.key), bytes(rec.value)))
+    return out
+
+
+def _direct_sink() -> KafkaSink:
+    cfg = AttuneConfig(kafka=KafkaConfig(bootstrap_servers="127.0.0.1:1"))
+    assert cfg.collector.kafka_append == "accumulator"  # the default
+    return KafkaSink(cfg)
+
+
+def test_accumulator_path_appends_each_record_to_its_key_partition_in_order() -> None:
+    from kafka.partitioner.default import DefaultPartitioner
+
+    producer = _AccumulatorProducer({0, 1, 2})
+    sink = _direct_sink()
+    keys = [b"21", b"alice", b"21", b"bob", b"alice", b"21"]
+    records = [("t", k, f"v{i}".encode()) for i, k in enumerate(keys)]
+
+    async def run() -> tuple[bool, bool]:
+        ack = _BatchAck(asyncio.get_running_loop(), len(records))
+        sink._send_all(producer, records, ack)
+        await asyncio.sleep(0.01)
+        pending = not ack.future.done()  # nothing is acknowledged before the broker answers
+        for batches in producer.batches("t").values():
+            for batch in batches:  # what the sender does on the broker's answer
+                batch.complete(base_offset=0, log_append_time=-1)
+        await asyncio.wait_for(ack.future, 1.0)
+        return pending, ack.future.exception() is None
+
+    assert asyncio.run(run()) == (True, True)
+    # b"21": murmur2 1173551340 (Kafka's UtilsTest), % 3 = 0 (its digits sum to 30).
+    reference = DefaultPartitioner()
+    expected: dict[int, list[tuple[bytes, bytes]]] = {}
+    for _, k, v in records:
+        p = reference.partition("t", k, k, v, v, _Cluster({0, 1, 2}))
+        expected.setdefault(p, []).append((k, v))
+    assert expected[0][:1] == [(b"21", b"v0")]
+    got = {p: [r for b in bs for r in _records_in(b)] for p, bs in producer.batches("t").items()}
+    assert got == expected  # every record once, in its key's partition, in request order
+    assert producer.wakeups == 1  # new batches were created: the sender is woken once
+
+
+def test_accumulator_path_fails_only_the_oversized_record() -> None:
+    from kafka.errors import MessageSizeTooLargeError
+
+    producer = _AccumulatorProducer({0})
+    sink = _direct_sink()
+    # 1,048,577 value bytes alone are over max_request_size (1,048,576): refused like send()
+    records = [("t", b"k", b"small"), ("t", b"k", b"x" * 1_048_577), ("t", b"k", b"also small")]
+
+    async def run() -> BaseException | None:
+        ack = _BatchAck(asyncio.get_running_loop(), len(records))
+        sink._send_all(producer, records, ack)
+        for batch in producer.batches("t")[0]:
+            batch.complete(base_offset=0, log_append_time=-1)
+        with pytest.raises(MessageSizeTooLargeError):
+            await asyncio.wait_for(ack.future, 1.0)
+        return ack.error
+
+    assert isinstance(asyncio.run(run()), MessageSizeTooLargeError)
+    appended = [r for b in producer.batches("t")[0] for r in _records_in(b)]
+    assert appended == [(b"k", b"small"), (b"k", b"also small")]
+
+
+def test_accumulator_path_on_a_closed_producer_fails_every_record() -> None:
+    producer = _AccumulatorProducer({0})
+    producer._closed = True
+    sink = _direct_sink()
+
+    async def run() -> None:
+        ack = _BatchAck(asyncio.get_running_loop(), 2)
+        sink._send_all(producer, [("t", b"k", b"a"), ("t", b"k", b"b")], ack)
+        with pytest.raises(RuntimeError, match="closed"):
+            await asyncio.wait_for(ack.future, 1.0)
+
+    asyncio.run(run())
+    assert producer.batches("t") == {}
+
+
+def test_kafka_append_send_keeps_calling_send() -> None:
+    cfg = AttuneConfig(
+        kafka=KafkaConfig(bootstrap_servers="127.0.0.1:1"),
+        collector=CollectorConfig(kafka_append="send"),
+    )
+    sink = KafkaSink(cfg)
+    producer = _FakeProducer(wedged=False)
+    producer._accumulator = object()  # type: ignore[attr-defined]  # present, but not used
+
+    async def run() -> None:
+        ack = _BatchAck(asyncio.get_running_loop(), 2)
+        sink._send_all(producer, [("t", b"k", b"a"), ("t", b"k", b"b")], ack)
+        await asyncio.wait_for(ack.future, 1.0)
+
+    asyncio.run(run())
+    assert producer.sent == [b"a", b"b"]
