@@ -497,12 +497,16 @@ class ApplyStats:
     duplicates: int = 0
     too_late: int = 0
     max_event_ms: int | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    """Wall time per step (``genres``, ``users``, ``count``, ``clear``), ms."""
 
     def add(self, other: ApplyStats) -> None:
         self.users += other.users
         self.applied += other.applied
         self.duplicates += other.duplicates
         self.too_late += other.too_late
+        for step, ms in other.timings_ms.items():
+            self.timings_ms[step] = self.timings_ms.get(step, 0.0) + ms
         if other.max_event_ms is not None and (
             self.max_event_ms is None or other.max_event_ms > self.max_event_ms
         ):
@@ -518,6 +522,14 @@ def live_payload(payload: str, pattern: str) -> str:
     if fields:
         row.update(fields)
     return orjson.dumps(row).decode()
+
+
+def _since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def _add_ms(timings: dict[str, float], step: str, start: float) -> None:
+    timings[step] = timings.get(step, 0.0) + _since(start)
 
 
 class OnlineStoreWriter:
@@ -560,7 +572,10 @@ class OnlineStoreWriter:
         users = list(by_user)
         for start in range(0, len(users), self._users_per_pipeline):
             chunk = users[start : start + self._users_per_pipeline]
+            began = time.perf_counter()
             genres = self._genres({i for u in chunk for i in items.get(u, ())})
+            _add_ms(stats.timings_ms, "genres", began)
+            began = time.perf_counter()
             pipe = self.redis.pipeline(transaction=False)
             for user in chunk:
                 batch = sorted(by_user[user])
@@ -593,10 +608,15 @@ class OnlineStoreWriter:
                 for n in range(0, len(outbox), 2):
                     outboxes.setdefault(user, []).append(outbox[n])
                     entries.append({"i": _s(outbox[n]), "u": user, "e": _s(outbox[n + 1])})
+            _add_ms(stats.timings_ms, "users", began)
+            began = time.perf_counter()
             if entries or stats.max_event_ms is not None:
                 self._count(entries, stats.max_event_ms)
+            _add_ms(stats.timings_ms, "count", began)
+            began = time.perf_counter()
             if outboxes:
                 self._clear(outboxes)
+            _add_ms(stats.timings_ms, "clear", began)
         return stats
 
     def _clear(self, outboxes: Mapping[str, list[bytes]]) -> None:

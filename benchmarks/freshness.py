@@ -25,6 +25,10 @@ topics (uuid suffix), Redis db and key prefix, var dir and lake:
    minBatchDuration``);
    The CPU the speed layer's processes (driver and JVM) used in the window is reported too,
    in cores: on a shared machine it tells how much of the latency is waiting for a CPU.
+   Each run also reports the online query's mean time per micro-batch step over the measured
+   window (from the speed layer's status board: ``spark`` collect, ``genres``, ``users`` (the
+   write scripts), ``count``, ``clear``, ``trending``, ``bandits``) and the mean of Spark's
+   ``durationMs`` parts over the progress reports the board showed;
 3. the highest sustained rate (micro-batch mode): events are produced straight to Kafka (the
    collector is not what is measured here) at increasing rates for ``--step`` seconds each; a
    rate "holds" when the online query's lag at the end of the step is under 2 s worth of events
@@ -439,8 +443,15 @@ def main(argv: list[str] | None = None) -> int:
                     load_avg = os.getloadavg()[0]
                     print(f"   measuring {args.duration:.0f} s ...", flush=True)
                     cpu0, t0 = _group_cpu_s(layer.child.pid), time.monotonic()
+                    board0 = _writer_board(layer)
+                    sampler = _ProgressSampler(layer)
                     prober.run(args.duration)
+                    sampler.stop()
                     speed_cores = (_group_cpu_s(layer.child.pid) - cpu0) / (time.monotonic() - t0)
+                    batch_steps = _step_means(board0, _writer_board(layer))
+                    if batch_steps:
+                        batch_steps["progress_ms"] = sampler.means()
+                    load_avg_end = os.getloadavg()[0]
                     stop.set()
                     load_stats = out.get(timeout=120)
                     load.join(timeout=30)
@@ -453,7 +464,9 @@ def main(argv: list[str] | None = None) -> int:
                         ),
                     }
                     stats["loadavg_1m"] = load_avg
+                    stats["loadavg_1m_end"] = load_avg_end
                     stats["speed_layer_cores"] = round(speed_cores, 2)
+                    stats["batch_steps"] = batch_steps
                     online = layer.board().get("queries", {}).get("online", {})
                     stats["last_progress"] = {
                         k: (online.get("progress") or {}).get(k)
@@ -471,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"{stats['not_visible_within_grace']} not visible)",
                         flush=True,
                     )
+                    if batch_steps:
+                        print(f"   per micro-batch: {_fmt_steps(batch_steps)}", flush=True)
 
             if args.max_rate:
                 mcfg = _mode_config(cfg, "microbatch", var / "max")
@@ -606,6 +621,77 @@ class _speed:
         self.layer.stop()
 
 
+class _ProgressSampler:
+    """Polls the status board for the online query's progress reports while measuring: the
+    mean of each ``durationMs`` part per micro-batch (``triggerExecution`` is the whole batch,
+    ``addBatch`` the ``foreachBatch``)."""
+
+    def __init__(self, layer: SpeedLayer) -> None:
+        self.layer = layer
+        self.seen: dict[int, dict[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            online = self.layer.board().get("queries", {}).get("online", {})
+            progress = online.get("progress") or {}
+            if "batchId" in progress and progress.get("numInputRows"):
+                self.seen[int(progress["batchId"])] = dict(progress.get("durationMs") or {})
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def means(self) -> dict[str, float]:
+        if not self.seen:
+            return {}
+        parts = sorted({k for d in self.seen.values() for k in d})
+        n = len(self.seen)
+        return {
+            "sampled_batches": n,
+            **{k: round(sum(d.get(k, 0.0) for d in self.seen.values()) / n, 1) for k in parts},
+        }
+
+
+def _writer_board(layer: SpeedLayer) -> dict[str, Any]:
+    online = layer.board().get("queries", {}).get("online", {})
+    return dict(online.get("writer") or {})
+
+
+def _step_means(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Mean ms per micro-batch of each step of the online writer between two status-board
+    snapshots (the measured window)."""
+    batches = int(after.get("batches", 0)) - int(before.get("batches", 0))
+    if batches <= 0:
+        return {}
+
+    def means(key: str, n: int) -> dict[str, float]:
+        a, b = after.get(key) or {}, before.get(key) or {}
+        return {k: round((v - b.get(k, 0.0)) / n, 1) for k, v in a.items()} if n > 0 else {}
+
+    out: dict[str, Any] = {
+        "batches": batches,
+        "rows_per_batch": round(
+            (int(after.get("rows", 0)) - int(before.get("rows", 0))) / batches, 1
+        ),
+        "batch_ms": means("step_ms_total", batches),
+    }
+    return out
+
+
+def _fmt_steps(steps: dict[str, Any]) -> str:
+    parts = [f"{steps['batches']} batches, {steps['rows_per_batch']:.0f} rows"]
+    parts += [f"{k} {v:.1f}" for k, v in steps["batch_ms"].items()]
+    text = "; in the batch (ms): ".join([parts[0], ", ".join(parts[1:])])
+    if steps.get("progress_ms"):
+        text += "; Spark progress (ms): " + ", ".join(
+            f"{k} {v:.0f}" for k, v in steps["progress_ms"].items()
+        )
+    return text
+
+
 def _fmt(x: Any) -> str:
     return "-" if x is None or x != x else f"{x:.3f}"
 
@@ -618,18 +704,21 @@ def _print_table(r: dict[str, Any]) -> None:
         f"{r['machine']['loadavg_at_start'][0]:.1f})"
     )
     print(
-        f"{'mode':<14}{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}{'max s':>8}{'probes':>8}"
+        f"{'mode':<24}{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}{'max s':>8}{'probes':>8}"
         f"{'lost':>6}{'load ev/s':>11}{'loadavg':>9}{'speed cores':>13}"
         f"  target p95 <= {TARGET_P95_S:.0f} s"
     )
     for mode, s in r["modes"].items():
         ok = "ok" if s["p95_s"] <= TARGET_P95_S else "MISSED"
         print(
-            f"{mode:<14}{_fmt(s['p50_s']):>8}{_fmt(s['p95_s']):>8}{_fmt(s['p99_s']):>8}"
+            f"{mode:<24}{_fmt(s['p50_s']):>8}{_fmt(s['p95_s']):>8}{_fmt(s['p99_s']):>8}"
             f"{_fmt(s['max_s']):>8}{s['probes']:>8}{s['not_visible_within_grace']:>6}"
             f"{s['load']['events_per_s']:>11,.0f}{s['loadavg_1m']:>9.1f}"
             f"{s['speed_layer_cores']:>13.2f}  {ok}"
         )
+    for mode, s in r["modes"].items():
+        if s.get("batch_steps"):
+            print(f"  {mode}: {_fmt_steps(s['batch_steps'])}")
     m = r.get("max_rate")
     if m:
         print(

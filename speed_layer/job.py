@@ -241,6 +241,10 @@ class OnlineBatchWriter:
         bandits: BanditFeedback | None = None,
     ) -> None:
         self.writer = writer
+        self.step_ms: dict[str, float] = {}
+        """Cumulative wall time per step of the batches (``spark``, the writer's steps:
+        :attr:`attune.online_store.ApplyStats.timings_ms`, ``trending``, ``bandits``), for
+        ``attune speed status`` and ``benchmarks/freshness.py``."""
         self.catalog = catalog
         self.board = board
         self.redis_wait_s = redis_wait_s
@@ -273,6 +277,8 @@ class OnlineBatchWriter:
         self.totals["applied"] += stats.applied
         self.totals["duplicates"] += stats.duplicates
         self.totals["too_late"] += stats.too_late
+        for step, ms in {"spark": (collected - start) * 1000, **stats.timings_ms}.items():
+            self.step_ms[step] = self.step_ms.get(step, 0.0) + ms
         if self.board is not None:
             self.board.update_query(
                 "online",
@@ -284,6 +290,8 @@ class OnlineBatchWriter:
                     "last_batch_id": batch_id,
                     "last_spark_ms": round((collected - start) * 1000, 1),
                     "last_redis_ms": round((done - collected) * 1000, 1),
+                    "last_step_ms": {k: round(v, 1) for k, v in stats.timings_ms.items()},
+                    "step_ms_total": {k: round(v, 1) for k, v in self.step_ms.items()},
                 },
             )
 
@@ -304,13 +312,17 @@ class OnlineBatchWriter:
         while True:
             try:
                 stats = self.writer.apply(rows)
+                began = time.perf_counter()
                 if stats.applied or retried:  # a failed try may have applied some rows
                     self.writer.refresh_trending()
+                stats.timings_ms["trending"] = (time.perf_counter() - began) * 1000
+                began = time.perf_counter()
                 if self.bandits is not None:  # idempotent per event too
                     counted = self.bandits.apply(rows)
                     self.bandit_totals["applied"] += counted.applied
                     self.bandit_totals["duplicates"] += counted.duplicates
                     self.bandit_totals["too_late"] += counted.too_late
+                stats.timings_ms["bandits"] = (time.perf_counter() - began) * 1000
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 left = deadline - time.monotonic()
                 if left <= 0:

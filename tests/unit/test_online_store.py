@@ -221,3 +221,11 @@ def test_the_aggregate_keys_of_earlier_versions_are_recognised_by_name() -> None
         "att:{agg}:popular",
     ):
         assert legacy_aggregate_keys(key, k) is None, key
+
+
+def test_apply_stats_add_up_their_step_times() -> None:
+    from attune.online_store import ApplyStats
+
+    total = ApplyStats(users=1, timings_ms={"users": 2.5})
+    total.add(ApplyStats(users=2, timings_ms={"users": 1.0, "count": 0.5}))
+    assert (total.users, total.timings_ms) == (3, {"users": 3.5, "count": 0.5})
