@@ -79,6 +79,17 @@ def test_status_text() -> None:
     ) in text
     assert "consumer lag on attune.events (committed batch 12): total 2" in text
     assert "              0         10         12          2" in text
+    # the writer's counters on one line, the last batch's steps on the next, totals left out
+    report["queries"][0]["writer"] = {
+        "batches": 3,
+        "rows": 120,
+        "last_step_ms": {"genres": 2.5, "users": 80.0},
+        "step_ms_total": {"genres": 7.5, "users": 240.0},
+    }
+    lines = format_status(report).splitlines()
+    at = lines.index("    writer: batches 3, rows 120")
+    assert lines[at + 1] == "    last batch's steps (ms): genres 2.5, users 80"
+    assert not any("step_ms_total" in line for line in lines)
 
 
 def test_query_names() -> None:
