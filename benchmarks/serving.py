@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serving.py [--rates 50,100,200,300,400] [--duration 20]
         [--protocols grpc,rest] [--freshness 30] [--users 100000] [--items 10000]
+        [--profile DIR]
 
 What it does, on the configured stack (``attune stack up``; ``ATTUNE__*`` overrides apply):
 
@@ -26,6 +27,12 @@ What it does, on the configured stack (``attune stack up``; ``ATTUNE__*`` overri
    ``--freshness`` users: read their recommendations, post a click on the top item to the
    collector, and from the collector's acknowledgement poll the API every 20 ms until that item
    has left the list (the click reached Redis and the next response changed).
+
+With ``--profile DIR``, py-spy samples the API and the model server during each rate (warm-up
+included, ``--nonblocking`` so the processes are not paused) and writes their collapsed stacks
+to ``DIR/{api,models}-{protocol}-{rate}.txt`` (py-spy's ``raw`` format: one stack and its
+sample count a line; ``flamegraph.pl`` or speedscope read it). Sampling costs some CPU of its
+own, so compare CPU per request from runs without it.
 
 Everything runs on this machine (2 cores), load generator included. It prints tables and
 writes ``benchmarks/results/serving.json`` (git-ignored).
@@ -71,6 +78,23 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_profiles(
+    folder: Path, pids: dict[str, int], label: str, seconds: float
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy ``record`` of each ``{name: pid}`` for ``seconds``, into ``folder``."""
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    folder.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name, pid in pids.items():
+        out = folder / f"{name}-{label}.txt"
+        cmd = [spy, "record", "-p", str(pid), "-f", "raw", "-o", str(out), "--nonblocking"]
+        cmd += ["-d", str(int(seconds + 1))]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
 
 
 def pct(values: list[float] | np.ndarray, q: float) -> float | None:
@@ -609,6 +633,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=1, help="training epochs of both models")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="folder for py-spy profiles of the API and the model server during each rate",
+    )
+    p.add_argument(
         "--speed-trigger",
         choices=["microbatch", "realtime"],
         default="microbatch",
@@ -675,9 +705,21 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for i, rate in enumerate(rates):
                     say(f"{proto}: {rate:g} req/s for {args.duration:g} s")
+                    spies = (
+                        start_profiles(
+                            args.profile,
+                            {"api": api.pid, "models": models.pid},
+                            f"{proto}-{rate:g}",
+                            args.duration + 3.5,  # the load generator's warm-up + start
+                        )
+                        if args.profile
+                        else []
+                    )
                     cpu0 = (cpu_seconds(api.pid), cpu_seconds(models.pid))
                     run = run_loadgen(api.url, key, rate, args, seed=100 + i)
                     cpu1 = (cpu_seconds(api.pid), cpu_seconds(models.pid))
+                    for spy in spies:
+                        spy.wait(timeout=60)
                     served = max(1, run["completed"])
                     # CPU per request is what contention from other processes cannot inflate
                     # much; it includes the warm-up requests, so it is a slight overestimate
