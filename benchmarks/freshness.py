@@ -25,6 +25,12 @@ topics (uuid suffix), Redis db and key prefix, var dir and lake:
    minBatchDuration``);
    The CPU the speed layer's processes (driver and JVM) used in the window is reported too,
    in cores: on a shared machine it tells how much of the latency is waiting for a CPU.
+   Every probe request also carries a bandit impression (the API's kind: one arm, a fresh name
+   per probe, ``context.placement`` = ``slot:home_banner``, whose bandit the benchmark
+   configures); its freshness is the time from the same 200 to the arm's impression count
+   appearing in the policy's state (``P:bandit:{slot:home_banner}``), the speed layer's
+   learning delay (issue 16: "updated from impressions and clicks by the speed layer within
+   seconds").
    Each run also reports the online query's mean time per micro-batch step over the measured
    window (from the speed layer's status board: ``spark`` collect, ``genres``, ``users`` (the
    write scripts), ``count``, ``clear``, ``trending``, ``bandits``) and the mean of Spark's
@@ -61,6 +67,7 @@ PROBE_USERS = 16
 PROBE_HZ = 10.0
 BATCH = 50
 REDIS_DB = 9
+BANDIT_POLICY = "slot:home_banner"  # a default content slot, given a bandit for the probes
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -164,6 +171,9 @@ class Prober:
         self.users, self.pseudonyms = users, pseudonyms
         self.http = httpx.Client(headers={"X-Write-Key": key})
         self.pending: dict[str, tuple[str, float]] = {}  # item -> (pseudonym, ack time)
+        self.arms: dict[str, float] = {}  # bandit arm -> ack time
+        self.bandit_key = store.keys.bandit(BANDIT_POLICY)
+        self.bandit_samples: list[float] = []
         self.lock = threading.Lock()
         self.samples: list[float] = []
         self.lost = 0
@@ -177,38 +187,58 @@ class Prober:
         while not self._stop.is_set():
             with self.lock:
                 pending = list(self.pending.items())
-            if pending:
+                arms = list(self.arms.items())
+            if pending or arms:
                 pipe = self.redis.pipeline(transaction=False)
                 for item, (user, _) in pending:
                     pipe.zscore(self.store.keys.user_key(user, "recent"), item)
+                if arms:
+                    pipe.hmget(self.bandit_key, [f"n:{arm}" for arm, _ in arms])
                 seen = pipe.execute()
                 now = time.monotonic()
                 with self.lock:
-                    for (item, (_, acked)), score in zip(pending, seen, strict=True):
+                    for (item, (_, acked)), score in zip(pending, seen, strict=False):
                         if score is not None and item in self.pending:
                             del self.pending[item]
                             self.samples.append(now - acked)
+                    counted = seen[-1] if arms else []
+                    for (arm, acked), n in zip(arms, counted, strict=True):
+                        if n is not None and arm in self.arms:
+                            del self.arms[arm]
+                            self.bandit_samples.append(now - acked)
             time.sleep(0.002)
 
     def probe(self, record: bool = True) -> None:
         self.seq += 1
         k = self.seq % len(self.users)
         item = f"probe-{uuid.uuid4().hex[:12]}"
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
         event = {
             "event_id": f"probe-{uuid.uuid4().hex}",
             "type": "item_view",
             "user_id": self.users[k],
-            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "timestamp": now,
             "items": [{"item_id": item}],
         }
-        r = self.http.post(f"{self.url}/v1/events", json=event, timeout=30)
+        arm = f"arm-{uuid.uuid4().hex[:12]}"
+        impression = {  # what the API logs for a bandit decision (docs/bandits.md)
+            "event_id": f"probe-{uuid.uuid4().hex}",
+            "type": "impression",
+            "user_id": self.users[k],
+            "timestamp": now,
+            "items": [{"item_id": arm, "position": 0, "propensity": 0.5}],
+            "recommendation_id": f"d-{arm}",
+            "context": {"placement": BANDIT_POLICY},
+        }
+        r = self.http.post(f"{self.url}/v1/events", json=[event, impression], timeout=30)
         acked = time.monotonic()
-        if r.status_code != 200 or r.json().get("accepted") != 1:
+        if r.status_code != 200 or r.json().get("accepted") != 2:
             self.failed_posts += 1
             return
         if record:
             with self.lock:
                 self.pending[item] = (self.pseudonyms[k], acked)
+                self.arms[arm] = acked
 
     def run(self, seconds: float, record: bool = True) -> None:
         end = time.monotonic() + seconds
@@ -226,15 +256,25 @@ class Prober:
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             with self.lock:
-                if not self.pending:
+                if not self.pending and not self.arms:
                     break
             time.sleep(0.05)
         with self.lock:
             self.lost += len(self.pending)
             self.pending.clear()
             samples, self.samples = self.samples, []
+            bandit, self.bandit_samples = self.bandit_samples, []
+            bandit_lost = len(self.arms)
+            self.arms.clear()
         lost, self.lost = self.lost, 0
         return {
+            "bandit": {
+                "probes": len(bandit),
+                "not_counted_within_grace": bandit_lost,
+                "p50_s": _percentile(bandit, 50),
+                "p95_s": _percentile(bandit, 95),
+                "p99_s": _percentile(bandit, 99),
+            },
             "probes": len(samples),
             "not_visible_within_grace": lost,
             "failed_posts": self.failed_posts,
@@ -311,7 +351,7 @@ def _online_lag(cfg: Any) -> int:
 
 
 def _mode_config(base: Any, mode: str, var: Path) -> Any:
-    from attune.config import AttuneConfig
+    from attune.config import AttuneConfig, BanditConfig
 
     speed = base.speed.model_copy(
         update={
@@ -326,7 +366,10 @@ def _mode_config(base: Any, mode: str, var: Path) -> Any:
     )
     spark = base.spark.model_copy(update={"master": "local[8]"})
     paths = base.paths.model_copy(update={"var_dir": var / mode})
-    cfg = base.model_copy(update={"speed": speed, "spark": spark, "paths": paths})
+    # the probes' bandit impressions count for this slot's policy (Thompson, the defaults)
+    slot = BANDIT_POLICY.removeprefix("slot:")
+    api = base.api.model_copy(update={"bandits": {**base.api.bandits, slot: BanditConfig()}})
+    cfg = base.model_copy(update={"speed": speed, "spark": spark, "paths": paths, "api": api})
     return AttuneConfig.model_validate(cfg.model_dump())
 
 
@@ -482,6 +525,13 @@ def main(argv: list[str] | None = None) -> int:
                         f"   p50 {stats['p50_s']:.3f} s  p95 {stats['p95_s']:.3f} s  "
                         f"p99 {stats['p99_s']:.3f} s  ({stats['probes']} probes, "
                         f"{stats['not_visible_within_grace']} not visible)",
+                        flush=True,
+                    )
+                    b = stats["bandit"]
+                    print(
+                        f"   bandit state: p50 {b['p50_s']:.3f} s  p95 {b['p95_s']:.3f} s  "
+                        f"p99 {b['p99_s']:.3f} s  ({b['probes']} impressions, "
+                        f"{b['not_counted_within_grace']} not counted)",
                         flush=True,
                     )
                     if batch_steps:
@@ -716,6 +766,14 @@ def _print_table(r: dict[str, Any]) -> None:
             f"{s['load']['events_per_s']:>11,.0f}{s['loadavg_1m']:>9.1f}"
             f"{s['speed_layer_cores']:>13.2f}  {ok}"
         )
+    for mode, s in r["modes"].items():
+        b = s.get("bandit") or {}
+        if b.get("probes"):
+            print(
+                f"{mode + ' bandit':<24}{_fmt(b['p50_s']):>8}{_fmt(b['p95_s']):>8}"
+                f"{_fmt(b['p99_s']):>8}{'':>8}{b['probes']:>8}{b['not_counted_within_grace']:>6}"
+                "  (impression -> counted in the policy's state)"
+            )
     for mode, s in r["modes"].items():
         if s.get("batch_steps"):
             print(f"  {mode}: {_fmt_steps(s['batch_steps'])}")
