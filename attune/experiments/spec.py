@@ -224,29 +224,17 @@ def _aware(v: Any) -> Any:
     return v
 
 
-class BanditAllocationSpec(_Strict):
+class BanditAllocationSpec(BanditConfig):
     """``allocation.bandit``: the variants are arms of a bandit (policy ``experiment:<id>``,
     :mod:`attune.bandits.registry`) instead of a hash split: Thompson sampling, or LinUCB over
     the user's segment at the first exposure (the speed layer learns from each list impression
-    and click with the user's segment then, as it does for a content slot)."""
+    and click with the user's segment then, as it does for a content slot). The settings of a
+    content slot's bandit (:class:`attune.config.BanditConfig`), but ``epsilon`` must be > 0
+    here and defaults to 0.1."""
 
-    policy: Literal["thompson", "linucb"] = Field(
-        "thompson",
-        description="thompson: Beta-Bernoulli Thompson sampling; linucb: contextual (LinUCB "
-        "over the user's segment).",
-    )
     epsilon: float = Field(
         0.1, gt=0, le=1, description="Exploration floor: every variant >= epsilon / variants."
     )
-    prior_alpha: float = Field(1.0, ge=1.0, description="thompson: Beta prior's alpha.")
-    prior_beta: float = Field(1.0, ge=1.0, description="thompson: Beta prior's beta.")
-    ucb_alpha: float = Field(0.5, gt=0.0, description="linucb: width of the confidence bonus.")
-    ridge: float = Field(1.0, gt=0.0, description="linucb: ridge penalty of each arm's model.")
-    segments: list[str] = Field(
-        default_factory=lambda: ["new", "active", "at_risk", "dormant"],
-        description="linucb: the segments one-hot encoded in the context (others: none set).",
-    )
-    seed: int = Field(0, description="Seeds every decision with its decision id.")
 
     @field_validator("epsilon", mode="before")
     @classmethod
@@ -261,16 +249,7 @@ class BanditAllocationSpec(_Strict):
     def bandit_config(self) -> BanditConfig:
         """The :class:`attune.config.BanditConfig` that :func:`attune.bandits.slots.decide`
         runs."""
-        return BanditConfig(
-            policy=self.policy,
-            epsilon=self.epsilon,
-            prior_alpha=self.prior_alpha,
-            prior_beta=self.prior_beta,
-            ucb_alpha=self.ucb_alpha,
-            ridge=self.ridge,
-            segments=list(self.segments),
-            seed=self.seed,
-        )
+        return BanditConfig(**self.model_dump())
 
     def recorded(self) -> dict[str, Any]:
         """What the experiment's recorded allocation keeps: the policy's own settings only, so
