@@ -524,12 +524,9 @@ def live_payload(payload: str, pattern: str) -> str:
     return orjson.dumps(row).decode()
 
 
-def _since(start: float) -> float:
-    return (time.perf_counter() - start) * 1000
-
-
 def _add_ms(timings: dict[str, float], step: str, start: float) -> None:
-    timings[step] = timings.get(step, 0.0) + _since(start)
+    """Add the ms since ``start`` (``time.perf_counter()``) to ``timings[step]``."""
+    timings[step] = timings.get(step, 0.0) + (time.perf_counter() - start) * 1000
 
 
 class OnlineStoreWriter:
