@@ -505,8 +505,7 @@ class ApplyStats:
         self.applied += other.applied
         self.duplicates += other.duplicates
         self.too_late += other.too_late
-        for step, ms in other.timings_ms.items():
-            self.timings_ms[step] = self.timings_ms.get(step, 0.0) + ms
+        add_timings(self.timings_ms, other.timings_ms)
         if other.max_event_ms is not None and (
             self.max_event_ms is None or other.max_event_ms > self.max_event_ms
         ):
@@ -524,9 +523,15 @@ def live_payload(payload: str, pattern: str) -> str:
     return orjson.dumps(row).decode()
 
 
-def _add_ms(timings: dict[str, float], step: str, start: float) -> None:
+def add_elapsed_ms(timings: dict[str, float], step: str, start: float) -> None:
     """Add the ms since ``start`` (``time.perf_counter()``) to ``timings[step]``."""
     timings[step] = timings.get(step, 0.0) + (time.perf_counter() - start) * 1000
+
+
+def add_timings(into: dict[str, float], other: Mapping[str, float]) -> None:
+    """Add each step's ms of ``other`` to ``into``."""
+    for step, ms in other.items():
+        into[step] = into.get(step, 0.0) + ms
 
 
 class OnlineStoreWriter:
@@ -571,7 +576,7 @@ class OnlineStoreWriter:
             chunk = users[start : start + self._users_per_pipeline]
             began = time.perf_counter()
             genres = self._genres({i for u in chunk for i in items.get(u, ())})
-            _add_ms(stats.timings_ms, "genres", began)
+            add_elapsed_ms(stats.timings_ms, "genres", began)
             began = time.perf_counter()
             pipe = self.redis.pipeline(transaction=False)
             for user in chunk:
@@ -605,15 +610,15 @@ class OnlineStoreWriter:
                 for n in range(0, len(outbox), 2):
                     outboxes.setdefault(user, []).append(outbox[n])
                     entries.append({"i": _s(outbox[n]), "u": user, "e": _s(outbox[n + 1])})
-            _add_ms(stats.timings_ms, "users", began)
+            add_elapsed_ms(stats.timings_ms, "users", began)
             began = time.perf_counter()
             if entries or stats.max_event_ms is not None:
                 self._count(entries, stats.max_event_ms)
-            _add_ms(stats.timings_ms, "count", began)
+            add_elapsed_ms(stats.timings_ms, "count", began)
             began = time.perf_counter()
             if outboxes:
                 self._clear(outboxes)
-            _add_ms(stats.timings_ms, "clear", began)
+            add_elapsed_ms(stats.timings_ms, "clear", began)
         return stats
 
     def _clear(self, outboxes: Mapping[str, list[bytes]]) -> None:

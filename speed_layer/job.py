@@ -38,6 +38,8 @@ from attune.online_store import (
     ApplyStats,
     OnlineStore,
     OnlineStoreWriter,
+    add_elapsed_ms,
+    add_timings,
     has_legacy_aggregates,
     migrate_aggregate_keys,
 )
@@ -277,8 +279,7 @@ class OnlineBatchWriter:
         self.totals["applied"] += stats.applied
         self.totals["duplicates"] += stats.duplicates
         self.totals["too_late"] += stats.too_late
-        for step, ms in {"spark": (collected - start) * 1000, **stats.timings_ms}.items():
-            self.step_ms[step] = self.step_ms.get(step, 0.0) + ms
+        add_timings(self.step_ms, {"spark": (collected - start) * 1000, **stats.timings_ms})
         if self.board is not None:
             self.board.update_query(
                 "online",
@@ -315,14 +316,14 @@ class OnlineBatchWriter:
                 began = time.perf_counter()
                 if stats.applied or retried:  # a failed try may have applied some rows
                     self.writer.refresh_trending()
-                stats.timings_ms["trending"] = (time.perf_counter() - began) * 1000
+                add_elapsed_ms(stats.timings_ms, "trending", began)
                 began = time.perf_counter()
                 if self.bandits is not None:  # idempotent per event too
                     counted = self.bandits.apply(rows)
                     self.bandit_totals["applied"] += counted.applied
                     self.bandit_totals["duplicates"] += counted.duplicates
                     self.bandit_totals["too_late"] += counted.too_late
-                stats.timings_ms["bandits"] = (time.perf_counter() - began) * 1000
+                add_elapsed_ms(stats.timings_ms, "bandits", began)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 left = deadline - time.monotonic()
                 if left <= 0:
