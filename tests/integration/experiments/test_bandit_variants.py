@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -86,6 +86,25 @@ def make(test_cfg: AttuneConfig, d: ExperimentsFile) -> tuple[Recommender, ApiSt
     return rec, store
 
 
+def run_closing(
+    scenario: Callable[[], Awaitable[None]], store: ApiStore, *clients: redis.Redis
+) -> None:
+    """Run ``scenario`` in a new event loop, then close the API store's client (in that loop)
+    and ``clients``, however it ended."""
+
+    async def main() -> None:
+        try:
+            await scenario()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        for client in clients:
+            client.close()
+
+
 async def resolve(rec: Recommender, subject: str) -> tuple[str, list[tuple[str, StoredVariant]]]:
     """What one request of ``subject`` does: the one read, then the assignment."""
     wanted = rec.assigner.bandit_experiments(subject)
@@ -113,44 +132,38 @@ def test_the_first_request_decides_and_stores_and_later_ones_keep_it(
     )
 
     async def scenario() -> None:
-        try:
-            for i in range(6):
-                user = f"u{i}"
-                variant, first = await resolve(rec, user)
-                (exp, decided) = first[0]
-                assert len(first) == 1 and exp == "arms" and decided.variant == variant
-                expected = {"control": 0.95, "treatment": 0.05}[variant]
-                assert decided.propensity == pytest.approx(expected, abs=1e-6)
-                assert decided.first_ms == int(NOW_S * 1000)
-                raw = sync.get(keys.user_experiment_variant(user, "arms"))
-                assert raw is not None
-                assert orjson.loads(raw) == {
-                    "v": variant,
-                    "p": decided.propensity,
-                    "d": decided.decision_id,
-                    "t": int(NOW_S * 1000),
-                }
-                ttl = sync.pttl(keys.user_experiment_variant(user, "arms"))
-                assert 0 < ttl <= 90 * 86_400_000  # the user TTL (speed.online_store.user_ttl)
-                # the bandit's state flips to treatment: the stored variant does not move
-                sync.hset(
-                    keys.bandit(policy_name("arms")),
-                    mapping={"c:control": 10, "c:treatment": 500},
-                )
-                for _ in range(3):
-                    again, first_again = await resolve(rec, user)
-                    assert (again, first_again) == (variant, [])
-                sync.hset(
-                    keys.bandit(policy_name("arms")),
-                    mapping={"c:control": 500, "c:treatment": 10},
-                )
-        finally:
-            await store.close()
+        for i in range(6):
+            user = f"u{i}"
+            variant, first = await resolve(rec, user)
+            (exp, decided) = first[0]
+            assert len(first) == 1 and exp == "arms" and decided.variant == variant
+            expected = {"control": 0.95, "treatment": 0.05}[variant]
+            assert decided.propensity == pytest.approx(expected, abs=1e-6)
+            assert decided.first_ms == int(NOW_S * 1000)
+            raw = sync.get(keys.user_experiment_variant(user, "arms"))
+            assert raw is not None
+            assert orjson.loads(raw) == {
+                "v": variant,
+                "p": decided.propensity,
+                "d": decided.decision_id,
+                "t": int(NOW_S * 1000),
+            }
+            ttl = sync.pttl(keys.user_experiment_variant(user, "arms"))
+            assert 0 < ttl <= 90 * 86_400_000  # the user TTL (speed.online_store.user_ttl)
+            # the bandit's state flips to treatment: the stored variant does not move
+            sync.hset(
+                keys.bandit(policy_name("arms")),
+                mapping={"c:control": 10, "c:treatment": 500},
+            )
+            for _ in range(3):
+                again, first_again = await resolve(rec, user)
+                assert (again, first_again) == (variant, [])
+            sync.hset(
+                keys.bandit(policy_name("arms")),
+                mapping={"c:control": 500, "c:treatment": 10},
+            )
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        sync.close()
+    run_closing(scenario, store, sync)
 
 
 def test_a_linucb_experiment_learns_from_list_clicks_by_segment_and_decides_by_it(
@@ -197,23 +210,17 @@ def test_a_linucb_experiment_learns_from_list_clicks_by_segment_and_decides_by_i
     }
 
     async def scenario() -> None:
-        try:
-            for segment, best in (("active", "control"), ("new", "treatment")):
-                for i in range(4):
-                    user = f"decide-{segment}-{i}"
-                    sync.hset(keys.user_batch(user), "segment", segment)
-                    variant, first = await resolve(rec, user)
-                    ((_, decided),) = first
-                    assert decided.variant == variant
-                    expected = 0.95 if variant == best else 0.05
-                    assert decided.propensity == pytest.approx(expected, abs=1e-9)
-        finally:
-            await store.close()
+        for segment, best in (("active", "control"), ("new", "treatment")):
+            for i in range(4):
+                user = f"decide-{segment}-{i}"
+                sync.hset(keys.user_batch(user), "segment", segment)
+                variant, first = await resolve(rec, user)
+                ((_, decided),) = first
+                assert decided.variant == variant
+                expected = 0.95 if variant == best else 0.05
+                assert decided.propensity == pytest.approx(expected, abs=1e-9)
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        sync.close()
+    run_closing(scenario, store, sync)
 
 
 def test_two_concurrent_first_requests_agree(test_cfg: AttuneConfig) -> None:
@@ -224,31 +231,28 @@ def test_two_concurrent_first_requests_agree(test_cfg: AttuneConfig) -> None:
     rec, store = make(test_cfg, d)
 
     async def scenario() -> None:
-        try:
-            direct = await asyncio.gather(
-                store.remember_variant("race", "arms", b"first"),
-                store.remember_variant("race", "arms", b"second"),
+        direct = await asyncio.gather(
+            store.remember_variant("race", "arms", b"first"),
+            store.remember_variant("race", "arms", b"second"),
+        )
+        # both get the value whose write reached Redis first (either may: the two calls
+        # can go out on two pooled connections, so their order at Redis is not theirs)
+        assert direct[0] == direct[1] and direct[0] in (b"first", b"second")
+        for i in range(20):
+            user = f"r{i}"
+            wanted = rec.assigner.bandit_experiments(user)
+            data = await store.read_request(user, int(NOW_S * 1000), wanted)
+            req = RecRequest(user, True, 5)
+            (_, a1, f1), (_, a2, f2) = await asyncio.gather(
+                rec.assign(req, data, NOW_S), rec.assign(req, data, NOW_S)
             )
-            # both get the value whose write reached Redis first (either may: the two calls
-            # can go out on two pooled connections, so their order at Redis is not theirs)
-            assert direct[0] == direct[1] and direct[0] in (b"first", b"second")
-            for i in range(20):
-                user = f"r{i}"
-                wanted = rec.assigner.bandit_experiments(user)
-                data = await store.read_request(user, int(NOW_S * 1000), wanted)
-                req = RecRequest(user, True, 5)
-                (_, a1, f1), (_, a2, f2) = await asyncio.gather(
-                    rec.assign(req, data, NOW_S), rec.assign(req, data, NOW_S)
-                )
-                assert a1[0].variant == a2[0].variant
-                assert len(f1) + len(f2) == 1
-                (_, won) = (f1 or f2)[0]
-                assert won.variant == a1[0].variant
-                assert won.propensity == pytest.approx(0.5)
-        finally:
-            await store.close()
+            assert a1[0].variant == a2[0].variant
+            assert len(f1) + len(f2) == 1
+            (_, won) = (f1 or f2)[0]
+            assert won.variant == a1[0].variant
+            assert won.propensity == pytest.approx(0.5)
 
-    asyncio.run(scenario())
+    run_closing(scenario, store)
 
 
 def test_erasure_deletes_the_stored_variant(test_cfg: AttuneConfig) -> None:
@@ -256,12 +260,9 @@ def test_erasure_deletes_the_stored_variant(test_cfg: AttuneConfig) -> None:
     rec, store = make(test_cfg, d)
 
     async def scenario() -> None:
-        try:
-            await resolve(rec, "erase-me")
-        finally:
-            await store.close()
+        await resolve(rec, "erase-me")
 
-    asyncio.run(scenario())
+    run_closing(scenario, store)
     sync = redis.Redis(host=test_cfg.redis.host, port=test_cfg.redis.port, db=REDIS_DB)
     online = OnlineStore.from_config(test_cfg)
     key = online.keys.user_experiment_variant("erase-me", "arms")
