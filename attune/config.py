@@ -1106,6 +1106,17 @@ class RulesConfig(_Section):
         default_factory=dict,
         description="Placement -> items pinned at fixed positions ('*' = every placement).",
     )
+    calibration: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Weight of the user's genre mix against the ranking's order (0 = off, 1 = "
+        "only the mix): the best `calibration_depth` items are re-ordered so that the list's "
+        "genres follow the user's affinities (docs/api.md).",
+    )
+    calibration_depth: int = Field(
+        50, ge=1, description="How many of the best-ranked items calibration may re-order."
+    )
 
 
 class ContentRule(_Section):

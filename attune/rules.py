@@ -13,18 +13,24 @@ every list, whichever source produced it (docs/api.md):
    categories is *ignored* (shown to the user at least ``speed.features.ignore_min_impressions``
    times without any engagement: implicit, weaker than "not interested", so demoted rather
    than removed); the list is re-sorted (ties by item id);
-3. **diversity** – walking the list best first, an item whose primary (first) category already
+3. **calibration** (``calibration`` > 0, off by default) – the best ``calibration_depth``
+   items are re-ordered so that the list's genre mix follows the user's genre affinities
+   (:func:`calibrate`; Steck, "Calibrated recommendations", RecSys 2018): a list ranked by a
+   model that leans on what is popular lately would otherwise look the same for everyone;
+4. **diversity** – walking the list best first, an item whose primary (first) category already
    has ``max_per_category`` items is skipped; items without a category are not capped;
-4. **fill** – when fewer than ``k`` survive, the ``fill`` candidates (popular items, in their
+5. **fill** – when fewer than ``k`` survive, the ``fill`` candidates (popular items, in their
    order) go through the same filters and cap;
-5. **pins** – configured items for the placement are put at their positions (when they pass the
+6. **pins** – configured items for the placement are put at their positions (when they pass the
    hard filters; the cap does not apply to them) and the list is cut to ``k``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from attune.config import PinConfig, RulesConfig
 
@@ -101,6 +107,69 @@ def pins_for(rules: RulesConfig, placement: str | None) -> list[PinConfig]:
     return sorted(pins, key=lambda p: p.position)
 
 
+CALIBRATION_SMOOTHING = 0.01
+"""``alpha`` of the list's genre mix ``(1 - alpha) q + alpha p``, so that a genre of the user's
+missing from the list costs a large but finite divergence (Steck's choice)."""
+
+
+def calibrate(
+    ranked: Sequence[Candidate],
+    n: int,
+    tastes: Mapping[str, float],
+    categories: Categories,
+    weight: float,
+    depth: int,
+) -> list[Candidate]:
+    """``ranked`` (best first) with its first ``n`` places chosen greedily among the best
+    ``depth``, each time the item that maximizes ``(1 - weight) * relevance - weight *
+    KL(p || q~)``; the rest follow in their order.
+
+    ``p`` is the user's genre mix (``tastes`` normalized, positive values only); ``q`` the mix
+    of the list so far with the item added, each item spreading one unit evenly over its
+    genres and counting once in the total (an item without genres adds none), smoothed by
+    :data:`CALIBRATION_SMOOTHING`. Relevance is the score rescaled to 0..1 over the window
+    (an unscored item 0). Without a positive taste, or with ``weight`` 0, ``ranked`` is
+    returned unchanged.
+    """
+    genres = sorted(g for g, v in tastes.items() if v > 0)
+    window = list(ranked[:depth])
+    if weight <= 0 or not genres or n <= 0 or len(window) <= 1:
+        return list(ranked)
+    p = np.array([tastes[g] for g in genres], dtype=float)
+    p /= p.sum()
+    col = {g: j for j, g in enumerate(genres)}
+    mass = np.zeros((len(window), len(genres)))
+    for i, c in enumerate(window):
+        cats = list(dict.fromkeys(categories(c.item_id)))
+        for g in cats:
+            if g in col:
+                mass[i, col[g]] += 1.0 / len(cats)
+    scores = np.array([c.score if c.score is not None else np.nan for c in window], dtype=float)
+    rel = np.zeros(len(window))
+    known = ~np.isnan(scores)
+    if known.any():
+        lo, hi = scores[known].min(), scores[known].max()
+        rel[known] = (scores[known] - lo) / (hi - lo) if hi > lo else 1.0
+    taken = np.zeros(len(window), dtype=bool)
+    total = np.zeros(len(genres))
+    order: list[int] = []
+    a = CALIBRATION_SMOOTHING
+    for step in range(min(n, len(window))):
+        q = (total[None, :] + mass) / (step + 1)
+        kl = (p * np.log(p / ((1 - a) * q + a * p))).sum(axis=1)
+        gain = (1 - weight) * rel - weight * kl
+        gain[taken] = -np.inf
+        best = int(np.argmax(gain))  # the first best: ties keep the ranking's order
+        taken[best] = True
+        total += mass[best]
+        order.append(best)
+    return (
+        [window[i] for i in order]
+        + [c for i, c in enumerate(window) if not taken[i]]
+        + list(ranked[depth:])
+    )
+
+
 def apply_rules(
     ranked: Iterable[Candidate],
     k: int,
@@ -111,8 +180,10 @@ def apply_rules(
     fill: Iterable[Candidate] = (),
     placement: str | None = None,
     stats: RuleStats | None = None,
+    tastes: Mapping[str, float] | None = None,
 ) -> list[Candidate]:
-    """The final list of at most ``k`` items (see the module docstring)."""
+    """The final list of at most ``k`` items (see the module docstring); ``tastes``: the user's
+    genre affinities, for calibration."""
     stats = stats or RuleStats()
     pins = []
     for pin in pins_for(rules, placement):
@@ -143,6 +214,10 @@ def apply_rules(
     primary = admissible(ranked)
     primary.sort(key=lambda c: (-(c.score if c.score is not None else float("-inf")), c.item_id))
     slots = max(0, k - len(pins))
+    if rules.calibration > 0 and tastes:
+        primary = calibrate(
+            primary, slots, tastes, categories, rules.calibration, rules.calibration_depth
+        )
     per_category: dict[str, int] = {}
     chosen: list[Candidate] = []
 

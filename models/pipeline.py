@@ -20,8 +20,10 @@ training data only (nothing after the split's cutoff):
 6. **ranking** – the ranking model scores the pool, plus ``api.candidates.neighbour_weight``
    times each candidate's neighbour score (:func:`attune.candidates.add_neighbour_score`);
 7. **rules** – :func:`attune.rules.apply_rules`, the API's function, with ``api.rules``: the
-   hard filters, boosts, the diversity cap per primary genre, and the fill with trending then
-   popular items (engagement counts, the speed layer's all-time popularity).
+   hard filters, boosts, calibration to the user's genre affinities (:func:`genre_tastes`, the
+   online store's decayed affinities from the training interactions), the diversity cap per
+   primary genre, and the fill with trending then popular items (engagement counts, the speed
+   layer's all-time popularity).
 
 Offline, every event of the training data counts as an engagement (a rating in a ratings
 file; the interaction events of an event log, :func:`models.data.interaction_mask`), and
@@ -193,6 +195,40 @@ def ranking_source(data: TrainingData, cfg: AttuneConfig) -> Any:
     )
 
 
+def genre_tastes(
+    interactions: pd.DataFrame,
+    users: np.ndarray,
+    categories: Any,
+    weights: dict[str, float],
+    rating_neutral: float,
+    half_life_s: float,
+) -> list[dict[str, float]]:
+    """Each user's genre affinities as the online store computes them (``attune.features``:
+    every genre of the item gets the event's weight, a rating ``weights["rating"] * (rating -
+    neutral) / neutral``, decayed by ``half_life_s`` to the user's latest interaction)."""
+    inter = interactions[interaction_mask(interactions)]
+    inter = inter[inter["user_id"].isin(set(users))]
+    types = inter["event_type"].astype(str)
+    w = types.map(lambda t: weights.get(t, 0.0)).astype(float).to_numpy()
+    if "rating" in inter and "rating" in weights:
+        is_rating = (types == "rating").to_numpy()
+        r = pd.to_numeric(inter["rating"], errors="coerce").to_numpy(dtype=float)
+        w = np.where(
+            is_rating, np.nan_to_num(weights["rating"] * (r - rating_neutral) / rating_neutral), w
+        )
+    t = unix_seconds(inter["timestamp"]).astype(float)
+    last = pd.Series(t).groupby(inter["user_id"].to_numpy()).transform("max").to_numpy()
+    value = w * np.exp2((t - last) / half_life_s)
+    tastes: dict[str, dict[str, float]] = {}
+    for user, item, v in zip(inter["user_id"], inter["item_id"], value, strict=True):
+        if v == 0:
+            continue
+        mine = tastes.setdefault(str(user), {})
+        for g in dict.fromkeys(categories(str(item))):
+            mine[g] = mine.get(g, 0.0) + float(v)
+    return [tastes.get(str(u), {}) for u in users]
+
+
 def trending_items(
     items: np.ndarray, ts_ms: np.ndarray, as_of_ms: int, window_s: int, slices: int, k: int
 ) -> list[int]:
@@ -342,9 +378,24 @@ class ServedPipeline:
         fill = [Candidate(i, None, "trending") for i in self.trending] + [
             Candidate(i, None, "popular") for i in self.popular
         ]
+        feats = self.cfg.speed.features
+        tastes = (
+            genre_tastes(
+                data.interactions,
+                users,
+                self.categories,
+                dict(feats.affinity_weights),
+                feats.rating_neutral,
+                feats.affinity_half_life.total_seconds(),
+            )
+            if rules.calibration > 0
+            else [None] * len(users)
+        )
         out = []
         for row, ex in enumerate(exclusions):
-            final = apply_rules(ranked[row], k, ex, self.categories, rules, fill=fill)
+            final = apply_rules(
+                ranked[row], k, ex, self.categories, rules, fill=fill, tastes=tastes[row]
+            )
             if cand.new_slots:
                 final = keep_new_slots(
                     final, ranked[row], cand.new_slots, fits_cap(self.categories, rules)

@@ -528,6 +528,7 @@ class Recommender:
             fill=fill,
             placement=req.placement,
             stats=stats,
+            tastes=data.features.affinities,
         )
         if source == "model" and cand_cfg.new_slots:
             final = keep_new_slots(

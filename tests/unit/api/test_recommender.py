@@ -172,6 +172,23 @@ def test_neighbour_score_is_blended_into_the_ranking_score() -> None:
     assert store.kinds == ["user"]  # the item-kNN lists were read
 
 
+def test_calibration_follows_the_users_affinities_from_the_features() -> None:
+    # ranking scores (FakeClient): n1 20 War, r1 10 Drama, r2 9 Horror, r3 8 Comedy, t1 6
+    # Action; relevance over them (20 - 6 = 14): n1 1, r1 4/14, r2 3/14. A Horror fan, weight
+    # 0.5: place 1: r2 0.5 * 3/14 - 0 = 0.107, every other item costs 0.5 ln(1 / 0.01) = 2.30
+    # (n1 0.5 - 2.30) -> r2; place 2: a second genre makes q_Horror 1/2 (smoothed 0.505,
+    # KL 0.683): n1 0.5 - 0.342 = 0.158, r1 0.143 - 0.342 -> n1. Uncalibrated: n1, r1.
+    features = UserFeatures(
+        user="u", recent=[RecentItem("seen1", "rating", 2)], affinities={"Horror": 2.5}
+    )
+    calibrated, _ = recommender(
+        FakeClient(), data(features=features), calibration=0.5, max_per_category=0
+    )
+    plain, _ = recommender(FakeClient(), data(features=features), max_per_category=0)
+    assert [i.item_id for i in run(calibrated, k=2).items] == ["r2", "n1"]
+    assert [i.item_id for i in run(plain, k=2).items] == ["n1", "r1"]
+
+
 def test_an_erased_users_id_never_reaches_the_models() -> None:
     # their id embedding is still in the served models: the query carries the unknown id ""
     client = FakeClient()
