@@ -19,7 +19,10 @@ What it does, on the configured stack (``attune stack up``; ``ATTUNE__*`` overri
 4. times **the nightly run** for the last day: every stage (silver over the late window, gold
    over all history, views and corrections written to Redis under their own key prefix,
    maintenance), per stage, in wall seconds and in CPU seconds (driver, Spark JVM and Python
-   workers: on a machine shared with other work, wall time follows the others' load).
+   workers: on a machine shared with other work, wall time follows the others' load), and the
+   peak RSS over the nightly run of the driver and of the Spark JVM with its Python workers
+   (``benchmarks/memory.py``: the sampled peak of the tree's summed RSS, and each process's
+   VmHWM).
 
 It prints a table, the growth exponent of the nightly run's time against the number of events
 (log-log slope between the smallest and the largest size: 1.0 is linear, less is better than
@@ -43,6 +46,10 @@ from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # memory.py, also when imported as benchmarks.batch
+
+from memory import PeakMemory, ProcessGroup, format_peaks  # noqa: E402
+from memory import descendants as _descendants  # noqa: E402
 
 from attune.config import AttuneConfig, load_config  # noqa: E402
 
@@ -464,6 +471,13 @@ def run_size(base: AttuneConfig, size: int, days: int, n_items: int) -> dict[str
     # time can be read too: on a machine shared with other work, wall time depends on the
     # others' load, CPU time much less.
     result["stages_s"], result["stages_cpu_s"], result["details"] = {}, {}, {}
+    jvm = spark.sparkContext._gateway.proc.pid  # type: ignore[union-attr]
+    memory = PeakMemory(
+        [
+            ProcessGroup("driver", lambda: [os.getpid()], tree=False, reset_hwm=True),
+            ProcessGroup("Spark JVM + Python workers", lambda: [jvm], reset_hwm=True),
+        ]
+    ).start()
     for stage in STAGES:
         cpu0, load0 = cpu_seconds(spark), os.getloadavg()[0]
         report = run_batch(cfg, END, [stage], spark=spark, say=_say(size))
@@ -473,6 +487,7 @@ def run_size(base: AttuneConfig, size: int, days: int, n_items: int) -> dict[str
             **report.as_dict()["stages"][stage],
             "load_avg_1m": [round(load0, 1), round(os.getloadavg()[0], 1)],
         }
+    result["peak_memory"] = memory.stop()  # over the nightly run's stages
     result["nightly_s"] = round(sum(result["stages_s"].values()), 1)
     result["nightly_cpu_s"] = round(sum(result["stages_cpu_s"].values()), 1)
     result["redis_keys_cleared"] = clear_redis(cfg)
@@ -488,19 +503,6 @@ def _proc_cpu(pid: int) -> float:
         return 0.0
     tick = os.sysconf("SC_CLK_TCK")
     return sum(int(fields[i]) for i in (11, 12, 13, 14)) / tick
-
-
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            kids = [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-        except OSError:
-            kids = []
-        out += kids
-        todo += kids
-    return out
 
 
 def cpu_seconds(spark: SparkSession) -> float:
@@ -550,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
             + " ".join(f"{r['stages_s'][s]:>5.0f} ({r['stages_cpu_s'][s]:>4.0f})" for s in stages)
             + f" {r['nightly_s']:>7.0f} ({r['nightly_cpu_s']:>5.0f}) {per:>9.1f}"
         )
+    for r in results:
+        print(f"{r['events']:>12,} {format_peaks(r['peak_memory'])}")
     growth = slope([(r["events"], r["nightly_s"]) for r in results])
     cpu_growth = slope([(r["events"], r["nightly_cpu_s"]) for r in results])
     stage_growth = {s: slope([(r["events"], r["stages_s"][s]) for r in results]) for s in stages}

@@ -24,7 +24,9 @@ topics (uuid suffix), Redis db and key prefix, var dir and lake:
    same with the minimum lowered to 1 s through ``spark.sql.streaming.realTimeMode.
    minBatchDuration``);
    The CPU the speed layer's processes (driver and JVM) used in the window is reported too,
-   in cores: on a shared machine it tells how much of the latency is waiting for a CPU.
+   in cores: on a shared machine it tells how much of the latency is waiting for a CPU; and
+   their peak RSS in the window (the driver, the JVM and its Python workers as one tree,
+   ``benchmarks/memory.py``).
    Every probe request also carries a bandit impression (the API's kind: one arm, a fresh name
    per probe, ``context.placement`` = ``slot:home_banner``, whose bandit the benchmark
    configures); its freshness is the time from the same 200 to the arm's impression count
@@ -403,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import redis
+    from memory import PeakMemory, ProcessGroup
 
     from attune.collector.process import collector_process
     from attune.config import AttuneConfig, isolated_config, load_config
@@ -486,11 +489,15 @@ def main(argv: list[str] | None = None) -> int:
                     prober.finish(grace_s=1)
                     load_avg = os.getloadavg()[0]
                     print(f"   measuring {args.duration:.0f} s ...", flush=True)
+                    memory = PeakMemory(
+                        [ProcessGroup("speed layer", [layer.child.pid], reset_hwm=True)]
+                    ).start()
                     cpu0, t0 = _group_cpu_s(layer.child.pid), time.monotonic()
                     board0 = _writer_board(layer)
                     sampler = _ProgressSampler(layer)
                     prober.run(args.duration)
                     sampler.stop()
+                    peaks = memory.stop()
                     speed_cores = (_group_cpu_s(layer.child.pid) - cpu0) / (time.monotonic() - t0)
                     batch_steps = _step_means(board0, _writer_board(layer))
                     if batch_steps:
@@ -510,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                     stats["loadavg_1m"] = load_avg
                     stats["loadavg_1m_end"] = load_avg_end
                     stats["speed_layer_cores"] = round(speed_cores, 2)
+                    stats["peak_memory"] = peaks
                     stats["batch_steps"] = batch_steps
                     online = layer.board().get("queries", {}).get("online", {})
                     stats["last_progress"] = {
@@ -748,6 +756,8 @@ def _fmt(x: Any) -> str:
 
 
 def _print_table(r: dict[str, Any]) -> None:
+    from memory import format_peaks
+
     print(
         f"\nfreshness: collector ack -> visible in Redis, steady load {r['rate']:.0f} events/s "
         f"through the collector, {r['duration_s']:.0f} s per mode "
@@ -775,6 +785,9 @@ def _print_table(r: dict[str, Any]) -> None:
                 f"{_fmt(b['p99_s']):>8}{'':>8}{b['probes']:>8}{b['not_counted_within_grace']:>6}"
                 "  (impression -> counted in the policy's state)"
             )
+    for mode, s in r["modes"].items():
+        if s.get("peak_memory"):
+            print(f"  {mode}: {format_peaks(s['peak_memory'])}")
     for mode, s in r["modes"].items():
         if s.get("batch_steps"):
             print(f"  {mode}: {_fmt_steps(s['batch_steps'])}")

@@ -17,7 +17,9 @@ What it does, on the configured stack (``attune stack up``; ``ATTUNE__*`` overri
    client so the generator leaves the CPU to the collector) for ``--duration`` seconds after a
    warm-up; every request must be answered 200 (Kafka acknowledged all of its events);
 5. **zero loss**: reads the events topic back and checks that every acknowledged event id is
-   there (distinct ids == accepted).
+   there (distinct ids == accepted);
+6. **memory**: the peak RSS, while the load generator runs, of the collector's processes and
+   of the stack's Kafka broker JVM (``benchmarks/memory.py``).
 
 ``--compare`` measures the collector as it was before issue 15's ingest work (:data:`BEFORE`:
 ``collector.kafka_append: send``, ``collector.gc_young_threshold: 0``) and as configured now,
@@ -301,9 +303,14 @@ def _run_collector(
     cfg: Any, key: str, events: list[dict[str, Any]], args: argparse.Namespace, var: Path
 ) -> dict[str, Any]:
     """One collector run on ``cfg``'s own topics: throughput, latency, CPU and zero loss."""
-    from attune.collector.process import collector_process
-    from attune.events_cli import read_topic
+    from memory import PeakMemory, ProcessGroup
 
+    from attune.collector.process import collector_process
+    from attune.config import load_config
+    from attune.events_cli import read_topic
+    from attune.stack import kafka_pid
+
+    broker = kafka_pid(load_config())  # the stack's, found from its own config's pid file
     events_topic = cfg.kafka.topic("events")
     n_events = int(args.max_rate * (args.duration + args.warmup))
     n_events -= n_events % args.batch
@@ -324,11 +331,18 @@ def _run_collector(
             args=(url, key, bodies, args.connections, args.warmup, args.duration, str(out_path)),
         )
         del bodies
+        memory = PeakMemory(
+            [
+                ProcessGroup("collector", pids, reset_hwm=True),
+                ProcessGroup("Kafka broker", [broker], tree=False),
+            ]
+        ).start()
         cpu0 = _cpu_seconds(pids)
         busy0 = _cpu_busy()
         proc.start()
         proc.join()
         cpu1 = _cpu_seconds(pids)
+        peaks = memory.stop()
         busy1 = _cpu_busy()
         load_after = os.getloadavg()
         if proc.exitcode != 0:
@@ -356,6 +370,7 @@ def _run_collector(
         },
         "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after": [round(x, 2) for x in load_after],
+        "peak_memory": peaks,
         # share of the machine's CPU time in use while the load generator ran (all processes)
         "machine_cpu_busy": round((busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]), 3),
         "events_per_s": round(rate, 1),
@@ -550,6 +565,8 @@ def _collector_pids(port: int) -> list[int]:
 
 def _print_table(r: dict[str, Any]) -> None:
     """Rows per measure; a column per collector run kept (before, after) when --compare."""
+    from memory import format_peaks
+
     cols = [("after", r["collector"])]
     if r["collector_before"] is not None:
         cols.insert(0, ("before", r["collector_before"]))
@@ -584,6 +601,7 @@ def _print_table(r: dict[str, Any]) -> None:
             lambda c: f"{c['load_generator_cpu_s_per_1000_events']}",
         ),
         ("  zero loss", loss),
+        ("  peak RSS MB (HWM)", lambda c: format_peaks(c["peak_memory"]).split(": ", 1)[1]),
         ("  machine CPU busy during the run", lambda c: f"{100 * c['machine_cpu_busy']:.0f}%"),
         (
             "  load average before / after run",
