@@ -22,7 +22,11 @@ What it does, on the configured stack (``attune stack up``; ``ATTUNE__*`` overri
    header: features, retrieval, candidates, ranking, rules), the answering source. Once with
    the API on gRPC to the model server and once on REST, same data, same run.
    A rate is *held* when at least 98 % of the offered requests completed, none failed, every
-   answer came from the model, and p99 <= 15 ms (the target).
+   answer came from the model, and p99 <= 15 ms (the target). Per rate, the model server's CPU
+   per predict call too (from its own request count: when the 2 cores saturate, the API's
+   circuit breaker skips the model server and the CPU per API request looks lower than it
+   is), and the peak RSS of the API (with its workers), the model server and the stack's Redis
+   (``benchmarks/memory.py``).
 4. **freshness**: the collector and the speed layer (Spark, online query) start; for
    ``--freshness`` users: read their recommendations, post a click on the top item to the
    collector, and from the collector's acknowledgement poll the API every 20 ms until that item
@@ -568,7 +572,23 @@ def bench_config(args: argparse.Namespace) -> Any:
     )
 
 
+def model_server_predicts(url: str) -> float:
+    """Predict calls the model server at ``url`` has answered (any status), from its metrics."""
+    import re
+
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    total = 0.0
+    for m in re.finditer(r"^attune_serving_requests_total\{([^}]*)\} (\S+)$", text, re.M):
+        if 'method="predict"' in m.group(1):
+            total += float(m.group(2))
+    return total
+
+
 def format_tables(report: dict[str, Any]) -> str:
+    from memory import format_peaks
+
     lines = []
     hdr = (
         f"{'proto':<5} {'rate':>5} {'done/s':>7} {'err':>4} {'p50':>7} {'p95':>7} {'p99':>7} "
@@ -596,8 +616,12 @@ def format_tables(report: dict[str, Any]) -> str:
                 f"{proto:<5} {run['rate']:>5.0f} {run['achieved_rps']:>7.1f} {errs:>4} "
                 f"{f(lat['p50']):>7} {f(lat['p95']):>7} {f(lat['p99']):>7} {f(lat['max']):>7} | "
                 f"{'':>15}{stages} | {src} | cpu ms/req api {cpu.get('api', '-')} "
-                f"models {cpu.get('model_server', '-')} | load {run.get('loadavg_1m_after', '-')}"
+                f"models {cpu.get('model_server', '-')} (per predict call "
+                f"{run.get('model_server_cpu_ms_per_predict', '-')}) | load "
+                f"{run.get('loadavg_1m_after', '-')}"
             )
+            if run.get("peak_memory"):
+                lines.append(f"{'':>12}{format_peaks(run['peak_memory'])}")
     lines.append(
         "latencies in ms, client side from the scheduled send time; server = Server-Timing"
     )
@@ -647,14 +671,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+    from memory import PeakMemory, ProcessGroup
+
     from attune.api.keys import ensure_read_key
     from attune.api.process import start_api
+    from attune.config import load_config
     from attune.secrets import Pseudonymizer, pseudonym_key
     from attune.serving.process import start_model_server
     from attune.stack import create_topics, kafka_admin
+    from attune.stack.redis import redis_pid
 
     started = time.monotonic()
     cfg = bench_config(args)
+    redis = redis_pid(load_config(None))  # the stack's redis-server (its pid file is there)
     say(f"var {cfg.var_dir}, Redis db {cfg.redis.db} prefix {PREFIX}")
     create_topics(cfg)
     t = time.monotonic()
@@ -715,9 +744,23 @@ def main(argv: list[str] | None = None) -> int:
                         if args.profile
                         else []
                     )
+                    memory = PeakMemory(
+                        [
+                            ProcessGroup("API", [api.pid], reset_hwm=True),
+                            ProcessGroup("model server", [models.pid], reset_hwm=True),
+                            ProcessGroup("Redis", [redis], tree=False),
+                        ]
+                    ).start()
+                    predicts0 = model_server_predicts(models.url)
                     cpu0 = (cpu_seconds(api.pid), cpu_seconds(models.pid))
                     run = run_loadgen(api.url, key, rate, args, seed=100 + i)
                     cpu1 = (cpu_seconds(api.pid), cpu_seconds(models.pid))
+                    run["peak_memory"] = memory.stop()
+                    predicts = model_server_predicts(models.url) - predicts0
+                    run["model_server_predicts"] = predicts
+                    run["model_server_cpu_ms_per_predict"] = round(
+                        (cpu1[1] - cpu0[1]) * 1000 / max(1.0, predicts), 3
+                    )
                     for spy in spies:
                         spy.wait(timeout=60)
                     served = max(1, run["completed"])
