@@ -613,6 +613,13 @@ class CooccurrenceConfig(_Section):
         "by few users pulled towards 0. 200 chosen on MovieTweetings-100K validation splits "
         "(0, 10, 50, 200 tried).",
     )
+    user_knn: bool = Field(
+        False,
+        description="Also compute the kind user (item-kNN) and publish it (P:i:{item}:knn), "
+        "which api.candidates.neighbours: user reads. Off unless used: its pairs (up to "
+        "max_user_items^2 per user) made gold's co-occurrence 505 s instead of 130 s at 10M "
+        "events (benchmarks/batch.py, docs/batch.md).",
+    )
 
 
 class SegmentsConfig(_Section):
@@ -1410,6 +1417,16 @@ class AttuneConfig(_Section):
     experiments: ExperimentsConfig = ExperimentsConfig()
     airflow: AirflowConfig = AirflowConfig()
     dashboard: DashboardConfig = DashboardConfig()
+
+    @model_validator(mode="after")
+    def _knn_is_computed_when_read(self) -> AttuneConfig:
+        if self.api.candidates.neighbours == "user" and not self.batch.cooccurrence.user_knn:
+            raise ValueError(
+                "api.candidates.neighbours: user reads the item-kNN lists that the nightly "
+                "batch writes only with batch.cooccurrence.user_knn: true; set that too, or "
+                "use neighbours: session"
+            )
+        return self
 
     # Convenience resolved paths -------------------------------------------------------
     @property

@@ -29,7 +29,9 @@ Tables (see :mod:`spark.tables`):
 ``gold/item_cooccurrence``
     ``kind = session``: items engaged with in the same session; ``kind = bought``: items bought
     by the same user ("users who bought X also bought Y"); ``kind = user``: items engaged with
-    by the same user (item-kNN; the user's latest ``max_user_items``). Score: cosine of the
+    by the same user (item-kNN; the user's latest ``max_user_items``; only with
+    ``batch.cooccurrence.user_knn``, which ``api.candidates.neighbours: user`` needs: its pairs
+    are the costliest of the batch). Score: cosine of the
     co-occurrence count, ``n_ab / sqrt(n_a * n_b)``, shrunk for ``user``:
     ``n_ab / (sqrt(n_a * n_b) + user_shrinkage)``; ``top_k`` neighbours per item.
 ``gold/trending``, ``gold/user_segments``, ``gold/popular_by_segment``,
@@ -419,7 +421,7 @@ def _latest_distinct(df: DataFrame, basket: list[str], limit: int) -> DataFrame:
 def item_cooccurrence(
     rows: DataFrame, params: CooccurrenceConfig, session_gap_ms: int
 ) -> DataFrame:
-    """The three kinds of co-occurrence from feature rows (see the module docstring).
+    """The kinds of co-occurrence from feature rows (see the module docstring).
 
     A session is the events' ``session_id``; events without one are grouped per user into
     blocks of ``session_gap_ms`` (an approximation of gap-based sessions that needs no sort).
@@ -439,11 +441,14 @@ def item_cooccurrence(
         ["user"],
         params.max_user_purchases,
     )
+    out = _pairs(sessions, params.min_count, params.top_k, "session").unionByName(
+        _pairs(bought, params.min_count, params.top_k, "bought")
+    )
+    if not params.user_knn:
+        return out
     users = _latest_distinct(engaged, ["user"], params.max_user_items)
-    return (
-        _pairs(sessions, params.min_count, params.top_k, "session")
-        .unionByName(_pairs(bought, params.min_count, params.top_k, "bought"))
-        .unionByName(_pairs(users, params.min_count, params.top_k, "user", params.user_shrinkage))
+    return out.unionByName(
+        _pairs(users, params.min_count, params.top_k, "user", params.user_shrinkage)
     )
 
 

@@ -88,6 +88,19 @@ def test_file_values_override_defaults(tmp_path: Path) -> None:
     assert cfg.redis.host == "127.0.0.1"  # untouched keys keep their defaults
 
 
+def test_item_knn_neighbours_need_the_batch_to_compute_them(tmp_path: Path) -> None:
+    path = _write(tmp_path, "api:\n  candidates:\n    neighbours: user\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert str(path) in str(err.value)
+    assert "batch.cooccurrence.user_knn: true" in str(err.value)
+    both = (
+        "api:\n  candidates:\n    neighbours: user\nbatch:\n  cooccurrence:\n    user_knn: true\n"
+    )
+    cfg = load_config(_write(tmp_path, both), environ={})
+    assert cfg.api.candidates.neighbours == "user" and cfg.batch.cooccurrence.user_knn
+
+
 def test_unknown_key_names_the_file_and_the_key_path(tmp_path: Path) -> None:
     path = _write(tmp_path, "kafka:\n  bootstrap_server: broker:9092\n")
     with pytest.raises(ConfigError) as err:

@@ -150,7 +150,9 @@ class World:
 
 @pytest.fixture(scope="module")
 def first_run(world: AttuneConfig, spark: SparkSession) -> World:
-    w = World(world, spark)
+    cooc = world.batch.cooccurrence.model_copy(update={"user_knn": True})
+    batch = world.batch.model_copy(update={"cooccurrence": cooc})
+    w = World(world.model_copy(update={"batch": batch}), spark)
     publish(world, CATALOG)
     write_bronze(spark, w.lake.bronze, _events(w.alice, w.anon))
     w.report = w.run(["silver", "gold", "views"])  # type: ignore[attr-defined]

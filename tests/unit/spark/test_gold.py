@@ -152,7 +152,8 @@ def test_item_cooccurrence_by_session_by_purchase_and_by_user(spark: SparkSessio
         *_views("u1", None, ["D", "E"], 14),
     ]
     rows = stream_rows(_silver(spark, events), PARAMS)
-    out = item_cooccurrence(rows, CooccurrenceConfig(min_count=2, top_k=20), PARAMS.session_gap_ms)
+    params = CooccurrenceConfig(min_count=2, top_k=20, user_knn=True)
+    out = item_cooccurrence(rows, params, PARAMS.session_gap_ms)
     # sessions: s1 {A,B,C}, s2 {A,B}, s3 {B,C}, u1's block {D,E}
     # pair counts: AB 2, BC 2, AC 1, DE 1 -> min_count 2 keeps AB and BC (both directions)
     # support: A 2, B 3, C 2 -> cosine AB = BC = 2 / sqrt(2 * 3)
@@ -176,6 +177,17 @@ def test_item_cooccurrence_by_session_by_purchase_and_by_user(spark: SparkSessio
             Row(kind="user", item_id="C", rank=1, other_item_id="B", count=2, score=u),
         ],
     )
+
+
+def test_item_knn_is_left_out_unless_configured(spark: SparkSession) -> None:
+    events = [*_views("u1", "s1", ["A", "B"], 9), *_views("u2", "s2", ["A", "B"], 9)]
+    rows = stream_rows(_silver(spark, events), PARAMS)
+    out = item_cooccurrence(rows, CooccurrenceConfig(min_count=2), PARAMS.session_gap_ms)
+    # the sessions give AB twice (kind session, both directions); no purchase, no kind user
+    assert sorted((r.kind, r.item_id) for r in out.collect()) == [
+        ("session", "A"),
+        ("session", "B"),
+    ]
 
 
 def test_user_segments_rfm_rules(spark: SparkSession) -> None:
