@@ -205,7 +205,9 @@ def genre_tastes(
 ) -> list[dict[str, float]]:
     """Each user's genre affinities as the online store computes them (``attune.features``:
     every genre of the item gets the event's weight, a rating ``weights["rating"] * (rating -
-    neutral) / neutral``, decayed by ``half_life_s`` to the user's latest interaction)."""
+    neutral) / neutral``, decayed by ``half_life_s`` to the user's latest interaction). One
+    difference: the store drops what is older than its two newest buckets (16 half-lives
+    each); here those contributions stay, already decayed to less than 2^-16 of their weight."""
     inter = interactions[interaction_mask(interactions)]
     inter = inter[inter["user_id"].isin(set(users))]
     types = inter["event_type"].astype(str)
