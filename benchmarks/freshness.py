@@ -200,7 +200,8 @@ class Prober:
                 seen = pipe.execute()
                 now = time.monotonic()
                 with self.lock:
-                    for (item, (_, acked)), score in zip(pending, seen, strict=False):
+                    scores = seen[: len(pending)]  # then the arms' counts, when any
+                    for (item, (_, acked)), score in zip(pending, scores, strict=True):
                         if score is not None and item in self.pending:
                             del self.pending[item]
                             self.samples.append(now - acked)

@@ -254,11 +254,13 @@ def run_views(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
     ctx.progress(f"views: recommendations for {n_users:,} users")
 
     items_written = spark.sparkContext.accumulator(0)
-    for kind, fmt in (
+    kinds = [
         ("session", _key_format(keys.item_similar)),
         ("bought", _key_format(keys.item_bought_with)),
-        ("user", _key_format(keys.item_knn)),
-    ):
+    ]
+    if cfg.batch.cooccurrence.user_knn:  # gold writes kind user only then
+        kinds.append(("user", _key_format(keys.item_knn)))
+    for kind, fmt in kinds:
         rows = _zset_rows(cooc.where(F.col("kind") == kind), "item_id", "other_item_id", "score")
         rows.foreachPartition(ZsetWriter(r, fmt, ttl, counter=items_written))
     n_items = int(items_written.value)
