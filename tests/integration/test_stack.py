@@ -1,4 +1,8 @@
-"""The local stack against the real thing: the broker, Redis and topics `attune stack up` made."""
+"""The local stack against the real thing: the broker, Redis and topics `attune stack up` made.
+
+Two tests here restart the shared Kafka and Redis that every other integration module uses, so
+`scripts/test.sh` runs this module alone, before the two parallel lanes start.
+"""
 
 from __future__ import annotations
 
