@@ -22,7 +22,8 @@ What it does, on the configured stack (``attune stack up``; ``ATTUNE__*`` overri
    of the stack's Kafka broker JVM (``benchmarks/memory.py``).
 
 ``--compare`` measures the collector as it was before issue 15's ingest work (:data:`BEFORE`:
-``collector.kafka_append: send``, ``collector.gc_young_threshold: 0``) and as configured now,
+``collector.kafka_append: send``, ``collector.gc_young_threshold: 0``; or, with ``--against
+collector.KEY=VALUE``, one setting alone) and as configured now,
 alternating ``--rounds`` times, each run with its own topics and collector, in the same
 conditions; the table has a column for each (the best round of each; every round is in the
 JSON), with the load average and the machine's CPU use during each run.
@@ -285,15 +286,36 @@ BEFORE: tuple[tuple[str, str, Any], ...] = (
 )
 
 
+def parse_overrides(items: list[str]) -> tuple[tuple[str, str, Any], ...]:
+    """``["collector.gc_young_threshold=0", ...]`` -> ``(("collector", "gc_young_threshold",
+    "0"), ...)``; the configuration's own validation converts the values."""
+    out = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        section, _, key = name.rpartition(".")
+        if not sep or section not in ("collector", "kafka.producer") or not key:
+            raise ValueError(
+                f"--against {item!r}: expected SECTION.KEY=VALUE with SECTION collector or "
+                "kafka.producer, e.g. collector.gc_young_threshold=0"
+            )
+        out.append((section, key, value))
+    return tuple(out)
+
+
 def _variant(cfg: Any, overrides: tuple[tuple[str, str, Any], ...]) -> Any:
-    """``cfg`` with ``(section, key, value)`` overrides (``collector`` or ``kafka.producer``)."""
+    """``cfg`` with ``(section, key, value)`` overrides (``collector`` or ``kafka.producer``),
+    validated as a configuration file's values are (so ``"0"`` from the command line is 0)."""
     collector = {k: v for section, k, v in overrides if section == "collector"}
     producer = {k: v for section, k, v in overrides if section == "kafka.producer"}
+
+    def merged(section: Any, update: dict[str, Any]) -> Any:
+        return type(section).model_validate({**section.model_dump(), **update})
+
     return cfg.model_copy(
         update={
-            "collector": cfg.collector.model_copy(update=collector),
+            "collector": merged(cfg.collector, collector),
             "kafka": cfg.kafka.model_copy(
-                update={"producer": cfg.kafka.producer.model_copy(update=producer)}
+                update={"producer": merged(cfg.kafka.producer, producer)}
             ),
         }
     )
@@ -419,6 +441,15 @@ def main(argv: list[str] | None = None) -> int:
         "current one, each run on its own topics",
     )
     parser.add_argument("--rounds", type=int, default=1, help="with --compare: before/after pairs")
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="with --compare: the 'before' runs use these overrides (collector.* or "
+        "kafka.producer.*, repeatable) instead of BEFORE, e.g. "
+        "--against collector.gc_young_threshold=0 to measure one setting alone",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--keep-topics", action="store_true")
     args = parser.parse_args(argv)
@@ -429,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     from attune.stack import create_topics, kafka_admin
 
     base = load_config()
+    try:
+        before_overrides = parse_overrides(args.against) if args.against else BEFORE
+    except ValueError as exc:
+        parser.error(str(exc))
     run = uuid.uuid4().hex[:8]
     var = Path(tempfile.mkdtemp(prefix="attune-bench-"))
 
@@ -436,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = isolated_config(
             base, suffix=f"bench-{run}-{label}", var_dir=var, redis_db=15, workers=args.workers
         )
-        return _variant(cfg, BEFORE) if label.startswith("before") else cfg
+        return _variant(cfg, before_overrides) if label.startswith("before") else cfg
 
     labels = ["after"]
     if args.compare:
@@ -515,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
             "workers": cfg.collector.workers,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
-            "before_overrides": [list(o) for o in BEFORE] if before else None,
+            "before_overrides": [list(o) for o in before_overrides] if before else None,
         },
         "collector": after,
         "collector_before": before,
