@@ -1,4 +1,4 @@
-"""Gold: features, training data and aggregates, recomputed from all of silver up to the date.
+"""Gold: features, training data and aggregates, from all of silver up to the date.
 
 User and item features come from the feature functions the speed layer runs
 (:mod:`attune.features`): the batch runs the same row-level functions over all of history
@@ -21,7 +21,10 @@ Tables (see :mod:`spark.tables`):
     time-based splits need (``event_date``, ``event_id``, ``user_event_index``: the
     interaction's position in the user's history) and ``position`` / ``recommendation_id`` /
     ``session_id``. ``segment`` is the user's segment from the previous night's snapshot, i.e.
-    what the system knew at event time (no leakage from the future).
+    what the system knew at event time (no leakage from the future). The one table not
+    recomputed in full each night (``batch.gold.incremental``): only the event dates that
+    changed are rewritten, plus every row of the few users a window-only rewrite would get
+    wrong, so that it equals a full recompute (:func:`write_training_examples`).
 ``gold/training_sets``
     per logical date, the Delta versions the training set was built from and the version it was
     written as, so a model can be rebuilt from exactly the same data with time travel.
@@ -45,9 +48,12 @@ Tables (see :mod:`spark.tables`):
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from attune.events import EVENT_TYPES
 from attune.features import (
@@ -72,9 +78,10 @@ from attune.features import (
 from spark.context import RunContext, Stage, StageInputs, StageOutputs, window_start
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
     from attune.config import CooccurrenceConfig, SegmentsConfig
+    from spark.tables import Lake, Written
 
 log = logging.getLogger(__name__)
 
@@ -290,14 +297,18 @@ def item_features(
 # Training examples
 
 
-def training_examples(events: DataFrame, segments: DataFrame | None) -> DataFrame:
+def training_examples(
+    events: DataFrame, segments: DataFrame | None, offsets: DataFrame | None = None
+) -> DataFrame:
     """``gold/training_examples`` from silver events (see the module docstring).
 
     Uses the online features' :func:`~attune.features.personalizing` (consent) and
     :func:`~attune.features.effective_rows` (nothing from before a withdrawal of
     personalization consent), so the models see exactly the history the features see.
     ``segments``: snapshots with ``user, segment, as_of_date``; an event on day ``d`` gets the
-    snapshot of ``d - 1``.
+    snapshot of ``d - 1``. ``offsets`` (``user, offset``): examples a user already has before
+    ``events`` begin (an incremental run, :func:`write_training_examples`), added to
+    ``user_event_index``; users without one start at 1.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -321,6 +332,19 @@ def training_examples(events: DataFrame, segments: DataFrame | None) -> DataFram
     rows = rows.where(F.col("type").isin(*TRAINING_EVENT_TYPES) & F.col("item").isNotNull())
     order = Window.partitionBy("user").orderBy("ts_ms", "event_id", "pos")
     rows = rows.withColumn("user_event_index", F.row_number().over(order))
+    if offsets is not None:
+        rows = (
+            rows.join(
+                offsets.select(F.col("user").alias("_ou"), "offset"),
+                F.col("user") == F.col("_ou"),
+                "left",
+            )
+            .withColumn(
+                "user_event_index",
+                (F.col("user_event_index") + F.coalesce("offset", F.lit(0))).cast("int"),
+            )
+            .drop("_ou", "offset")
+        )
     if segments is not None:
         # one row per user with {day the snapshot applies to: segment}: joined on the user
         # alone, so the (large) examples keep the partitioning of the window above and only
@@ -666,12 +690,7 @@ def run_gold(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
     ctx.progress(f"gold: {n_rows:,} feature rows")
 
     segments = user_segments(events, cfg.batch.segments, as_of_ms).cache()
-    seg_version = write_table(
-        segments.withColumn("as_of_date", F.lit(day)),
-        lake.gold_user_segments,
-        partition_by="as_of_date",
-        replace_where=f"as_of_date = DATE'{day.isoformat()}'",
-    ).version
+    seg_version = write_segment_snapshot(ctx, segments)
     ctx.progress("gold: user segments")
 
     uf_version = write_table(
@@ -722,22 +741,9 @@ def run_gold(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
     seg_history = read_table(spark, lake.gold_user_segments, seg_version).where(
         F.col("as_of_date") < F.lit(day)
     )
-    # (sorted by date within each task, so a task writes one file per date in turn, without
-    # another shuffle of the whole table)
-    examples = training_examples(events, seg_history).sortWithinPartitions("event_date")
-    manifest = {
-        "as_of_date": day.isoformat(),
-        "silver_events_version": versions["silver_events"],
-        "silver_items_version": versions["silver_items"],
-        "user_segments_version": seg_version,
-        "bronze_version": ctx.versions_read.get(lake.bronze),
-    }
-    te_version = write_table(
-        examples,
-        lake.gold_training_examples,
-        partition_by="event_date",
-        metadata={"training_set": manifest},
-    ).version
+    manifest = training_set_manifest(ctx, versions, seg_version)
+    te_written, te_plan = write_training_examples(ctx, events, seg_history, manifest, start)
+    te_version = te_written.version
     written = read_table(spark, lake.gold_training_examples, te_version)
     stats = quality.check_training_examples(ctx, written)
     record = spark.createDataFrame(
@@ -763,7 +769,13 @@ def run_gold(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
         lake.gold_training_sets,
         replace_where=f"as_of_date = DATE'{day.isoformat()}'",
     )
-    out["training_examples"] = {"version": te_version, "rows": int(stats["rows"])}
+    out["training_examples"] = {
+        "version": te_version,
+        "rows": int(stats["rows"]),
+        "rewritten_from": te_plan.start and te_plan.start.isoformat(),
+        "users_recomputed": len(te_plan.users),
+        "full_because": te_plan.reason or None,
+    }
     ctx.progress(f"gold: training examples: {int(stats['rows']):,} rows (v{te_version})")
     rows.unpersist()
     segments.unpersist()
@@ -771,6 +783,389 @@ def run_gold(ctx: RunContext, inputs: StageInputs) -> StageOutputs:
     out["feature_rows"] = n_rows
     out["user_features_version"] = uf_version.version
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# Training examples, incrementally
+
+
+def write_segment_snapshot(ctx: RunContext, segments: DataFrame) -> int:
+    """Write ``segments`` as the run date's snapshot of ``gold/user_segments`` (that partition
+    replaced); returns the version. The commit names the date (what :func:`rewrite_start`
+    reads: the examples of the next day take their segment from it)."""
+    from pyspark.sql import functions as F
+
+    from spark.tables import write_table
+
+    day = ctx.run_date
+    return write_table(
+        segments.withColumn("as_of_date", F.lit(day)),
+        ctx.lake.gold_user_segments,
+        partition_by="as_of_date",
+        replace_where=f"as_of_date = DATE'{day.isoformat()}'",
+        metadata={"as_of_date": day},
+    ).version
+
+
+def training_set_manifest(
+    ctx: RunContext, versions: Mapping[str, int | None], seg_version: int
+) -> dict[str, Any]:
+    """What a training set was built from (``gold/training_sets``, and the ``training_set``
+    metadata of its commit, which :func:`rewrite_start` reads back the next night)."""
+    from spark.tables import table_version
+
+    return {
+        "as_of_date": ctx.run_date.isoformat(),
+        "silver_events_version": versions["silver_events"],
+        "silver_items_version": versions["silver_items"],
+        "user_segments_version": seg_version,
+        "bronze_version": ctx.versions_read.get(ctx.lake.bronze),
+        "erasure_log_version": table_version(ctx.spark, ctx.lake.erasure_log),
+    }
+
+
+MAX_RECOMPUTED_USERS = 10_000
+"""Above this many users to recompute in full (consent withdrawals, bot days and erasures since
+the last run), :func:`write_training_examples` recomputes the whole table instead: the users'
+ids go into the write's ``replaceWhere``."""
+
+NO_DATA_CHANGE = frozenset(
+    {
+        "OPTIMIZE",
+        "VACUUM START",
+        "VACUUM END",
+        "ADD COLUMNS",
+        "SET TBLPROPERTIES",
+        "UNSET TBLPROPERTIES",
+    }
+)
+"""Delta operations that change no row: other writers may add them between two gold runs."""
+
+ERASURE_OPERATIONS = frozenset({"MERGE"})
+"""How :mod:`spark.erasure` deletes rows (the only writer that merges into these tables): what
+it deleted is in ``privacy/erasure_log``, whose changes since the last run name the users
+recomputed. (A ``DELETE`` is the retention policy's, :mod:`spark.maintenance`: when it removed
+rows, every user with older events is renumbered by a full recompute.)"""
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One commit of a Delta table: version, operation and its parsed ``userMetadata``."""
+
+    version: int
+    operation: str
+    metadata: Mapping[str, Any] | None = None
+    rows_deleted: int | None = None
+
+    @property
+    def changes_nothing(self) -> bool:
+        """Maintenance, or a ``DELETE`` that matched no row (the retention policy's, most
+        nights)."""
+        return self.operation in NO_DATA_CHANGE or (
+            self.operation == "DELETE" and self.rows_deleted == 0
+        )
+
+
+@dataclass(frozen=True)
+class ExamplesPlan:
+    """How a run writes ``gold/training_examples``.
+
+    In full when ``start`` is None (``reason`` says why); else the event dates ``start`` .. the
+    run date are rewritten, and every row of ``users`` (at any date), on top of version
+    ``base_version`` of the table.
+    """
+
+    start: date | None
+    reason: str = ""
+    users: tuple[str, ...] = ()
+    base_version: int | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """A table the examples are built from, and how to read what its commits since the last
+    gold run rewrote: ``key`` in a commit's metadata is the first date it rewrote, which
+    changes the examples from ``lag_days`` later on."""
+
+    name: str
+    manifest_key: str
+    commits: Sequence[Commit]
+    now: int | None
+    key: str
+    lag_days: int = 0
+
+
+def rewrite_start(
+    day: date, start: date, examples: Sequence[Commit], sources: Sequence[Source]
+) -> tuple[date, Mapping[str, Any]] | str:
+    """The first event date an incremental run over ``day`` must rewrite, and the manifest of
+    the last gold run; or, as a string, why only a full recompute gives the right table.
+
+    ``start`` is the late window's first date (:func:`~spark.context.window_start`);
+    ``examples`` the commits of ``gold/training_examples`` (any order); ``sources`` the tables
+    read, each with the version this run reads (``now``; the last run's is in its manifest).
+
+    The examples before the returned date are kept as they are, so it must be no later than:
+    the day after the last gold run (``as_of_date`` of the latest commit carrying a
+    ``training_set`` manifest: the table holds nothing newer), and the first date each source
+    commit rewrote since (plus its lag). Commits that change rows in another way make the
+    table's state unknown, except erasures (:data:`ERASURE_OPERATIONS`).
+    """
+    newest_first = sorted(examples, key=lambda c: c.version, reverse=True)
+    last = next((c for c in newest_first if c.metadata and "training_set" in c.metadata), None)
+    if last is None or last.metadata is None:
+        return "no gold run's manifest in the table's history"
+    for c in newest_first:
+        if c.version <= last.version:
+            break
+        if c.operation == "DELETE" and not c.changes_nothing:
+            return _retention_reason("gold/training_examples", c)
+        if not c.changes_nothing and c.operation not in ERASURE_OPERATIONS:
+            return f"the table was changed outside the gold stage (v{c.version}: {c.operation})"
+    manifest = last.metadata["training_set"]
+    built_for = date.fromisoformat(str(manifest["as_of_date"]))
+    if built_for > day:
+        return f"the table was last built for {built_for}, after {day}: a rerun of an earlier date"
+    first = min(start, built_for + timedelta(days=1))
+    for source in sources:
+        read = manifest.get(source.manifest_key)
+        if read is None or source.now is None or source.now < read:
+            return f"{source.name} v{source.now} does not follow the v{read} the table was built on"
+        by_version = {c.version: c for c in source.commits}
+        for v in range(int(read) + 1, source.now + 1):
+            commit = by_version.get(v)
+            if commit is None:
+                return f"the history of {source.name} no longer reaches v{v}"
+            if commit.changes_nothing or commit.operation in ERASURE_OPERATIONS:
+                continue
+            if commit.operation == "DELETE":
+                return _retention_reason(source.name, commit)
+            since = (commit.metadata or {}).get(source.key)
+            if commit.operation != "WRITE" or since is None:
+                return f"{source.name} v{v} ({commit.operation}) is no batch stage's write"
+            first = min(first, date.fromisoformat(str(since)) + timedelta(days=source.lag_days))
+    return first, manifest
+
+
+def _retention_reason(table: str, commit: Commit) -> str:
+    deleted = "rows" if commit.rows_deleted is None else f"{commit.rows_deleted:,} rows"
+    return (
+        f"{table} v{commit.version}: the retention policy deleted {deleted}, so "
+        "user_event_index counts from later events"
+    )
+
+
+def sql_string(value: str) -> str:
+    """``value`` as a Spark SQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _history(spark: SparkSession, path: str) -> list[Commit]:
+    from delta.tables import DeltaTable
+
+    commits = []
+    history = DeltaTable.forPath(spark, path).history()
+    for r in history.select("version", "operation", "userMetadata", "operationMetrics").collect():
+        try:
+            meta = json.loads(r["userMetadata"]) if r["userMetadata"] else None
+        except ValueError:
+            meta = None
+        deleted = (r["operationMetrics"] or {}).get("numDeletedRows")
+        commits.append(
+            Commit(
+                int(r["version"]),
+                str(r["operation"]),
+                meta if isinstance(meta, dict) else None,
+                int(deleted) if deleted is not None else None,
+            )
+        )
+    return commits
+
+
+def erased_users(
+    spark: SparkSession, lake: Lake, log_version: int | None, silver_version: int
+) -> set[str]:
+    """The users an erasure touched since the last gold run: the pseudonyms whose
+    ``privacy/erasure_log`` rows changed after ``log_version`` (None: the table is new since),
+    and the users of the events they were on in ``silver/events`` as that run read it (version
+    ``silver_version``): an erased anonymous id's events that carry a user id are that user's
+    examples, and are gone from silver now."""
+    from pyspark.sql import functions as F
+
+    from spark.tables import read_table
+
+    log = read_table(spark, lake.erasure_log)
+    if log_version is not None:
+        log = log.exceptAll(read_table(spark, lake.erasure_log, log_version))
+    erased = sorted(r[0] for r in log.select("pseudonym").distinct().collect())
+    if not erased:
+        return set()
+    was = read_table(spark, lake.silver_events, silver_version).where(
+        F.col("user_id").isin(erased) | F.col("anonymous_id").isin(erased)
+    )
+    return set(erased) | {r[0] for r in was.select(user_column()).distinct().collect()}
+
+
+def plan_training_examples(
+    ctx: RunContext,
+    events: DataFrame,
+    expected: DataFrame,
+    start: date,
+    now: Mapping[str, Any],
+) -> ExamplesPlan:
+    """Whether and how ``gold/training_examples`` can be rewritten incrementally tonight.
+
+    ``events``: silver up to the run date; ``expected``: the examples as a full recompute
+    would write them (only its schema is used); ``start``: the late window's first date;
+    ``now``: this run's manifest (the versions it reads).
+    The users recomputed in full, with all their rows, are those whose rows before the
+    rewritten dates a window-only rewrite would get wrong:
+
+    * a withdrawal of personalization consent in the rewritten dates: it drops every earlier
+      example of the user (:func:`~attune.features.effective_rows`), in older partitions too;
+    * a bot day in the rewritten dates: silver dropped that day's events, maybe a withdrawal
+      the last run had applied;
+    * an erasure since the last run (:func:`erased_users`): it deleted all the user's
+      examples, while silver keeps the events received after the request (and an erased
+      anonymous id's events under a user id are that user's).
+    """
+    from delta.tables import DeltaTable
+
+    from spark.tables import date_between, is_table, read_table, table_version
+
+    spark, cfg, lake, day = ctx.spark, ctx.cfg, ctx.lake, ctx.run_date
+    path = lake.gold_training_examples
+    if not cfg.batch.gold.incremental:
+        return ExamplesPlan(None, "batch.gold.incremental is off")
+    if not is_table(spark, path):
+        return ExamplesPlan(None, "first run: no table yet")
+    table = DeltaTable.forPath(spark, path)
+    parts = table.detail().select("partitionColumns").first()
+    if parts is None or list(parts[0]) != ["event_date"]:
+        return ExamplesPlan(None, "the table is not partitioned by event_date")
+    have = [(f.name, f.dataType.simpleString()) for f in table.toDF().schema]
+    want = [(f.name, f.dataType.simpleString()) for f in expected.schema]
+    if have != want:
+        return ExamplesPlan(None, "the table's schema is not the one written now")
+    base_version = table_version(spark, path)
+    sources = [
+        # a silver write names the first date it rewrote
+        Source(
+            "silver/events",
+            "silver_events_version",
+            _history(spark, lake.silver_events),
+            now["silver_events_version"],
+            "from",
+        ),
+        # a snapshot of day x gives the segment of the events of x + 1
+        Source(
+            "gold/user_segments",
+            "user_segments_version",
+            _history(spark, lake.gold_user_segments),
+            now["user_segments_version"],
+            "as_of_date",
+            lag_days=1,
+        ),
+    ]
+    found = rewrite_start(day, start, _history(spark, path), sources)
+    if isinstance(found, str):
+        return ExamplesPlan(None, found)
+    first, manifest = found
+    window = date_between("event_date", first, day)
+
+    forget = personalizing(events.where(window)).where(withdraws_consent())
+    users = {r[0] for r in forget.select(user_column()).distinct().collect() if r[0] is not None}
+    if is_table(spark, lake.silver_bot_days):
+        bots = read_table(spark, lake.silver_bot_days).where(window).select("user").distinct()
+        users |= {r[0] for r in bots.collect() if r[0] is not None}
+    if is_table(spark, lake.erasure_log):
+        if "erasure_log_version" not in manifest:
+            return ExamplesPlan(None, "the last run's manifest predates erasure tracking")
+        try:
+            users |= erased_users(
+                spark, lake, manifest["erasure_log_version"], manifest["silver_events_version"]
+            )
+        except Exception as exc:  # those versions' files vacuumed away
+            return ExamplesPlan(
+                None,
+                f"the last run's privacy/erasure_log or silver/events version is unreadable "
+                f"({type(exc).__name__}): the users erased since are unknown",
+            )
+    if len(users) > MAX_RECOMPUTED_USERS:
+        return ExamplesPlan(
+            None, f"{len(users):,} users to recompute in full (> {MAX_RECOMPUTED_USERS:,})"
+        )
+    return ExamplesPlan(first, users=tuple(sorted(users)), base_version=base_version)
+
+
+def write_training_examples(
+    ctx: RunContext,
+    events: DataFrame,
+    segments: DataFrame,
+    manifest: Mapping[str, Any],
+    start: date,
+) -> tuple[Written, ExamplesPlan]:
+    """Write ``gold/training_examples``, incrementally when :func:`plan_training_examples`
+    allows it; either way the table ends up as a full recompute over ``events`` would write it.
+
+    Incrementally: the examples of the rewritten dates come from those dates' events, each
+    user's ``user_event_index`` offset by their examples before the first date already in the
+    table (the table's rows before it are what a full recompute gives, as the plan ensures, and
+    they all precede the window's: event dates are the events' UTC dates); segments are
+    snapshots as before (the window reads those from the day before its first date on; older
+    ones do not change once their day's run has written them). The users the plan names are
+    recomputed from all their events and all their rows replaced, in the same commit.
+    """
+    from pyspark.sql import functions as F
+
+    from spark.tables import date_between, read_table, write_table
+
+    lake, day = ctx.lake, ctx.run_date
+    path = lake.gold_training_examples
+    full = training_examples(events, segments)
+    plan = plan_training_examples(ctx, events, full, start, manifest)
+    meta: dict[str, Any] = {"training_set": dict(manifest)}
+    # (sorted by date within each task, so a task writes one file per date in turn, without
+    # another shuffle of the whole table)
+    if plan.start is None:
+        ctx.progress(f"gold: training examples in full: {plan.reason}")
+        written = write_table(
+            full.sortWithinPartitions("event_date"),
+            path,
+            partition_by="event_date",
+            metadata=meta,
+        )
+        return written, plan
+    window = date_between("event_date", plan.start, day)
+    users = list(plan.users)
+    replace = f"({window})"
+    if users:
+        replace += f" OR user_id IN ({', '.join(sql_string(u) for u in users)})"
+    recomputed = user_column().isin(users) if users else F.lit(False)
+    before = read_table(ctx.spark, path, plan.base_version).where(
+        F.col("event_date") < F.lit(plan.start)
+    )
+    if users:
+        before = before.where(~F.col("user_id").isin(users))
+    offsets = before.groupBy(F.col("user_id").alias("user")).agg(F.count("*").alias("offset"))
+    snapshots = segments.where(
+        (F.col("as_of_date") >= F.lit(plan.start - timedelta(days=1)))
+        | (F.col("user").isin(users) if users else F.lit(False))
+    )
+    examples = training_examples(events.where(F.expr(window) | recomputed), snapshots, offsets)
+    meta["incremental"] = {"from": plan.start.isoformat(), "users_recomputed": len(users)}
+    ctx.progress(
+        f"gold: training examples from {plan.start} and {len(users)} user(s) in full "
+        f"(on v{plan.base_version})"
+    )
+    written = write_table(
+        examples.sortWithinPartitions("event_date"),
+        path,
+        partition_by="event_date",
+        replace_where=replace,
+        metadata=meta,
+    )
+    return written, plan
 
 
 def write_experiment_users(
