@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 from pydantic import ValidationError
 
 from attune.config import AttuneConfig
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.unit.benchmark_modules import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def ingest() -> ModuleType:
-    saved = list(sys.path)  # ingest.py imports its sibling modules (memory.py)
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("ingest_under_test", BENCH / "ingest.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path[:] = saved
+    return load_benchmark("ingest")
 
 
 def test_against_overrides_apply_to_their_section_as_validated_values(ingest: ModuleType) -> None:

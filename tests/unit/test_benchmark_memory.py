@@ -9,7 +9,6 @@ peaks are the sizes the test allocates; the bounds allow for the interpreter its
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
@@ -19,7 +18,8 @@ from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.unit.benchmark_modules import load_benchmark
+
 MiB = 2**20
 SLACK_MB = 80  # a bare interpreter's RSS, generously
 
@@ -61,12 +61,7 @@ if kid:
 
 @pytest.fixture(scope="module")
 def memory() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("memory_under_test", BENCH / "memory.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("memory")
 
 
 class Child:

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.unit.benchmark_modules import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def soak() -> ModuleType:
-    saved = list(sys.path)  # soak.py puts benchmarks/ on the path for its sibling modules
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("soak_under_test", BENCH / "soak.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path[:] = saved
+    return load_benchmark("soak")
 
 
 def window(
