@@ -36,7 +36,9 @@ NO_ANSI := 2>&1 | sed -e 's/\x1b\[[0-9;]*m//g'
 export TF_USE_LEGACY_KERAS := 1
 
 SETUP_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
-JARS_HASH := $(shell cat jvm/spark/pom.xml jvm/kafka/pom.xml | sha256sum | cut -c1-16)
+# jvm/writer: attune's own Spark jar (the real-time mode's JVM writer), built from its sources.
+WRITER_SRC := jvm/writer/pom.xml $(sort $(wildcard jvm/writer/src/main/java/io/attune/spark/*.java))
+JARS_HASH := $(shell cat jvm/spark/pom.xml jvm/kafka/pom.xml $(WRITER_SRC) | sha256sum | cut -c1-16)
 SETUP_STAMP := $(STAMPS)/setup-$(SETUP_HASH)
 JARS_STAMP := $(STAMPS)/jars-$(JARS_HASH)
 # docker/composecheck: compose-go (the loader of `docker compose`), which the tests run on
@@ -50,7 +52,7 @@ COMPOSECHECK_STAMP := $(STAMPS)/composecheck-$(COMPOSECHECK_HASH)
 # var/jars or uninstalled the package); otherwise this phony prerequisite forces the step.
 SETUP_CHECK := $(if $(wildcard $(VENV)/bin/attune),,FORCE)
 COMPOSECHECK_CHECK := $(if $(wildcard $(COMPOSECHECK)),,FORCE)
-JARS_CHECK := $(if $(and $(wildcard $(SPARK_JARS)/delta-spark_*.jar),$(wildcard $(KAFKA_JARS)/kafka_2.13-*.jar)),,FORCE)
+JARS_CHECK := $(if $(and $(wildcard $(SPARK_JARS)/delta-spark_*.jar),$(wildcard $(SPARK_JARS)/attune-spark-writer-*.jar),$(wildcard $(KAFKA_JARS)/kafka_2.13-*.jar)),,FORCE)
 
 .PHONY: help setup jars composecheck browser test lint demo notebook stack-up stack-down stack-status FORCE
 
@@ -58,7 +60,7 @@ help:
 	@echo "make demo          set up, then run the end-to-end demo (attune demo)"
 	@echo "make test          set up, lint, start the stack, run unit + integration tests, stop it"
 	@echo "make setup         .venv with the pinned requirements.lock and attune (editable)"
-	@echo "make jars          Spark and Kafka jars from Maven Central into var/jars/"
+	@echo "make jars          Spark and Kafka jars from Maven Central, and the JVM writer (jvm/writer), into var/jars/"
 	@echo "make composecheck  build var/bin/composecheck (compose-go) for the docker/ tests; needs Go"
 	@echo "make browser       Chromium from Debian (the tests' UI screenshots)"
 	@echo "make lint          ruff check, ruff format --check, mypy (every package), lint-imports"
@@ -93,12 +95,15 @@ $(SETUP_STAMP): $(VENV)/pyvenv.cfg $(SETUP_CHECK)
 	@mkdir -p $(STAMPS) && touch $@
 	@echo "setup: done ($(VENV), stamp $@)"
 
-$(JARS_STAMP): jvm/spark/pom.xml jvm/kafka/pom.xml $(JARS_CHECK)
+$(JARS_STAMP): jvm/spark/pom.xml jvm/kafka/pom.xml $(WRITER_SRC) $(JARS_CHECK)
 	@command -v java >/dev/null || { echo "jars: java not found; install a JDK 17" >&2; exit 1; }
 	@command -v $(MVN) >/dev/null || { echo "jars: $(MVN) not found; install Maven 3.8+" >&2; exit 1; }
 	@echo "jars: Spark jars (Delta Lake, Kafka connector) -> $(SPARK_JARS)"
 	rm -rf $(SPARK_JARS)
 	$(MVN) -q -B -f jvm/spark/pom.xml dependency:copy-dependencies -DoutputDirectory=$(SPARK_JARS) $(NO_ANSI)
+	@echo "jars: attune's JVM writer (jvm/writer) and its Redis client -> $(SPARK_JARS)"
+	$(MVN) -q -B -f jvm/writer/pom.xml -Dmaven.test.skip=true clean package dependency:copy-dependencies -DoutputDirectory=$(SPARK_JARS) $(NO_ANSI)
+	cp jvm/writer/target/attune-spark-writer-0.jar $(SPARK_JARS)/
 	@echo "jars: Kafka broker jars -> $(KAFKA_JARS)"
 	rm -rf $(KAFKA_JARS)
 	$(MVN) -q -B -f jvm/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$(KAFKA_JARS) $(NO_ANSI)

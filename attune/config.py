@@ -473,6 +473,15 @@ class SpeedConfig(_Section):
         timedelta(seconds=5),
         description="Real-time mode's batch (checkpoint) duration; Spark's minimum is 5 s.",
     )
+    realtime_writer: Literal["python", "jvm"] = Field(
+        "python",
+        description="Who writes real-time mode's rows to Redis: `python` (a Python foreach "
+        "writer; Spark 4.1.1 hands it a batch's rows only when the batch ends) or `jvm` (the "
+        "JVM writer of jvm/writer, built by `make jars`, which writes each row as it arrives "
+        "with the same Lua scripts and parameters, handed to it from Python). `jvm` needs one "
+        "Redis (redis.cluster: false) and no bandits (their feedback is counted by the Python "
+        "writer only).",
+    )
     bronze_interval: timedelta = Field(
         timedelta(seconds=5), description="Micro-batch interval of the bronze query."
     )

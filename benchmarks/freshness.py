@@ -1,7 +1,8 @@
 """Freshness benchmark: collector acknowledgement -> feature visible in Redis, per trigger mode.
 
     .venv/bin/python benchmarks/freshness.py [--rate 1000] [--duration 30] [--warmup 15]
-        [--modes microbatch,realtime,realtime-1s] [--no-max-rate] [--bronze|--no-bronze]
+        [--modes microbatch,realtime,realtime-1s,realtime-jvm] [--no-max-rate]
+        [--bronze|--no-bronze]
 
 On the configured stack (``attune stack up``; ``ATTUNE__*`` overrides apply), with its own
 topics (uuid suffix), Redis db and key prefix, var dir and lake:
@@ -22,7 +23,9 @@ topics (uuid suffix), Redis db and key prefix, var dir and lake:
    Modes: ``microbatch`` (back-to-back micro-batches, the default trigger), ``realtime``
    (Spark 4.1 real-time mode with its default minimum batch of 5 s), ``realtime-1s`` (the
    same with the minimum lowered to 1 s through ``spark.sql.streaming.realTimeMode.
-   minBatchDuration``);
+   minBatchDuration``), ``realtime-jvm`` (real-time mode, 5 s batches, with the JVM writer:
+   ``speed.realtime_writer: jvm``, :mod:`speed_layer.jvm_writer`; no bandit is configured in
+   this mode, since the JVM writer does not count bandit feedback, so it has no bandit figures);
    The CPU the speed layer's processes (driver and JVM) used in the window is reported too,
    in cores: on a shared machine it tells how much of the latency is waiting for a CPU; and
    their peak RSS in the window (the driver, the JVM and its Python workers as one tree,
@@ -167,11 +170,13 @@ class Prober:
         store: Any,
         users: list[str],
         pseudonyms: list[str],
+        bandits: bool = True,
     ) -> None:
         import httpx
 
         self.url, self.redis, self.store = url, redis_client, store
         self.users, self.pseudonyms = users, pseudonyms
+        self.bandits = bandits  # whether the speed layer counts the probes' bandit impressions
         self.http = httpx.Client(headers={"X-Write-Key": key})
         self.pending: dict[str, tuple[str, float]] = {}  # item -> (pseudonym, ack time)
         self.arms: dict[str, float] = {}  # bandit arm -> ack time
@@ -242,7 +247,8 @@ class Prober:
         if record:
             with self.lock:
                 self.pending[item] = (self.pseudonyms[k], acked)
-                self.arms[arm] = acked
+                if self.bandits:
+                    self.arms[arm] = acked
 
     def run(self, seconds: float, record: bool = True) -> None:
         end = time.monotonic() + seconds
@@ -363,6 +369,7 @@ def _mode_config(base: Any, mode: str, var: Path) -> Any:
             # every mode reads only what is sent while it runs, not the earlier modes' events
             "starting_offsets": "latest",
             "realtime_batch": timedelta(seconds=1 if mode == "realtime-1s" else 5),
+            "realtime_writer": "jvm" if mode == "realtime-jvm" else "python",
             "online_store": base.speed.online_store.model_copy(
                 update={"key_prefix": f"{base.speed.online_store.key_prefix}{mode[:2]}"}
             ),
@@ -373,6 +380,8 @@ def _mode_config(base: Any, mode: str, var: Path) -> Any:
     # the probes' bandit impressions count for this slot's policy (Thompson, the defaults)
     slot = BANDIT_POLICY.removeprefix("slot:")
     api = base.api.model_copy(update={"bandits": {**base.api.bandits, slot: BanditConfig()}})
+    if mode == "realtime-jvm":  # the JVM writer refuses bandits (their feedback is Python's)
+        api = base.api
     cfg = base.model_copy(update={"speed": speed, "spark": spark, "paths": paths, "api": api})
     return AttuneConfig.model_validate(cfg.model_dump())
 
@@ -386,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=1000.0, help="steady load, events/s")
     p.add_argument("--duration", type=float, default=30.0, help="measured seconds per mode")
     p.add_argument("--warmup", type=float, default=15.0, help="seconds of load before measuring")
-    p.add_argument("--modes", default="microbatch,realtime,realtime-1s")
+    p.add_argument("--modes", default="microbatch,realtime,realtime-1s,realtime-jvm")
     p.add_argument("--max-rate", dest="max_rate", action="store_true", default=True)
     p.add_argument("--no-max-rate", dest="max_rate", action="store_false")
     p.add_argument(
@@ -436,9 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     cfg = AttuneConfig.model_validate(cfg.model_dump())
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - {"microbatch", "realtime", "realtime-1s"}
+    unknown = set(modes) - {"microbatch", "realtime", "realtime-1s", "realtime-jvm"}
     if unknown:
-        p.error(f"unknown modes {sorted(unknown)}: use microbatch, realtime, realtime-1s")
+        p.error(
+            f"unknown modes {sorted(unknown)}: use microbatch, realtime, realtime-1s, realtime-jvm"
+        )
 
     print(f"freshness: var {var}, topics *.bench-freshness-{run}, redis db {REDIS_DB}", flush=True)
     create_topics(cfg)
@@ -474,7 +485,15 @@ def main(argv: list[str] | None = None) -> int:
                 store = OnlineStore.from_config(mcfg)
                 print(f"\n== {mode}: starting the speed layer ...", flush=True)
                 with _speed(SpeedLayer(mcfg, mode), ["--queries", queries]) as layer:
-                    prober = Prober(url, key, r, store, users, [pseudo(u) for u in users])
+                    prober = Prober(
+                        url,
+                        key,
+                        r,
+                        store,
+                        users,
+                        [pseudo(u) for u in users],
+                        bandits=mode != "realtime-jvm",
+                    )
                     stop = ctx.Event()
                     out = ctx.Queue()
                     load = ctx.Process(

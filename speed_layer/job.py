@@ -11,7 +11,9 @@ Two queries read the events topic independently (each with its own checkpoint):
     (:mod:`attune.features`) -> the Redis write script (:mod:`attune.online_store`), which
     is idempotent per interaction. Stateless in Spark, so it can run in micro-batches
     (``speed.trigger: microbatch``, back to back by default) or in Spark 4.1's real-time mode
-    (``speed.trigger: realtime``); ``docs/speed_layer.md`` has the measured comparison.
+    (``speed.trigger: realtime``), where the rows reach Redis through a Python ``foreach``
+    writer or the JVM writer of :mod:`speed_layer.jvm_writer` (``speed.realtime_writer``);
+    ``docs/speed_layer.md`` has the measured comparison.
 
 :func:`run_speed_layer` runs them in the foreground until SIGTERM / Ctrl-C and keeps
 ``var/run/speed-status.json`` up to date for ``attune speed status``.
@@ -474,6 +476,22 @@ def start_online(
         return OnlineQuery(query, catalog, vectors=vectors)
 
     _check_realtime_slots(spark, cfg)
+    if cfg.speed.realtime_writer == "jvm":
+        from speed_layer.jvm_writer import start_jvm_writer, writer_spec
+
+        bandits = BanditFeedback.from_config(cfg, writer.redis) is not None
+        jquery = start_jvm_writer(
+            spark,
+            rows,
+            writer_spec(cfg, store, bandits=bandits),
+            name,
+            str(checkpoint),
+            _ms(cfg.speed.realtime_batch),
+            str(cfg.paths.resolve(cfg.spark.jars_dir)),
+        )
+        refresher = CatalogRefresher(catalog)
+        refresher.start()
+        return OnlineQuery(jquery, catalog, refresher, vectors)
     stream_writer = (
         rows.writeStream.queryName(name)
         .foreach(RealTimeRedisWriter(cfg.redis, store, cfg=cfg))
