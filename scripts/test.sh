@@ -12,9 +12,12 @@
 #      every other integration test uses;
 #   2. two pytest processes at once, each with its own temporary folder, JUnit XML and log
 #      (var/log/pytest-<lane>.log; the console shows both, each line prefixed by its lane):
-#        a: tests/unit, then the two end-to-end tests (the demo twice, Airflow's nightly and
-#           retraining), which share no state with lane b (own topics, Redis db, ports);
+#        a: tests/unit, the notebooks, then the two end-to-end tests (the demo twice,
+#           Airflow's nightly and retraining), which share no state with lane b (own topics,
+#           Redis db, ports);
 #        b: every other integration test.
+#      The notebooks (155 s) sit in lane a because lane b ended 245 s after lane a without
+#      them (fresh clone at 6af1bc2: a 1,496 s, b 1,741 s).
 # Every integration module already runs on its own topics, Redis db or key prefix, free ports
 # and temporary folders, which is what lets two of them run at once.
 set -euo pipefail
@@ -80,8 +83,8 @@ started=$SECONDS
 echo "test.sh: lane stack: tests/integration/test_stack.py (alone: it restarts Kafka and Redis)"
 lane stack tests/integration/test_stack.py || status=$?
 
-ends_to_end=(tests/integration/test_replay.py tests/integration/airflow)
-echo "test.sh: lanes a (tests/unit, then the end-to-end tests) and b (the other integration tests) at once"
+ends_to_end=(tests/integration/notebooks tests/integration/test_replay.py tests/integration/airflow)
+echo "test.sh: lanes a (tests/unit, the notebooks, then the end-to-end tests) and b (the other integration tests) at once"
 lane a tests/unit "${ends_to_end[@]}" &
 lanes+=($!)
 lane b tests/integration --ignore=tests/integration/test_stack.py \
