@@ -202,3 +202,17 @@ def test_format_peaks(memory: ModuleType) -> None:
     assert memory.format_peaks(peaks) == (
         "peak RSS: API 312 MB (HWM 330); JVM 1501 MB (HWM 1620, 2 procs)"
     )
+
+
+def test_a_jvms_fork_before_its_exec_is_left_out_but_its_other_children_are_not(
+    memory: ModuleType,
+) -> None:
+    # 10 the speed layer's Python driver, 11 its JVM; 12 a fork of the JVM not yet exec'd
+    # (Hadoop running chmod), 13 one that has exec'd chmod, 14 a Python worker; 21 a JVM child of
+    # a process outside the group (only forks whose parent is in the group are dropped)
+    java, python = "/usr/lib/jvm/java-17/bin/java", "/work/.venv/bin/python3.11"
+    exe = {10: python, 11: java, 12: java, 13: "/usr/bin/chmod", 14: python, 21: java, 20: java}
+    parent_of = {11: 10, 12: 11, 13: 11, 14: 11, 21: 20}
+    assert memory.jvm_forks([10, 11, 12, 13, 14, 21], parent_of, exe.__getitem__) == {12}
+    # a Python worker forked by Python (pyspark's daemon) stays: it is a real process
+    assert memory.jvm_forks([10, 14], {14: 10}, exe.__getitem__) == set()
