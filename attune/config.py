@@ -453,6 +453,10 @@ class WatchdogConfig(_Section):
         return v
 
 
+REALTIME_BATCH_DEFAULTS = {"python": timedelta(seconds=5), "jvm": timedelta(minutes=5)}
+"""``speed.realtime_batch`` when unset, by ``speed.realtime_writer``."""
+
+
 class SpeedConfig(_Section):
     """The speed layer: Structured Streaming from the events topic to Redis and Delta bronze."""
 
@@ -469,9 +473,14 @@ class SpeedConfig(_Section):
         description="How long an online micro-batch retries its (idempotent) Redis writes while "
         "Redis is unreachable before the query fails and restarts from its checkpoint.",
     )
-    realtime_batch: timedelta = Field(
-        timedelta(seconds=5),
-        description="Real-time mode's batch (checkpoint) duration; Spark's minimum is 5 s.",
+    realtime_batch: timedelta | None = Field(
+        None,
+        description="Real-time mode's batch (checkpoint) duration; Spark's minimum is 5 s. "
+        "Unset (null): 5 s with the python writer, which sees a batch's rows only when the "
+        "batch ends, so this is its latency; 5 minutes (Spark's default) with the jvm writer, "
+        "which writes rows as they arrive, so this is only how often progress is checkpointed "
+        "(each batch end pauses the writes for under a second, and a restart replays up to one "
+        "batch of events, idempotently).",
     )
     realtime_writer: Literal["python", "jvm"] = Field(
         "python",
@@ -544,6 +553,13 @@ class SpeedConfig(_Section):
     features: FeaturesConfig = FeaturesConfig()
     online_store: OnlineStoreConfig = OnlineStoreConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
+
+    @property
+    def realtime_batch_duration(self) -> timedelta:
+        """``realtime_batch``, or its default for ``realtime_writer`` when unset."""
+        if self.realtime_batch is not None:
+            return self.realtime_batch
+        return REALTIME_BATCH_DEFAULTS[self.realtime_writer]
 
 
 class BotFilterConfig(_Section):

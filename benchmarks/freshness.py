@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/freshness.py [--rate 1000] [--duration 30] [--warmup 15]
         [--modes microbatch,realtime,realtime-1s,realtime-jvm] [--no-max-rate]
-        [--bronze|--no-bronze]
+        [--bronze|--no-bronze] [--bronze-process same|own] [--bronze-nice 10]
+        [--realtime-batch S]
 
 On the configured stack (``attune stack up``; ``ATTUNE__*`` overrides apply), with its own
 topics (uuid suffix), Redis db and key prefix, var dir and lake:
@@ -23,9 +24,16 @@ topics (uuid suffix), Redis db and key prefix, var dir and lake:
    Modes: ``microbatch`` (back-to-back micro-batches, the default trigger), ``realtime``
    (Spark 4.1 real-time mode with its default minimum batch of 5 s), ``realtime-1s`` (the
    same with the minimum lowered to 1 s through ``spark.sql.streaming.realTimeMode.
-   minBatchDuration``), ``realtime-jvm`` (real-time mode, 5 s batches, with the JVM writer:
-   ``speed.realtime_writer: jvm``, :mod:`speed_layer.jvm_writer`; no bandit is configured in
-   this mode, since the JVM writer does not count bandit feedback, so it has no bandit figures);
+   minBatchDuration``), ``realtime-jvm`` (real-time mode with the JVM writer:
+   ``speed.realtime_writer: jvm``, :mod:`speed_layer.jvm_writer`, and its default 5-minute
+   batches; no bandit is configured in this mode, since the JVM writer does not count bandit
+   feedback, so it has no bandit figures). ``--realtime-batch S`` sets the real-time batch of
+   ``realtime`` and ``realtime-jvm``. A batch's end pauses real-time mode's writes, so the
+   report says how many batch ends the measured window held (from the online checkpoint's
+   commit log): measure for at least one batch length, or the tail is not in the figures.
+   ``--bronze-process own`` runs the bronze query in a second speed-layer process of its own,
+   started at ``--bronze-nice`` (its nice value and its session's scheduling group's), against
+   the deployed layout of both queries in one process (each in its own FAIR scheduler pool);
    The CPU the speed layer's processes (driver and JVM) used in the window is reported too,
    in cores: on a shared machine it tells how much of the latency is waiting for a CPU; and
    their peak RSS in the window (the driver, the JVM and its Python workers as one tree,
@@ -73,6 +81,7 @@ PROBE_USERS = 16
 PROBE_HZ = 10.0
 BATCH = 50
 REDIS_DB = 9
+MODES = ("microbatch", "realtime", "realtime-1s", "realtime-jvm")
 BANDIT_POLICY = "slot:home_banner"  # a default content slot, given a bandit for the probes
 
 
@@ -322,16 +331,29 @@ class SpeedLayer:
         except (OSError, ValueError):
             return {}
 
-    def start(self, extra: list[str]) -> None:
+    def start(self, extra: list[str], nice: int = 0) -> None:
         from speed_layer.control import spawn_speed_layer, wait_running
 
         config_name = f"speed-{self.name}"
-        self.child = spawn_speed_layer(self.cfg, extra, log=self.log, config_name=config_name)
+        self.child = spawn_speed_layer(
+            self.cfg, extra, log=self.log, config_name=config_name, nice=nice
+        )
         wait_running(self.cfg, self.child, timeout_s=300)
 
     def stop(self) -> None:
         if self.child is not None:
             self.child.stop(90)  # then SIGKILL to its group, JVM included
+            self.child = None
+
+
+def _online_batch_id(cfg: Any) -> int | None:
+    """The online query's last committed batch (the highest file name in its checkpoint's
+    ``commits``; each batch end writes one), None before the first."""
+    from speed_layer.job import online_checkpoint_name, speed_paths
+
+    commits = speed_paths(cfg).checkpoint(online_checkpoint_name(cfg)) / "commits"
+    ids = [int(p.name) for p in commits.glob("[0-9]*") if p.name.isdigit()]
+    return max(ids) if ids else None
 
 
 def _group_cpu_s(pgid: int) -> float:
@@ -360,7 +382,7 @@ def _online_lag(cfg: Any) -> int:
     return sum(e - committed.get(p, 0) for p, e in ends.items())
 
 
-def _mode_config(base: Any, mode: str, var: Path) -> Any:
+def _mode_config(base: Any, mode: str, var: Path, realtime_batch_s: float | None = None) -> Any:
     from attune.config import AttuneConfig, BanditConfig
 
     speed = base.speed.model_copy(
@@ -368,7 +390,13 @@ def _mode_config(base: Any, mode: str, var: Path) -> Any:
             "trigger": "microbatch" if mode == "microbatch" else "realtime",
             # every mode reads only what is sent while it runs, not the earlier modes' events
             "starting_offsets": "latest",
-            "realtime_batch": timedelta(seconds=1 if mode == "realtime-1s" else 5),
+            "realtime_batch": (
+                timedelta(seconds=1)
+                if mode == "realtime-1s"
+                else None
+                if realtime_batch_s is None
+                else timedelta(seconds=realtime_batch_s)
+            ),
             "realtime_writer": "jvm" if mode == "realtime-jvm" else "python",
             "online_store": base.speed.online_store.model_copy(
                 update={"key_prefix": f"{base.speed.online_store.key_prefix}{mode[:2]}"}
@@ -395,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=1000.0, help="steady load, events/s")
     p.add_argument("--duration", type=float, default=30.0, help="measured seconds per mode")
     p.add_argument("--warmup", type=float, default=15.0, help="seconds of load before measuring")
-    p.add_argument("--modes", default="microbatch,realtime,realtime-1s,realtime-jvm")
+    p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--max-rate", dest="max_rate", action="store_true", default=True)
     p.add_argument("--no-max-rate", dest="max_rate", action="store_false")
     p.add_argument(
@@ -412,7 +440,30 @@ def main(argv: list[str] | None = None) -> int:
         help="run the bronze query too (default: yes, as deployed)",
     )
     p.add_argument("--no-bronze", dest="bronze", action="store_false")
+    p.add_argument(
+        "--bronze-process",
+        choices=["same", "own"],
+        default="same",
+        help="run the bronze query in the online query's process (same, as deployed) or in a "
+        "second speed-layer process of its own (own), started with --bronze-nice",
+    )
+    p.add_argument(
+        "--bronze-nice",
+        type=int,
+        default=10,
+        help="with --bronze-process own: the bronze process's nice value (0 = same priority)",
+    )
+    p.add_argument(
+        "--realtime-batch",
+        type=float,
+        default=None,
+        help="real-time mode's batch (checkpoint) length in seconds, except realtime-1s "
+        "(default: speed.realtime_batch's, 5 s for the python writer, 300 s for the jvm one); "
+        "measure for at least one batch, so that the window holds a batch end",
+    )
     args = p.parse_args(argv)
+    if args.bronze_process == "own" and not args.bronze:
+        p.error("--bronze-process own needs the bronze query: drop --no-bronze")
 
     import redis
     from memory import PeakMemory, ProcessGroup
@@ -445,11 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     cfg = AttuneConfig.model_validate(cfg.model_dump())
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - {"microbatch", "realtime", "realtime-1s", "realtime-jvm"}
+    unknown = set(modes) - set(MODES)
     if unknown:
-        p.error(
-            f"unknown modes {sorted(unknown)}: use microbatch, realtime, realtime-1s, realtime-jvm"
-        )
+        p.error(f"unknown modes {sorted(unknown)}: use {', '.join(MODES)}")
 
     print(f"freshness: var {var}, topics *.bench-freshness-{run}, redis db {REDIS_DB}", flush=True)
     create_topics(cfg)
@@ -474,16 +523,33 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "bronze_query": args.bronze,
+        "bronze_process": args.bronze_process if args.bronze else None,
+        "bronze_nice": args.bronze_nice if args.bronze_process == "own" else None,
+        "realtime_batch_s": args.realtime_batch,  # None: each writer's default
         "modes": {},
     }
     ctx = mp.get_context("spawn")
-    queries = "bronze,online" if args.bronze else "online"
+    layers: list[SpeedLayer] = []
+    queries = "bronze,online" if args.bronze and args.bronze_process == "same" else "online"
     try:
         with collector_process(cfg, ready_timeout_s=120) as url:
             for mode in modes:
-                mcfg = _mode_config(cfg, mode, var)
+                mcfg = _mode_config(cfg, mode, var, args.realtime_batch)
                 store = OnlineStore.from_config(mcfg)
                 print(f"\n== {mode}: starting the speed layer ...", flush=True)
+                bronze_layer = None
+                if args.bronze and args.bronze_process == "own":
+                    # same topics, its own var dir (pid, status board, checkpoint, lake)
+                    bcfg = mcfg.model_copy(
+                        update={
+                            "paths": mcfg.paths.model_copy(
+                                update={"var_dir": var / f"{mode}-bronze"}
+                            )
+                        }
+                    )
+                    bronze_layer = SpeedLayer(bcfg, f"{mode}-bronze")
+                    layers.append(bronze_layer)  # stopped below, or in `finally` on an error
+                    bronze_layer.start(["--queries", "bronze"], nice=args.bronze_nice)
                 with _speed(SpeedLayer(mcfg, mode), ["--queries", queries]) as layer:
                     prober = Prober(
                         url,
@@ -509,16 +575,29 @@ def main(argv: list[str] | None = None) -> int:
                     prober.finish(grace_s=1)
                     load_avg = os.getloadavg()[0]
                     print(f"   measuring {args.duration:.0f} s ...", flush=True)
-                    memory = PeakMemory(
-                        [ProcessGroup("speed layer", [layer.child.pid], reset_hwm=True)]
-                    ).start()
+                    groups = [ProcessGroup("speed layer", [layer.child.pid], reset_hwm=True)]
+                    if bronze_layer is not None:
+                        groups.append(
+                            ProcessGroup("bronze process", [bronze_layer.child.pid], reset_hwm=True)
+                        )
+                    memory = PeakMemory(groups).start()
                     cpu0, t0 = _group_cpu_s(layer.child.pid), time.monotonic()
+                    batch0 = _online_batch_id(mcfg)
+                    bronze_cpu0 = (
+                        _group_cpu_s(bronze_layer.child.pid) if bronze_layer is not None else 0.0
+                    )
                     board0 = _writer_board(layer)
                     sampler = _ProgressSampler(layer)
                     prober.run(args.duration)
                     sampler.stop()
                     peaks = memory.stop()
-                    speed_cores = (_group_cpu_s(layer.child.pid) - cpu0) / (time.monotonic() - t0)
+                    elapsed = time.monotonic() - t0
+                    speed_cores = (_group_cpu_s(layer.child.pid) - cpu0) / elapsed
+                    bronze_cores = (
+                        (_group_cpu_s(bronze_layer.child.pid) - bronze_cpu0) / elapsed
+                        if bronze_layer is not None
+                        else None
+                    )
                     batch_steps = _step_means(board0, _writer_board(layer))
                     if batch_steps:
                         batch_steps["progress_ms"] = sampler.means()
@@ -536,7 +615,20 @@ def main(argv: list[str] | None = None) -> int:
                     }
                     stats["loadavg_1m"] = load_avg
                     stats["loadavg_1m_end"] = load_avg_end
+                    stats["realtime_batch_s"] = (
+                        mcfg.speed.realtime_batch_duration.total_seconds()
+                        if mcfg.speed.trigger == "realtime"
+                        else None
+                    )
+                    # a real-time batch's end pauses the writes: say how many the window held
+                    batch1 = _online_batch_id(mcfg)
+                    stats["batch_ends_in_window"] = (
+                        0 if batch1 is None else batch1 - (-1 if batch0 is None else batch0)
+                    )
                     stats["speed_layer_cores"] = round(speed_cores, 2)
+                    stats["bronze_process_cores"] = (
+                        round(bronze_cores, 2) if bronze_cores is not None else None
+                    )
                     stats["peak_memory"] = peaks
                     stats["batch_steps"] = batch_steps
                     online = layer.board().get("queries", {}).get("online", {})
@@ -565,6 +657,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     if batch_steps:
                         print(f"   per micro-batch: {_fmt_steps(batch_steps)}", flush=True)
+                if bronze_layer is not None:
+                    bronze_layer.stop()
 
             if args.max_rate:
                 mcfg = _mode_config(cfg, "microbatch", var / "max")
@@ -667,6 +761,8 @@ def main(argv: list[str] | None = None) -> int:
                     "step_s": args.step,
                 }
     finally:
+        for extra_layer in layers:
+            extra_layer.stop()
         r.close()
         try:
             with kafka_admin(cfg) as admin:
@@ -775,13 +871,21 @@ def _fmt(x: Any) -> str:
     return "-" if x is None or x != x else f"{x:.3f}"
 
 
+def _bronze_label(r: dict[str, Any]) -> str:
+    if not r["bronze_query"]:
+        return "off"
+    if r.get("bronze_process") == "own":
+        return f"on, in a process of its own at nice {r['bronze_nice']}"
+    return "on, in the online query's process"
+
+
 def _print_table(r: dict[str, Any]) -> None:
     from memory import format_peaks
 
     print(
         f"\nfreshness: collector ack -> visible in Redis, steady load {r['rate']:.0f} events/s "
         f"through the collector, {r['duration_s']:.0f} s per mode "
-        f"(bronze query {'on' if r['bronze_query'] else 'off'}; 2 cores, load avg at start "
+        f"(bronze query {_bronze_label(r)}; 2 cores, load avg at start "
         f"{r['machine']['loadavg_at_start'][0]:.1f})"
     )
     print(
@@ -797,6 +901,14 @@ def _print_table(r: dict[str, Any]) -> None:
             f"{s['load']['events_per_s']:>11,.0f}{s['loadavg_1m']:>9.1f}"
             f"{s['speed_layer_cores']:>13.2f}  {ok}"
         )
+        if s.get("realtime_batch_s"):
+            ends = s.get("batch_ends_in_window")
+            print(
+                f"{'':<24}real-time batches of {s['realtime_batch_s']:g} s: "
+                f"{'?' if ends is None else ends} batch end(s) in the measured window"
+            )
+        if s.get("bronze_process_cores") is not None:
+            print(f"{'':<24}bronze process: {s['bronze_process_cores']:.2f} cores")
     for mode, s in r["modes"].items():
         b = s.get("bandit") or {}
         if b.get("probes"):

@@ -262,10 +262,14 @@ def _start_detached(cfg: AttuneConfig, queries: list[str]) -> int:
 
 
 def spawn_speed_layer(
-    cfg: AttuneConfig, args: Sequence[str], *, log: Path, config_name: str
+    cfg: AttuneConfig, args: Sequence[str], *, log: Path, config_name: str, nice: int = 0
 ) -> supervisor.Child:
     """Start ``attune speed start --foreground ARGS`` for ``cfg`` in its own session (so it
-    outlives the caller), with its output appended to ``log``."""
+    outlives the caller), with its output appended to ``log``; ``nice`` > 0 lowers its CPU
+    priority (its JVM and Python workers inherit it): the process's nice value, and, since a
+    new session is a scheduling group of its own where the kernel groups by session
+    (``sched_autogroup_enabled``; nice values then only rank processes within one group),
+    its session's group's too."""
     speed_paths(cfg).status_file.unlink(missing_ok=True)
     # The child reads exactly this process's configuration (file, environment overrides and
     # any changes made in code, as tests and the demo make), not whatever its own
@@ -273,7 +277,23 @@ def spawn_speed_layer(
     cmd, env = supervisor.attune_command(
         cfg, ["speed", "start", "--foreground", *args], config_name
     )
-    return supervisor.spawn(cmd, name="the speed layer", log=log, env=env, detached=True)
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
+    child = supervisor.spawn(cmd, name="the speed layer", log=log, env=env, detached=True)
+    if nice:
+        _lower_autogroup(child.pid, nice)
+    return child
+
+
+def _lower_autogroup(pid: int, nice: int) -> None:
+    """Give the session group of ``pid`` the weight of nice value ``nice`` (Linux autogroup);
+    nothing where the kernel has no autogroups."""
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+    except OSError as exc:
+        logging.getLogger(__name__).info(
+            "could not lower the scheduling group of pid %s: %s", pid, exc
+        )
 
 
 def wait_running(

@@ -111,7 +111,7 @@ def speed_spark_conf(cfg: AttuneConfig) -> dict[str, str]:
     java_opts = cfg.spark.conf.get("spark.driver.extraJavaOptions", "")
     if "-Xss" not in java_opts:
         conf["spark.driver.extraJavaOptions"] = f"{java_opts} -Xss16m".strip()
-    rt_ms = _ms(cfg.speed.realtime_batch)
+    rt_ms = _ms(cfg.speed.realtime_batch_duration)
     if rt_ms < 5000:
         # Spark refuses real-time batches shorter than this (5 s by default).
         conf["spark.sql.streaming.realTimeMode.minBatchDuration"] = str(rt_ms)
@@ -486,7 +486,7 @@ def start_online(
             writer_spec(cfg, store, bandits=bandits),
             name,
             str(checkpoint),
-            _ms(cfg.speed.realtime_batch),
+            _ms(cfg.speed.realtime_batch_duration),
             str(cfg.paths.resolve(cfg.spark.jars_dir)),
         )
         refresher = CatalogRefresher(catalog)
@@ -502,7 +502,9 @@ def start_online(
     # Trigger.RealTime since 4.1.0), so the trigger is set on the JVM writer directly.
     jvm = spark.sparkContext._jvm
     assert jvm is not None
-    trigger = jvm.org.apache.spark.sql.streaming.Trigger.RealTime(_ms(cfg.speed.realtime_batch))
+    trigger = jvm.org.apache.spark.sql.streaming.Trigger.RealTime(
+        _ms(cfg.speed.realtime_batch_duration)
+    )
     stream_writer._jwrite = stream_writer._jwrite.trigger(trigger)
     refresher = CatalogRefresher(catalog)
     refresher.start()

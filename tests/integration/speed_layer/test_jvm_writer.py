@@ -117,6 +117,9 @@ class Env:
         speed = s.model_copy(
             update={
                 "realtime_writer": writer,
+                # each run waits for a batch end (its offsets committed): the jvm writer's
+                # default batch is 5 minutes
+                "realtime_batch": timedelta(seconds=5),
                 "checkpoint_dir": Path(f"checkpoints/{name}"),
                 "online_store": s.online_store.model_copy(update={"key_prefix": f"t{name}{RUN}"}),
             }

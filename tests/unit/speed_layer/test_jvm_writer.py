@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -96,3 +97,14 @@ def test_the_config_key_defaults_to_python_and_rejects_other_writers(tmp_path: A
     path.write_text("speed:\n  realtime_writer: scala\n")
     with pytest.raises(ConfigError, match="realtime_writer"):
         load_config(path, environ={})
+
+
+def test_the_realtime_batch_defaults_to_each_writers_own_length(tmp_path: Any) -> None:
+    # python: its rows arrive when a batch ends, so the batch is its latency (Spark's minimum);
+    # jvm: rows are written as they arrive, the batch is a checkpoint interval (Spark's 5 min)
+    assert AttuneConfig().speed.realtime_batch_duration == timedelta(seconds=5)
+    path = tmp_path / "a.yaml"
+    path.write_text("speed:\n  realtime_writer: jvm\n")
+    assert load_config(path, environ={}).speed.realtime_batch_duration == timedelta(minutes=5)
+    path.write_text("speed:\n  realtime_writer: jvm\n  realtime_batch: PT30S\n")
+    assert load_config(path, environ={}).speed.realtime_batch_duration == timedelta(seconds=30)
