@@ -2,11 +2,12 @@
 
 In Spark 4.1.1's real-time mode a Python ``foreach`` writer receives an epoch's rows only when
 the epoch ends (``speed.realtime_batch``, 5 s at least), which is most of real-time mode's
-freshness. With this writer the batch is only a checkpoint interval (5 minutes by default:
-``SpeedConfig.realtime_batch_duration``): each batch end pauses the writes while Spark commits
-and starts the next batch's tasks, which is real-time mode's tail latency. The JVM writer of ``jvm/writer`` (:code:`io.attune.spark.RedisOnlineWriter`, built
+freshness. The JVM writer of ``jvm/writer`` (:code:`io.attune.spark.RedisOnlineWriter`, built
 and copied to the Spark jars by ``make jars``) gets each row as Spark reads it and writes it to
-Redis at once, in groups of whatever rows arrived meanwhile.
+Redis at once, in groups of whatever rows arrived meanwhile. With it the batch is only a
+checkpoint interval (5 minutes by default: ``SpeedConfig.realtime_batch_duration``): each batch
+end pauses the writes while Spark commits and starts the next batch's tasks, which is what is
+left of real-time mode's tail latency.
 
 It runs the very same writes as :class:`attune.online_store.OnlineStoreWriter` (the three steps
 of that module's docstring, "Redis Cluster", then the trending refresh), and nothing of the
