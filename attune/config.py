@@ -1525,6 +1525,14 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return tree
 
 
+def with_overrides(cfg: AttuneConfig, settings: Mapping[str, str]) -> AttuneConfig:
+    """``cfg`` with dotted settings (``{"serving.request_threads": "2"}``) applied, each value
+    read as YAML as an ``ATTUNE__SERVING__REQUEST_THREADS`` override is, and validated again
+    (a bad value or an unknown key raises pydantic's ValidationError naming it)."""
+    env = {ENV_PREFIX + "__".join(key.split(".")): raw for key, raw in settings.items()}
+    return AttuneConfig.model_validate(_deep_merge(cfg.model_dump(), _env_overrides(env)))
+
+
 MOVED_KEYS = {
     "api.experiment": "moved to the experiments file (experiments.file, by default "
     "config/experiments.yaml): declare the experiment there (its variants keep weight, ranking "

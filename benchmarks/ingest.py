@@ -305,20 +305,9 @@ def parse_overrides(items: list[str]) -> tuple[tuple[str, str, Any], ...]:
 def _variant(cfg: Any, overrides: tuple[tuple[str, str, Any], ...]) -> Any:
     """``cfg`` with ``(section, key, value)`` overrides (``collector`` or ``kafka.producer``),
     validated as a configuration file's values are (so ``"0"`` from the command line is 0)."""
-    collector = {k: v for section, k, v in overrides if section == "collector"}
-    producer = {k: v for section, k, v in overrides if section == "kafka.producer"}
+    from attune.config import with_overrides
 
-    def merged(section: Any, update: dict[str, Any]) -> Any:
-        return type(section).model_validate({**section.model_dump(), **update})
-
-    return cfg.model_copy(
-        update={
-            "collector": merged(cfg.collector, collector),
-            "kafka": cfg.kafka.model_copy(
-                update={"producer": merged(cfg.kafka.producer, producer)}
-            ),
-        }
-    )
+    return with_overrides(cfg, {f"{section}.{key}": value for section, key, value in overrides})
 
 
 def _run_collector(

@@ -680,23 +680,18 @@ def measure_rate(
 
 
 def with_overrides(cfg: Any, overrides: dict[str, str]) -> Any:
-    """``cfg`` with dotted keys set (values parsed as YAML scalars), validated again."""
-    import yaml
-
-    from attune.config import AttuneConfig
+    """``cfg`` with dotted keys set (:func:`attune.config.with_overrides`: values read as YAML,
+    validated again); an unknown key ends the run with its name."""
+    from attune.config import with_overrides as apply
 
     tree = cfg.model_dump()
-    for dotted, raw in overrides.items():
+    for dotted in overrides:
         node = tree
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
                 raise SystemExit(f"--compare: unknown config key {dotted!r}")
             node = node[part]
-        if leaf not in node:
-            raise SystemExit(f"--compare: unknown config key {dotted!r}")
-        node[leaf] = yaml.safe_load(raw)
-    return AttuneConfig.model_validate(tree)
+    return apply(cfg, overrides)
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:

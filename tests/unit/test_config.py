@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from attune.config import AttuneConfig, ConfigError, load_config
+from attune.config import AttuneConfig, ConfigError, load_config, with_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "attune.example.yaml"
@@ -183,3 +183,12 @@ def test_event_time_window_errors_name_the_key_and_the_fix() -> None:
     )
     cfg = load_config(environ={"ATTUNE__COLLECTOR__EVENT_TIMES__EARLIEST": "1995-01-01T00:00:00Z"})
     assert cfg.collector.event_times.earliest.year == 1995
+
+
+def test_dotted_overrides_are_read_as_yaml_and_validated() -> None:
+    base = AttuneConfig()
+    cfg = with_overrides(base, {"kafka.producer.linger_ms": "20", "api.impressions": "false"})
+    assert cfg.kafka.producer.linger_ms == 20 and cfg.api.impressions is False
+    assert cfg.kafka.producer.acks == base.kafka.producer.acks  # the rest as it was
+    with pytest.raises(ValidationError, match="no_such_key"):
+        with_overrides(base, {"serving.no_such_key": "1"})
