@@ -114,8 +114,17 @@ class EventSender:
             await self._flush()
 
     async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:FLUSH_EVENTS], self._queue[FLUSH_EVENTS:]
+        """Send what is queued now, in batches of at most ``FLUSH_EVENTS``.
+
+        Impressions queued while a batch awaits Kafka's acknowledgement wait for the next
+        flush: draining them at once made the flusher run back to back (a produce request
+        of two or three events every ~10 ms at 200 req/s instead of one per 100 ms), which
+        cost the API more CPU than anything else it does per request besides serving it."""
+        due = len(self._queue)  # what is unsent stays queued (stop() flushes it once more)
+        while due > 0:
+            take = min(due, FLUSH_EVENTS)
+            batch, self._queue = self._queue[:take], self._queue[take:]
+            due -= take
             try:
                 stored, dropped = await self.send(batch)
             except (KafkaUnavailable, EventRejected) as exc:
