@@ -343,7 +343,7 @@ def _batch_and_report(cfg: Any, say: Callable[[str], None]) -> str:
     today = datetime.now(UTC).date()
     say(f"silver and gold for {today}, the experiment's day (the views and models are as above)")
     # stopped at the end unless a session was active before (the demo test's own)
-    with batch_session(cfg, "attune-demo-experiment") as spark:
+    with batch_session(cfg, "attune-demo-experiment", console=True) as spark:
         run_batch(cfg, today, ["silver", "gold"], since=today, spark=spark, say=say)
         _, doc, path, _ = run_report(cfg, spark, today, datetime.now(UTC))
     print(format_results(doc), flush=True)

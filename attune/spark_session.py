@@ -11,7 +11,9 @@ process: on a console they would land between attune's own lines. When this proc
 error is a terminal or a pipe, :func:`build_spark_session` therefore starts the JVM with both
 pointed at ``<log_dir>/spark-<app name>.log`` (appended), unless ``ATTUNE_VERBOSE=1``
 (``attune --verbose``) asks to see them. A process whose standard error is already a file (a
-detached server writing its own log, a test's capture) keeps the JVM's lines there.
+detached server writing its own log, a test's capture) keeps the JVM's lines there, unless it
+says it is a console program (``console=True``: the demo, whose output redirected to a file is
+still a transcript for a person).
 """
 
 from __future__ import annotations
@@ -54,9 +56,14 @@ def spark_jars(cfg: AttuneConfig) -> list[Path]:
 
 
 def build_spark_session(
-    cfg: AttuneConfig, app_name: str | None = None, extra_conf: dict[str, str] | None = None
+    cfg: AttuneConfig,
+    app_name: str | None = None,
+    extra_conf: dict[str, str] | None = None,
+    console: bool = False,
 ) -> SparkSession:
-    """A Spark session with Delta Lake and the Kafka connector, configured from ``cfg.spark``."""
+    """A Spark session with Delta Lake and the Kafka connector, configured from ``cfg.spark``.
+
+    ``console``: this process is a console program (see :func:`driver_log`)."""
     from pyspark.sql import SparkSession
 
     jars = spark_jars(cfg)
@@ -83,7 +90,7 @@ def build_spark_session(
     )
     for key, value in {**cfg.spark.conf, **(extra_conf or {})}.items():
         builder = builder.config(key, value)
-    log = driver_log(cfg, app_name or cfg.spark.app_name)
+    log = driver_log(cfg, app_name or cfg.spark.app_name, console)
     try:
         with _output_to(log):
             session = builder.getOrCreate()
@@ -98,11 +105,17 @@ def build_spark_session(
 VERBOSE_ENV = "ATTUNE_VERBOSE"
 
 
-def driver_log(cfg: AttuneConfig, app_name: str) -> Path | None:
+def driver_log(cfg: AttuneConfig, app_name: str, console: bool = False) -> Path | None:
     """Where a JVM started by this process writes its output; None to let it inherit this
-    process's (``ATTUNE_VERBOSE=1``, or a standard error that is already a file)."""
+    process's (``ATTUNE_VERBOSE=1``, or a standard error that is already a file).
+
+    ``console=True`` says this process is a console program (``attune demo``) whose output,
+    even redirected to a file (``make demo > demo.log 2>&1``), is a transcript for a person:
+    the JVM writes to the log then too."""
     if os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
         return None
+    if console:
+        return cfg.log_dir / f"spark-{app_name}.log"
     try:
         if stat.S_ISREG(os.fstat(2).st_mode):
             return None

@@ -72,16 +72,19 @@ def use_this_python_for_workers(session: SparkSession | None = None) -> None:
 
 
 @contextmanager
-def batch_session(cfg: AttuneConfig, app_name: str) -> Iterator[SparkSession]:
+def batch_session(
+    cfg: AttuneConfig, app_name: str, console: bool = False
+) -> Iterator[SparkSession]:
     """A session with the batch's settings (:func:`batch_spark_conf`), stopped at
-    the end unless one was active before (tests, notebooks)."""
+    the end unless one was active before (tests, notebooks); ``console`` as in
+    :func:`attune.spark_session.build_spark_session`."""
     from pyspark.sql import SparkSession
 
     from attune.spark_session import build_spark_session
 
     owned = SparkSession.getActiveSession() is None
     use_this_python_for_workers()
-    spark = build_spark_session(cfg, app_name, batch_spark_conf(cfg))
+    spark = build_spark_session(cfg, app_name, batch_spark_conf(cfg), console=console)
     use_this_python_for_workers(spark)
     try:
         yield spark

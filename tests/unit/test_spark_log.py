@@ -17,15 +17,17 @@ from pathlib import Path
 from attune.config import load_config
 from attune.spark_session import driver_log
 cfg = load_config(sys.argv[1])
-print(driver_log(cfg, "attune-x"))
+print(driver_log(cfg, "attune-x", console=sys.argv[2] == "console"))
 """
 
 
-def _driver_log_in_child(tmp_path: Path, env: dict[str, str], stderr: int | None) -> str:
+def _driver_log_in_child(
+    tmp_path: Path, env: dict[str, str], stderr: int | None, console: bool = False
+) -> str:
     config = tmp_path / "attune.yaml"
     config.write_text(f"paths:\n  var_dir: {tmp_path / 'var'}\n")
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(config)],
+        [sys.executable, "-c", CHILD, str(config), "console" if console else "server"],
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
@@ -45,8 +47,15 @@ def test_a_console_gets_a_log_a_file_or_verbose_keeps_the_output(tmp_path: Path)
     # stderr already a file (a detached server's own log): the JVM keeps writing there
     with open(tmp_path / "server.log", "w") as log:
         assert _driver_log_in_child(tmp_path, env, log.fileno()) == "None"
+        # ... unless it is a console program's transcript (`make demo > demo.log 2>&1`)
+        assert _driver_log_in_child(tmp_path, env, log.fileno(), console=True) == str(
+            tmp_path / "var" / "log" / "spark-attune-x.log"
+        )
     # asked to be verbose
     assert _driver_log_in_child(tmp_path, {**env, "ATTUNE_VERBOSE": "1"}, subprocess.PIPE) == "None"
+    with open(tmp_path / "demo.log", "w") as log:
+        verbose = {**env, "ATTUNE_VERBOSE": "1"}
+        assert _driver_log_in_child(tmp_path, verbose, log.fileno(), console=True) == "None"
 
 
 def test_output_to_sends_children_to_the_log_and_restores_this_process(
