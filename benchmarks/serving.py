@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/serving.py [--rates 50,100,200,300,400] [--duration 20]
         [--protocols grpc,rest] [--freshness 30] [--users 100000] [--items 10000]
-        [--profile DIR]
+        [--profile DIR] [--freshness-load 1000]
 
 What it does, on the configured stack (``attune stack up``; ``ATTUNE__*`` overrides apply):
 
@@ -30,7 +30,10 @@ What it does, on the configured stack (``attune stack up``; ``ATTUNE__*`` overri
 4. **freshness**: the collector and the speed layer (Spark, online query) start; for
    ``--freshness`` users: read their recommendations, post a click on the top item to the
    collector, and from the collector's acknowledgement poll the API every 20 ms until that item
-   has left the list (the click reached Redis and the next response changed).
+   has left the list (the click reached Redis and the next response changed). With
+   ``--freshness-load N``, a second process posts N item views a second (by ``load*`` users,
+   not the clicking ``bu*`` ones) to the same collector meanwhile, and the report says how many
+   it sent and the collector accepted.
 
 With ``--profile DIR``, py-spy samples the API and the model server during each rate (warm-up
 included, ``--nonblocking`` so the processes are not paused) and writes their collapsed stacks
@@ -480,10 +483,39 @@ def train_or_reuse(cfg: Any, inter: Path, items: Path) -> dict[str, Any]:
 # Freshness
 
 
+def background_events(items: list[str], n: int, seed: int) -> list[dict[str, Any]]:
+    """Item views by ``load*`` users (not the probed ``bu*`` ones) of catalog items, for the
+    freshness runs' background load (``freshness._http_load`` gives them fresh ids and
+    times)."""
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "event_id": uuid.uuid4().hex,
+            "type": "item_view",
+            "user_id": f"load{int(u)}",
+            "items": [{"item_id": items[int(i)]}],
+        }
+        for u, i in zip(rng.integers(0, 5_000, n), rng.integers(0, len(items), n), strict=True)
+    ]
+
+
 def freshness(
-    cfg: Any, api_url: str, read_key: str, n: int, users: int, queries: str = "online"
+    cfg: Any,
+    api_url: str,
+    read_key: str,
+    n: int,
+    users: int,
+    queries: str = "online",
+    load_rate: float = 0.0,
+    items: list[str] | None = None,
 ) -> dict[str, Any]:
+    """``n`` clicks, each timed from the collector's acknowledgement to the clicked item gone
+    from the API's next answer; with ``load_rate`` > 0, item views at that many events/s go
+    through the same collector from a second process meanwhile."""
+    import multiprocessing
+
     import httpx
+    from freshness import _http_load  # benchmarks/ is on sys.path (see the bottom)
 
     from attune.collector.process import collector_process
     from attune.secrets import create_write_key
@@ -497,6 +529,10 @@ def freshness(
     )
     samples: list[float] = []
     timeouts = 0
+    load: dict[str, Any] | None = None
+    ctx = multiprocessing.get_context("spawn")
+    stop, out = ctx.Event(), ctx.Queue()
+    loader = None
     try:
         wait_running(cfg, speed, timeout_s=240)
         time.sleep(5)  # let the first micro-batches settle
@@ -506,6 +542,14 @@ def freshness(
             httpx.Client(timeout=10) as http,
         ):
             api_h = {"X-Read-Key": read_key}
+            if load_rate > 0:
+                say(f"background load: {load_rate:,.0f} item views/s through the collector")
+                events = background_events(items or [], 20_000, seed=12)
+                loader = ctx.Process(
+                    target=_http_load, args=(curl, write_key, events, load_rate, stop, out)
+                )
+                loader.start()
+                time.sleep(10)  # the speed layer under the load before the first click
 
             def top_items(user: str) -> list[str]:
                 r = http.post(
@@ -543,7 +587,22 @@ def freshness(
                     flush=True,
                 )
                 time.sleep(float(rng.uniform(0.2, 0.6)))  # clicks land at random phases
+            if loader is not None:
+                stop.set()
+                got = out.get(timeout=120)
+                loader.join(30)
+                loader = None
+                load = {
+                    "rate": load_rate,
+                    "sent": got["sent"],
+                    "accepted": got["accepted"],
+                    "errors": got["errors"],
+                    "achieved_per_s": round(got["sent"] / got["seconds"], 1),
+                }
     finally:
+        if loader is not None:  # an error above: stop the load too
+            stop.set()
+            loader.join(30)
         speed.stop(60)
     return {
         "trials": n,
@@ -559,6 +618,7 @@ def freshness(
         if cfg.speed.trigger == "realtime"
         else None,
         "queries": queries,
+        "background_load": load,
     }
 
 
@@ -862,6 +922,14 @@ def format_tables(report: dict[str, Any]) -> str:
             f"p99 {f(fr.get('p99_s'))} s, max {f(fr['max_s'])} s, timeouts {fr['timeouts']} "
             f"(target p95 <= {TARGET_FRESHNESS_P95_S:g} s, p99 <= {TARGET_FRESHNESS_P99_S:g} s)"
         )
+        load = fr.get("background_load")
+        lines.append(
+            "  background load: none"
+            if not load
+            else f"  background load: {load['achieved_per_s']:,.0f} item views/s through the "
+            f"collector (asked {load['rate']:,.0f}), {load['accepted']:,} of {load['sent']:,} "
+            f"accepted, {load['errors']} failed requests"
+        )
     return "\n".join(lines)
 
 
@@ -913,6 +981,14 @@ def main(argv: list[str] | None = None) -> int:
         default="online",
         help="speed-layer queries during the freshness runs: online, or bronze,online (as "
         "deployed)",
+    )
+    p.add_argument(
+        "--freshness-load",
+        type=float,
+        default=0.0,
+        metavar="EV_S",
+        help="item views per second posted to the collector during the freshness runs, from "
+        "a second process (issue 15's target is measured at 1000)",
     )
     args = p.parse_args(argv)
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -1020,7 +1096,14 @@ def main(argv: list[str] | None = None) -> int:
             api = start_api(cfg, log_path=cfg.log_dir / "bench-api-freshness.log")
             try:
                 report["freshness"] = freshness(
-                    cfg, api.url, key, args.freshness, args.users, args.speed_queries
+                    cfg,
+                    api.url,
+                    key,
+                    args.freshness,
+                    args.users,
+                    args.speed_queries,
+                    load_rate=args.freshness_load,
+                    items=list(syn.items),
                 )
             finally:
                 api.stop()

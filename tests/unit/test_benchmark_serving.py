@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from types import ModuleType
+from typing import Any
 
 import pytest
 
 from attune.config import AttuneConfig
-from tests.unit.benchmark_modules import load_benchmark
+from tests.unit.benchmark_modules import BENCH, load_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +44,46 @@ def test_thread_cpu_covers_the_main_thread(bench: ModuleType) -> None:
     assert os.getpid() in threads  # the main thread's id is the process id
     assert all(seconds >= 0 for seconds in threads.values())
     assert bench.thread_cpu_seconds(2**22 + 12345) == {}  # no such process
+
+
+def test_background_load_views_catalog_items_by_users_the_probe_never_asks_for(
+    bench: ModuleType,
+) -> None:
+    from attune.events import Event
+
+    items = ["i1", "i2", "i3"]
+    events = bench.background_events(items, 200, seed=1)
+    assert len(events) == 200
+    assert len({e["event_id"] for e in events}) == 200
+    assert {e["items"][0]["item_id"] for e in events} <= set(items)
+    # the freshness probe clicks as bu<N>: the load's users must not move those lists
+    assert all(e["user_id"].startswith("load") for e in events)
+    # with the time the load process stamps on each, they are valid events
+    Event.model_validate({**events[0], "timestamp": "2026-12-07T00:00:00+00:00"})
+
+
+def test_the_freshness_line_says_whether_a_load_ran(
+    bench: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(BENCH))  # format_tables imports its sibling memory.py
+    fr = {
+        "trials": 2,
+        "timeouts": 0,
+        "p50_s": 0.01,
+        "p95_s": 0.02,
+        "p99_s": 0.03,
+        "max_s": 0.04,
+        "samples_s": [0.01, 0.04],
+        "trigger": "realtime",
+        "writer": "jvm",
+        "queries": "bronze,online",
+    }
+    loaded = {"rate": 1000.0, "sent": 60_000, "accepted": 60_000, "errors": 0}
+    report: dict[str, Any] = {"load": {}, "held": {}}
+    plain = bench.format_tables({**report, "freshness": {**fr, "background_load": None}})
+    assert "background load: none" in plain
+    text = bench.format_tables(
+        {**report, "freshness": {**fr, "background_load": {**loaded, "achieved_per_s": 998.5}}}
+    )
+    assert "background load: 998 item views/s through the collector (asked 1,000)" in text
+    assert "60,000 of 60,000 accepted, 0 failed requests" in text
