@@ -1525,12 +1525,24 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return tree
 
 
-def with_overrides(cfg: AttuneConfig, settings: Mapping[str, str]) -> AttuneConfig:
-    """``cfg`` with dotted settings (``{"serving.request_threads": "2"}``) applied, each value
-    read as YAML as an ``ATTUNE__SERVING__REQUEST_THREADS`` override is, and validated again
-    (a bad value or an unknown key raises pydantic's ValidationError naming it)."""
-    env = {ENV_PREFIX + "__".join(key.split(".")): raw for key, raw in settings.items()}
-    return AttuneConfig.model_validate(_deep_merge(cfg.model_dump(), _env_overrides(env)))
+def with_overrides(cfg: AttuneConfig, settings: Mapping[str, Any]) -> AttuneConfig:
+    """``cfg`` with dotted settings (``{"serving.request_threads": "2"}``) applied, and
+    validated again (a bad value or an unknown key raises pydantic's ValidationError naming
+    it). A string value is read as YAML, as an ``ATTUNE__SERVING__REQUEST_THREADS`` override
+    is; any other value (``0``, ``False``) is taken as it is."""
+    env = {
+        ENV_PREFIX + "__".join(key.split(".")): raw
+        for key, raw in settings.items()
+        if isinstance(raw, str)
+    }
+    tree = _env_overrides(env)
+    for key, value in settings.items():
+        if not isinstance(value, str):
+            nested: Any = value
+            for part in reversed(key.split(".")):
+                nested = {part: nested}
+            tree = _deep_merge(tree, nested)
+    return AttuneConfig.model_validate(_deep_merge(cfg.model_dump(), tree))
 
 
 MOVED_KEYS = {

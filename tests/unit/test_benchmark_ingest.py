@@ -44,3 +44,10 @@ def test_a_bad_value_fails_the_configs_own_validation(ingest: ModuleType) -> Non
     overrides = ingest.parse_overrides(["collector.gc_young_threshold=-5"])
     with pytest.raises(ValidationError, match="gc_young_threshold"):
         ingest._variant(AttuneConfig(), overrides)
+
+
+def test_the_before_settings_apply(ingest: ModuleType) -> None:
+    # --compare's "before" runs: Python values, not command-line strings
+    cfg = ingest._variant(AttuneConfig(), ingest.BEFORE)
+    assert cfg.collector.kafka_append == "send"
+    assert cfg.collector.gc_young_threshold == 0

@@ -192,3 +192,22 @@ def test_dotted_overrides_are_read_as_yaml_and_validated() -> None:
     assert cfg.kafka.producer.acks == base.kafka.producer.acks  # the rest as it was
     with pytest.raises(ValidationError, match="no_such_key"):
         with_overrides(base, {"serving.no_such_key": "1"})
+
+
+def test_dotted_overrides_that_are_not_strings_are_taken_as_they_are() -> None:
+    # benchmarks/ingest.py's BEFORE settings are Python values, not command-line text
+    base = AttuneConfig()
+    cfg = with_overrides(
+        base,
+        {
+            "collector.gc_young_threshold": 0,
+            "collector.kafka_append": "send",
+            "api.impressions": False,
+        },
+    )
+    assert cfg.collector.gc_young_threshold == 0
+    assert cfg.collector.kafka_append == "send"
+    assert cfg.api.impressions is False
+    assert cfg.collector.workers == base.collector.workers  # the rest of the section as it was
+    with pytest.raises(ValidationError, match="gc_young_threshold"):
+        with_overrides(base, {"collector.gc_young_threshold": -5})
